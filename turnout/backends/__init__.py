@@ -1,0 +1,37 @@
+"""Calling backends: protocol adapters (pure), the aiohttp client, and a scripted fake.
+
+The router talks to every backend through one small interface, ``BackendClient``:
+hand it an OpenAI-style request body and get back an OpenAI-style response body,
+or a ``turnout.errors.BackendError`` subclass. Protocol translation lives in
+``openai.py`` and ``ollama.py`` as pure functions (no I/O), so it is tested
+with plain tables of cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from schemas.types import Kind
+from turnout.config import Backend
+
+
+class BackendClient(Protocol):
+    async def call(
+        self,
+        backend: Backend,
+        *,
+        kind: Kind,
+        model: str,
+        body: Mapping[str, Any],
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        """Call ``backend`` and return the response body in OpenAI's shape for ``kind``.
+
+        ``model`` replaces ``body["model"]``. Raises ``BackendUnavailable``,
+        ``BackendTimeout`` (after ``timeout_s``), ``BackendStatusError`` or
+        ``BackendProtocolError``; never another exception type.
+        """
+        ...
+
+    async def close(self) -> None: ...

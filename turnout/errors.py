@@ -1,0 +1,124 @@
+"""Every error turnout reports, in one hierarchy.
+
+Each class carries a wire ``code`` and a ``retryable`` flag, so callers decide
+what to do with ``exc.retryable`` and never by parsing a message. Library
+exceptions (aiohttp, aiokafka, msgspec) are translated into these where they
+enter turnout.
+
+    TurnoutError                      code            retryable
+    ├── RequestError                  (the client's request is wrong; never retryable as is)
+    │   ├── InvalidRequest            invalid_request       no
+    │   ├── RequestTooLarge           request_too_large     no
+    │   ├── InvalidReplyTopic         invalid_reply_topic   no
+    │   └── UnknownModel              unknown_model         no
+    ├── DeadlineExceeded              deadline_exceeded     yes
+    ├── RateLimited                   rate_limited          yes (after retry_after_ms)
+    ├── NoBackendAvailable            no_backend_available  yes (after retry_after_ms)
+    └── BackendError                  (a backend call failed)
+        ├── BackendUnavailable        backend_unavailable   yes  connection refused/reset
+        ├── BackendTimeout            backend_timeout       yes
+        ├── BackendStatusError        backend_status        5xx/429 yes, other 4xx no
+        └── BackendProtocolError      backend_protocol      yes  response not understood
+
+A message must tell a person what was expected, what arrived, and how to fix it.
+Messages never contain secrets, prompts or responses.
+"""
+
+from __future__ import annotations
+
+
+class TurnoutError(Exception):
+    """Base of every turnout error."""
+
+    code: str = "internal_error"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class RequestError(TurnoutError):
+    """The request itself is wrong; sending it again unchanged cannot help."""
+
+    code = "invalid_request"
+    retryable = False
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+
+
+class RequestTooLarge(RequestError):
+    code = "request_too_large"
+
+
+class InvalidReplyTopic(RequestError):
+    code = "invalid_reply_topic"
+
+
+class UnknownModel(RequestError):
+    code = "unknown_model"
+
+
+class DeadlineExceeded(TurnoutError):
+    code = "deadline_exceeded"
+    retryable = True
+
+
+class RateLimited(TurnoutError):
+    code = "rate_limited"
+    retryable = True
+
+
+class NoBackendAvailable(TurnoutError):
+    code = "no_backend_available"
+    retryable = True
+
+
+class BackendError(TurnoutError):
+    """A call to a backend failed. ``backend`` names it (never its URL or key)."""
+
+    code = "backend_error"
+    retryable = True
+
+    def __init__(
+        self, message: str, *, backend: str, retry_after_ms: int | None = None
+    ) -> None:
+        super().__init__(message, retry_after_ms=retry_after_ms)
+        self.backend = backend
+
+
+class BackendUnavailable(BackendError):
+    code = "backend_unavailable"
+
+
+class BackendTimeout(BackendError):
+    code = "backend_timeout"
+
+
+class BackendProtocolError(BackendError):
+    code = "backend_protocol"
+
+
+class BackendStatusError(BackendError):
+    """The backend answered with an HTTP error status."""
+
+    code = "backend_status"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str,
+        status: int,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        super().__init__(message, backend=backend, retry_after_ms=retry_after_ms)
+        self.status = status
+        # 5xx and 429 may succeed elsewhere or later; other 4xx are the request's fault.
+        self.retryable = status >= 500 or status == 429
