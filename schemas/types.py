@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import orjson
 
-from turnout.errors import InvalidRequest
+from turnout.errors import InvalidRequest, TurnoutError
 
 TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
 ClientId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
@@ -66,6 +66,15 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     """Whether sending the same request again can succeed."""
     retry_after_ms: int | None = None
     """When a retry makes sense, if known."""
+
+    @classmethod
+    def from_error(cls, exc: TurnoutError) -> ErrorInfo:
+        return cls(
+            code=exc.code,
+            message=exc.message,
+            retryable=exc.retryable,
+            retry_after_ms=exc.retry_after_ms,
+        )
 
 
 class Timings(msgspec.Struct, frozen=True, kw_only=True):

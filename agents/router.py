@@ -1,0 +1,38 @@
+"""The request agent: read each record and hand it to the dispatcher.
+
+It never acks by itself (``noack``): the dispatcher acks a record once its final
+reply or dead letter is on the broker, and commits go through the offset
+trackers (streams/consumer.py). ``submit`` waits while every in-flight slot is
+taken, which is how backpressure reaches Kafka.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from turnout.admission import Record
+from turnout.runtime import Runtime
+
+
+def register(app: faust.App, topic: faust.TopicT, runtime: Runtime) -> Any:
+    @app.agent(topic, name="turnout-route")
+    async def route(stream: faust.StreamT[bytes]) -> None:
+        await runtime.start()
+        try:
+            async for event in stream.noack().events():
+                msg = event.message
+                record = Record(
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    timestamp_ms=int(msg.timestamp * 1000),
+                    key=msg.key,
+                    value=msg.value if msg.value is not None else b"",
+                )
+                await runtime.dispatcher.submit(msg.tp, record, event.ack)
+        finally:
+            await runtime.stop()
+
+    return route

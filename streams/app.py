@@ -1,0 +1,31 @@
+"""The faust app, configured from Settings."""
+
+from __future__ import annotations
+
+import faust
+
+from streams.settings import Settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap}",
+        store=settings.store,
+        datadir=settings.data_dir,
+        key_serializer="raw",
+        value_serializer="raw",
+        # turnout acks out of order and commits through its own trackers
+        # (streams/consumer.py); waiting for every in-flight request to be
+        # acked before a rebalance could block it for a whole request deadline.
+        stream_wait_empty=False,
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger_ms=1,
+        topic_partitions=settings.request_partitions,
+        topic_allow_declare=True,
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        web_host="127.0.0.1",
+    )

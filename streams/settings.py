@@ -1,0 +1,132 @@
+"""Worker settings: each declared once, with its type, default, env var and meaning.
+
+``Settings.from_env()`` reads, validates and freezes them at start; the value is
+passed down explicitly, never kept in a mutable module global.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def _setting(env: str, default: Any, doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    bootstrap: str = _setting(
+        "KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers, host:port[,host:port]."
+    )
+    config_path: str = _setting(
+        "TURNOUT_CONFIG", "config/local.yaml", "The YAML file of backends and routes."
+    )
+    app_id: str = _setting(
+        "TURNOUT_APP_ID", "turnout", "Consumer group and prefix of faust's internal topics."
+    )
+    request_topic: str = _setting(
+        "TURNOUT_REQUEST_TOPIC", "turnout.requests", "Topic producers publish requests to."
+    )
+    request_partitions: int = _setting(
+        "TURNOUT_REQUEST_PARTITIONS", 8, "Partitions of the request topic, if turnout creates it."
+    )
+    dead_letter_topic: str = _setting(
+        "TURNOUT_DEAD_LETTER_TOPIC", "turnout.dead-letter", "Where unprocessable records go."
+    )
+    reply_prefix: str = _setting(
+        "TURNOUT_REPLY_PREFIX",
+        "turnout.replies.",
+        "reply_to must start with this; the default reply topic is <prefix><client_id>.",
+    )
+    reply_partitions: int = _setting(
+        "TURNOUT_REPLY_PARTITIONS", 4, "Partitions of a reply topic that turnout creates."
+    )
+    max_in_flight: int = _setting(
+        "TURNOUT_MAX_IN_FLIGHT", 4096, "Backend calls in flight per worker; more waits (backpressure)."
+    )
+    max_request_bytes: int = _setting(
+        "TURNOUT_MAX_REQUEST_BYTES", 1_048_576, "Larger request records are dead-lettered."
+    )
+    default_timeout_ms: int = _setting(
+        "TURNOUT_DEFAULT_TIMEOUT_MS", 300_000, "Deadline of a request that names none."
+    )
+    commit_interval_s: float = _setting(
+        "TURNOUT_COMMIT_INTERVAL_S", 1.0, "How often consumed offsets are committed."
+    )
+    web_port: int = _setting(
+        "TURNOUT_WEB_PORT", 0, "Port of faust's web server; 0 disables it."
+    )
+    store: str = _setting(
+        "TURNOUT_STORE", "memory://", "Table store: memory:// or rocksdb:// (rocksdict)."
+    )
+    data_dir: str = _setting(
+        "TURNOUT_DATA_DIR", "var/worker", "Where the worker keeps local table state."
+    )
+    log_level: str = _setting("TURNOUT_LOG_LEVEL", "info", "debug, info, warning or error.")
+    log_format: str = _setting(
+        "TURNOUT_LOG_FORMAT", "auto", "json, console, or auto (console on a TTY)."
+    )
+    log_content: bool = _setting(
+        "TURNOUT_LOG_CONTENT", False, "Log prompts and responses (off: they are private)."
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if name in env:
+                try:
+                    values[f.name] = _PARSERS[f.type](env[name])
+                except ValueError:
+                    problems.append(f"{name}={env[name]!r}: expected {f.type}")
+        values.update(overrides)
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.max_in_flight < 1:
+            raise ValueError(f"TURNOUT_MAX_IN_FLIGHT must be at least 1, got {self.max_in_flight}")
+        if self.request_partitions < 1:
+            raise ValueError("TURNOUT_REQUEST_PARTITIONS must be at least 1")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"TURNOUT_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}")
+
+    def reply_topic_for(self, client_id: str) -> str:
+        return f"{self.reply_prefix}{client_id}"
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(env var, default, meaning) for every setting, for the README and --help."""
+        return [
+            (f.metadata["env"], repr(f.default), f.metadata["doc"]) for f in dataclasses.fields(cls)
+        ]
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+_PARSERS: dict[Any, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": _bool,
+    str: str,
+    int: int,
+    float: float,
+    bool: _bool,
+}

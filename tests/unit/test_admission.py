@@ -1,0 +1,104 @@
+"""Admission turns a record into work or a precise, addressed rejection."""
+
+import orjson
+import pytest
+
+from streams.settings import Settings
+from turnout import config as cfg
+from turnout.admission import Admitted, Record, Rejected, admit
+
+CONFIG = cfg.loads(
+    """
+backends:
+  - {id: local, protocol: openai, base_url: "http://127.0.0.1:1", models: [echo]}
+routes:
+  fast: {targets: [{backend: local, model: echo}]}
+default_route: fast
+""",
+    env={},
+)
+SETTINGS = Settings(max_request_bytes=2000, default_timeout_ms=10_000)
+NOW = 1_700_000_000_000
+
+
+def record(value, key=b"c1", ts=NOW):
+    if not isinstance(value, bytes):
+        value = orjson.dumps(value)
+    return Record(topic="turnout.requests", partition=0, offset=5, timestamp_ms=ts, key=key,
+                  value=value)
+
+
+def good(**over):
+    req = {"id": "r1", "client_id": "c1", "kind": "chat", "model": "fast",
+           "body": {"messages": [{"role": "user", "content": "hi"}]}}
+    req.update(over)
+    return req
+
+
+def run(rec):
+    return admit(rec, config=CONFIG, settings=SETTINGS, now_ms=NOW)
+
+
+def test_a_good_request_is_admitted_with_defaults():
+    """A valid request gets its route, default reply topic and default deadline."""
+    out = run(record(good()))
+    assert isinstance(out, Admitted)
+    assert out.route_name == "fast"
+    assert out.reply_to == "turnout.replies.c1"
+    assert out.deadline_ms == NOW + 10_000
+
+
+def test_a_backend_model_resolves_to_an_implicit_route():
+    """A model some backend serves works without a route alias."""
+    out = run(record(good(model="echo")))
+    assert isinstance(out, Admitted)
+    assert out.route_name == "model:echo"
+
+
+def test_the_earlier_of_timeout_and_deadline_wins():
+    """With both timeout_ms and deadline, the earlier bound applies."""
+    out = run(record(good(timeout_ms=5000, deadline=NOW + 3000)))
+    assert isinstance(out, Admitted)
+    assert out.deadline_ms == NOW + 3000
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "code", "phrase", "reply_to"),
+    [
+        (b"{not json", b"c1", "invalid_request", "not valid JSON", None),
+        (b"[1,2]", b"c1", "invalid_request", "Expected `object`", None),
+        ({"id": "r1", "client_id": "c1"}, b"c1", "invalid_request", "missing required field",
+         "turnout.replies.c1"),
+        (good(priority="high"), b"c1", "invalid_request", "Expected `int`, got `str`",
+         "turnout.replies.c1"),
+        (good(model="gpt-9"), b"c1", "unknown_model", "known models: fast, echo",
+         "turnout.replies.c1"),
+        (good(body={"messages": []}), b"c1", "invalid_request", "non-empty 'messages'",
+         "turnout.replies.c1"),
+        (good(kind="embeddings", body={}), b"c1", "invalid_request", "'input'",
+         "turnout.replies.c1"),
+        (good(), b"someone-else", "invalid_request", "keyed by client_id", "turnout.replies.c1"),
+        (good(reply_to="turnout.requests"), b"c1", "invalid_reply_topic", "must start with", None),
+        (good(body={"messages": [{"content": "x" * 3000}]}), b"c1", "request_too_large",
+         "limit is 2000", "turnout.replies.c1"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_clear_reason(value, key, code, phrase, reply_to):
+    """Each kind of bad input is rejected with its code, a readable reason and a reply topic."""
+    out = run(record(value, key=key))
+    assert isinstance(out, Rejected)
+    assert out.error.code == code
+    assert phrase in out.error.message
+    assert out.error.retryable is False
+    assert out.dead_letter
+    assert out.reply_to == reply_to
+
+
+def test_a_late_request_gets_a_retryable_error_and_no_dead_letter():
+    """A request read after its deadline is answered deadline_exceeded, not dead-lettered."""
+    out = run(record(good(timeout_ms=1000), ts=NOW - 5000))
+    assert isinstance(out, Rejected)
+    assert out.error.code == "deadline_exceeded"
+    assert out.error.retryable
+    assert not out.dead_letter
+    assert "4000 ms" in out.error.message

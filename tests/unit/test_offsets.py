@@ -1,0 +1,86 @@
+"""The offset tracker commits only past requests that are finished, and all before them."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from turnout.offsets import OffsetTracker
+
+
+def test_nothing_begun_has_nothing_to_commit():
+    """A fresh tracker has no committable offset."""
+    assert OffsetTracker().committable is None
+
+
+def test_committable_stops_at_the_first_unfinished_offset():
+    """A finished request after an unfinished one does not move the commit point."""
+    t = OffsetTracker()
+    for o in (10, 11, 12):
+        t.begin(o)
+    t.finish(11)
+    t.finish(12)
+    assert t.committable == 10
+
+
+def test_finishing_the_gap_moves_past_everything_finished():
+    """Finishing the oldest request commits past every finished one after it."""
+    t = OffsetTracker()
+    for o in (10, 11, 12):
+        t.begin(o)
+    t.finish(12)
+    t.finish(11)
+    t.finish(10)
+    assert t.committable == 13
+    assert t.in_flight == 0
+
+
+def test_offsets_may_skip_numbers():
+    """Gaps in offsets (compaction, transaction markers) do not block commits."""
+    t = OffsetTracker()
+    t.begin(5)
+    t.begin(9)
+    t.finish(5)
+    assert t.committable == 9
+    t.finish(9)
+    assert t.committable == 10
+
+
+def test_offsets_must_increase():
+    """Beginning an offset at or below the last one is a bug and says so."""
+    t = OffsetTracker()
+    t.begin(7)
+    with pytest.raises(ValueError, match="must increase"):
+        t.begin(7)
+
+
+def test_finishing_twice_is_refused():
+    """Each begun offset finishes once."""
+    t = OffsetTracker()
+    t.begin(1)
+    t.finish(1)
+    with pytest.raises(ValueError, match="already finished"):
+        t.finish(1)
+
+
+def test_repr_shows_state():
+    """The repr names the commit point and how much is in flight."""
+    t = OffsetTracker()
+    t.begin(3)
+    t.begin(4)
+    t.finish(4)
+    assert repr(t) == "<OffsetTracker committable=3 in_flight=1 finished=1>"
+
+
+@given(st.permutations(list(range(40))), st.integers(0, 40))
+def test_committable_is_never_past_an_unfinished_offset(order, n_finished):
+    """Whatever order requests finish in, everything below the commit point is finished."""
+    t = OffsetTracker()
+    for o in range(40):
+        t.begin(100 + o)
+    finished = set()
+    for o in order[:n_finished]:
+        t.finish(100 + o)
+        finished.add(100 + o)
+        c = t.committable
+        assert all(x in finished for x in range(100, c))
+        assert c not in finished

@@ -1,0 +1,155 @@
+"""Turn a raw request record into work, or into a precise rejection. Pure: no I/O.
+
+``admit(record, ...)`` checks, in order: size, JSON and schema, that the record
+is keyed by its ``client_id`` (exact per-client state depends on it), the reply
+topic, the body's shape for its kind, the model, and the deadline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from schemas.types import Request, salvage_reply_address
+from streams.settings import Settings
+from turnout.config import Config, Route
+from turnout.errors import (
+    DeadlineExceeded,
+    InvalidReplyTopic,
+    InvalidRequest,
+    RequestError,
+    RequestTooLarge,
+    TurnoutError,
+    UnknownModel,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    """A consumed record, as far as admission cares."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Admitted:
+    request: Request
+    reply_to: str
+    route_name: str
+    route: Route
+    deadline_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rejected:
+    error: TurnoutError
+    request_id: str | None
+    client_id: str | None
+    reply_to: str | None
+    """Where to tell the client; None when no valid reply topic is known."""
+
+    @property
+    def dead_letter(self) -> bool:
+        """Malformed input goes to the dead-letter topic; a late request does not."""
+        return isinstance(self.error, RequestError)
+
+
+_BODY_FIELD = {"chat": "messages", "completion": "prompt", "embeddings": "input"}
+
+
+def admit(record: Record, *, config: Config, settings: Settings, now_ms: int) -> Admitted | Rejected:
+    if len(record.value) > settings.max_request_bytes:
+        return _reject(
+            record,
+            settings,
+            RequestTooLarge(
+                f"the request record is {len(record.value)} bytes; the limit is "
+                f"{settings.max_request_bytes} (TURNOUT_MAX_REQUEST_BYTES)"
+            ),
+        )
+    try:
+        request = Request.from_wire(record.value)
+    except InvalidRequest as exc:
+        return _reject(record, settings, exc)
+
+    reply_to = request.reply_to or settings.reply_topic_for(request.client_id)
+    problem = _check(request, record, reply_to, settings)
+    if problem is not None:
+        ok_reply_to = reply_to if reply_to.startswith(settings.reply_prefix) else None
+        return Rejected(problem, request.id, request.client_id, ok_reply_to)
+
+    resolved = config.resolve(request.model)
+    if resolved is None:
+        known = ", ".join(config.model_names()) or "none"
+        return Rejected(
+            UnknownModel(
+                f"no route or backend serves model {request.model!r}; known models: {known}"
+            ),
+            request.id,
+            request.client_id,
+            reply_to,
+        )
+    route_name, route = resolved
+
+    deadline_ms = record.timestamp_ms + (request.timeout_ms or settings.default_timeout_ms)
+    if request.deadline is not None:
+        deadline_ms = min(deadline_ms, request.deadline)
+    if deadline_ms <= now_ms:
+        late = DeadlineExceeded(
+            f"the request's deadline passed {now_ms - deadline_ms} ms before turnout read it; "
+            "send it again with a later deadline or a longer timeout_ms",
+            retry_after_ms=0,
+        )
+        return Rejected(late, request.id, request.client_id, reply_to)
+    return Admitted(request, reply_to, route_name, route, deadline_ms)
+
+
+def _check(
+    request: Request, record: Record, reply_to: str, settings: Settings
+) -> TurnoutError | None:
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    if key != request.client_id:
+        return InvalidRequest(
+            f"the record's key is {key!r} but client_id is {request.client_id!r}; publish "
+            "requests keyed by client_id so per-client limits and dedupe stay exact"
+        )
+    if not reply_to.startswith(settings.reply_prefix):
+        return InvalidReplyTopic(
+            f"reply_to {reply_to!r} must start with {settings.reply_prefix!r} "
+            "(TURNOUT_REPLY_PREFIX); omit it to use the default reply topic"
+        )
+    field = _BODY_FIELD[request.kind]
+    value: Any = request.body.get(field)
+    if request.kind == "chat":
+        if not isinstance(value, list) or not value:
+            return InvalidRequest(
+                "a chat body needs a non-empty 'messages' list, "
+                f"got {type(value).__name__ if value is not None else 'nothing'}"
+            )
+    elif not isinstance(value, (str, list)) or not value:
+        return InvalidRequest(
+            f"a {request.kind} body needs '{field}' as a string or a non-empty list"
+        )
+    return None
+
+
+def _reject(record: Record, settings: Settings, error: TurnoutError) -> Rejected:
+    address = salvage_reply_address(record.value)
+    if address is None:
+        return Rejected(error, None, None, None)
+    reply_to = address.reply_to
+    if reply_to is None and address.client_id is not None:
+        reply_to = settings.reply_topic_for(address.client_id)
+    if reply_to is not None and not _valid_reply_topic(reply_to, settings):
+        reply_to = None
+    return Rejected(error, address.id, address.client_id, reply_to)
+
+
+def _valid_reply_topic(name: str, settings: Settings) -> bool:
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    return name.startswith(settings.reply_prefix) and len(name) <= 249 and set(name) <= allowed

@@ -1,0 +1,149 @@
+"""The ``turnout`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+
+import orjson
+
+from streams.settings import Settings
+from turnout import logs
+
+EPILOG = "Settings come from environment variables; `turnout settings` lists them."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="turnout", description=__doc__, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("worker", help="run the router's agents")
+
+    send = sub.add_parser("send", help="publish one request, wait for its reply, print it")
+    send.add_argument("message", nargs="?", default="Hello, turnout!",
+                      help="the user message (chat) or input (embeddings)")
+    send.add_argument("--model", default="default")
+    send.add_argument("--kind", choices=["chat", "completion", "embeddings"], default="chat")
+    send.add_argument("--client", default="cli")
+    send.add_argument("--id", help="the request id (default: random)")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds")
+
+    mock = sub.add_parser("mock-backend", help="serve a mock OpenAI/Ollama backend",
+                          add_help=False)
+    mock.add_argument("rest", nargs=argparse.REMAINDER)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file, naming every problem")
+    check.add_argument("file")
+
+    sub.add_parser("settings", help="list every setting with its env var and default")
+
+    if argv[:1] == ["mock-backend"]:
+        from turnout import mock_backend
+
+        return mock_backend.run(argv[1:]) or 0
+    args = parser.parse_args(argv)
+
+    if args.command == "settings":
+        for env, default, doc in Settings.describe():
+            print(f"{env:28} {default:24} {doc}")
+        return 0
+    if args.command == "config":
+        return _config_check(args.file)
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    if args.command == "worker":
+        return _worker(settings)
+    if args.command == "send":
+        return asyncio.run(_send(settings, args))
+    return 2
+
+
+def _config_check(path: str) -> int:
+    from turnout.config import ConfigError, load
+
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({len(config.backends)} backends, {len(config.routes)} routes)")
+    return 0
+
+
+def _worker(settings: Settings) -> int:
+    import faust
+
+    from turnout.config import ConfigError
+    from turnout.runtime import build
+
+    from turnout.client import ensure_topics
+
+    try:
+        app = build(settings)
+    except ConfigError as exc:
+        print(f"turnout: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    # faust subscribes to the request topic but does not create it.
+    asyncio.run(ensure_topics(settings.bootstrap, [settings.request_topic],
+                              settings.request_partitions))
+    asyncio.run(ensure_topics(settings.bootstrap, [settings.dead_letter_topic], 1))
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    worker = faust.Worker(app, loglevel="warning", quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+async def _send(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas.types import Request
+    from turnout.client import ReplyReader, RequestPublisher, ensure_topics
+
+    if args.kind == "chat":
+        body = {"messages": [{"role": "user", "content": args.message}]}
+    elif args.kind == "completion":
+        body = {"prompt": args.message}
+    else:
+        body = {"input": args.message}
+    request = Request(
+        id=args.id or f"req-{uuid.uuid4().hex[:12]}",
+        client_id=args.client,
+        kind=args.kind,
+        model=args.model,
+        body=body,
+        timeout_ms=int(args.timeout * 1000),
+    )
+    reply_topic = settings.reply_topic_for(request.client_id)
+    await ensure_topics(settings.bootstrap, [reply_topic], settings.reply_partitions)
+    reader = ReplyReader(settings.bootstrap, reply_topic)
+    publisher = RequestPublisher(settings.bootstrap, settings.request_topic)
+    await reader.start(from_end=True)
+    await publisher.start()
+    try:
+        started = time.monotonic()
+        await publisher.send(request)
+        replies = await reader.collect({request.id}, args.timeout)
+    finally:
+        await publisher.stop()
+        await reader.stop()
+    if request.id not in replies:
+        print(f"turnout: no reply to {request.id} on {reply_topic} within {args.timeout} s; "
+              "is a worker running (turnout worker)?", file=sys.stderr)
+        return 1
+    reply = replies[request.id][0]
+    sys.stdout.buffer.write(orjson.dumps(orjson.loads(reply.to_wire()), option=orjson.OPT_INDENT_2))
+    print(f"\n# round trip {1000 * (time.monotonic() - started):.0f} ms", file=sys.stderr)
+    return 0 if reply.status == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Serving admitted requests: many backend calls in flight, offsets committed in order.
+
+The agent hands every record to ``Dispatcher.submit``. ``submit`` waits for one
+of ``TURNOUT_MAX_IN_FLIGHT`` slots (waiting is the backpressure: the agent stops
+reading and faust pauses fetching), registers the offset with its partition's
+``OffsetTracker``, and runs the request in its own task. The task finishes the
+offset only after the final reply (or dead letter) is on the broker, so a crash
+at any point leaves the request in Kafka, to be read again.
+
+On a rebalance the tasks of revoked partitions are cancelled and their trackers
+dropped: the new owner reads those requests again (a repeat carries the same id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from faust.types import TP
+
+from schemas.types import DeadLetter, ErrorInfo, Reply, Source, Timings
+from streams.settings import Settings
+from turnout import logs
+from turnout.admission import Admitted, Record, Rejected, admit
+from turnout.backends import BackendClient
+from turnout.config import Config
+from turnout.errors import BackendError, DeadlineExceeded, TurnoutError
+from turnout.offsets import OffsetTracker
+from turnout.publisher import Publisher
+from turnout.routing import Decision, Snapshot, decide, retry_delay_s
+
+log = logs.get("turnout.request")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        config: Config,
+        client: BackendClient,
+        publisher: Publisher,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._config = config
+        self._client = client
+        self._publisher = publisher
+        self._rng = rng or random.Random()
+        self._backends = {b.id: b for b in config.backends}
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._trackers: dict[TP, OffsetTracker] = {}
+        self._tasks: dict[TP, set[asyncio.Task[None]]] = defaultdict(set)
+        self._in_flight: dict[str, int] = defaultdict(int)
+        self._capacity = asyncio.Event()
+        self._turn = 0
+
+    # -- offsets ---------------------------------------------------------------
+
+    def committable(self, tp: TP) -> int | None:
+        tracker = self._trackers.get(tp)
+        return None if tracker is None else tracker.committable
+
+    def revoke(self, tps: Iterable[TP]) -> None:
+        """Forget revoked partitions: cancel their requests, drop their trackers."""
+        for tp in tps:
+            self._trackers.pop(tp, None)
+            for task in self._tasks.pop(tp, set()):
+                task.cancel()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Let in-flight requests finish for ``grace_s``, then cancel the rest."""
+        tasks = [t for ts in self._tasks.values() for t in ts]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(ts) for ts in self._tasks.values())
+
+    def __repr__(self) -> str:
+        return f"<Dispatcher in_flight={self.in_flight} partitions={len(self._trackers)}>"
+
+    # -- the request path -----------------------------------------------------------
+
+    async def submit(self, tp: TP, record: Record, ack: Callable[[], object]) -> None:
+        await self._slots.acquire()
+        try:
+            tracker = self._trackers.setdefault(tp, OffsetTracker())
+            tracker.begin(record.offset)
+            outcome = admit(record, config=self._config, settings=self._settings, now_ms=_now_ms())
+        except BaseException:
+            self._slots.release()
+            raise
+        task = asyncio.create_task(self._run(tracker, record, outcome, ack))
+        tasks = self._tasks[tp]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _run(
+        self,
+        tracker: OffsetTracker,
+        record: Record,
+        outcome: Admitted | Rejected,
+        ack: Callable[[], object],
+    ) -> None:
+        try:
+            if isinstance(outcome, Rejected):
+                await self._reject(record, outcome)
+            else:
+                await self._serve(record, outcome)
+            tracker.finish(record.offset)
+            ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug, not bad input: keep the request in Kafka (its offset is not
+            # finished) and say so loudly; the worker itself keeps going.
+            log.exception("request_failed_internally", offset=record.offset,
+                          partition=record.partition)
+        finally:
+            self._slots.release()
+
+    async def _reject(self, record: Record, rejected: Rejected) -> None:
+        err = rejected.error
+        if rejected.dead_letter:
+            await self._publisher.dead_letter(
+                DeadLetter(
+                    code=err.code,
+                    reason=err.message,
+                    source=Source(topic=record.topic, partition=record.partition,
+                                  offset=record.offset, timestamp_ms=record.timestamp_ms),
+                    key=record.key,
+                    value=record.value,
+                    request_id=rejected.request_id,
+                    client_id=rejected.client_id,
+                    dead_lettered_at_ms=_now_ms(),
+                )
+            )
+        if rejected.reply_to is not None and rejected.request_id is not None:
+            total = float(_now_ms() - record.timestamp_ms)
+            await self._publisher.reply(
+                rejected.reply_to,
+                Reply(
+                    id=rejected.request_id,
+                    status="error",
+                    client_id=rejected.client_id,
+                    error=ErrorInfo.from_error(err),
+                    timings=Timings(queue_ms=total, backend_ms=0.0, total_ms=total),
+                ),
+            )
+        log.info(
+            "request_completed",
+            status="error",
+            code=err.code,
+            request_id=rejected.request_id,
+            client_id=rejected.client_id,
+            dead_lettered=rejected.dead_letter,
+            replied=rejected.reply_to is not None and rejected.request_id is not None,
+            partition=record.partition,
+            offset=record.offset,
+        )
+
+    async def _serve(self, record: Record, job: Admitted) -> None:
+        req = job.request
+        tried: set[str] = set()
+        attempts = 0
+        backend_ms = 0.0
+        first_call_ms: int | None = None
+        decision: Decision | None = None
+        body: dict[str, object] | None = None
+        error: TurnoutError | None = None
+        while True:
+            try:
+                decision = await self._choose(job, frozenset(tried))
+            except TurnoutError as exc:
+                error = exc
+                break
+            backend = self._backends[decision.backend]
+            remaining_s = (job.deadline_ms - _now_ms()) / 1000
+            attempts += 1
+            if first_call_ms is None:
+                first_call_ms = _now_ms()
+            self._in_flight[backend.id] += 1
+            started = time.monotonic()
+            try:
+                body = await self._client.call(
+                    backend,
+                    kind=req.kind,
+                    model=decision.model,
+                    body=req.body,
+                    timeout_s=max(0.001, min(remaining_s, backend.timeout_ms / 1000)),
+                )
+                error = None
+                break
+            except BackendError as exc:
+                error = exc
+            finally:
+                backend_ms += (time.monotonic() - started) * 1000
+                self._in_flight[backend.id] -= 1
+                self._capacity.set()
+                self._capacity = asyncio.Event()
+            remaining_ms = job.deadline_ms - _now_ms()
+            if remaining_ms <= 0:
+                error = DeadlineExceeded(
+                    f"the deadline passed during attempt {attempts} (last: {error.message}); "
+                    "send it again with a longer timeout_ms",
+                    retry_after_ms=1000,
+                )
+                break
+            if not error.retryable or attempts >= job.route.max_attempts:
+                break
+            tried.add(backend.id)
+            await asyncio.sleep(min(retry_delay_s(attempts, self._rng), remaining_ms / 1000))
+
+        now = _now_ms()
+        timings = Timings(
+            queue_ms=float((first_call_ms or now) - record.timestamp_ms),
+            backend_ms=round(backend_ms, 3),
+            total_ms=float(now - record.timestamp_ms),
+        )
+        reply = Reply(
+            id=req.id,
+            status="ok" if error is None else "error",
+            client_id=req.client_id,
+            body=body if error is None else None,
+            error=None if error is None else _error_info(error, attempts, job.route_name),
+            backend=decision.backend if decision else None,
+            route=job.route_name,
+            policy=decision.policy if decision else None,
+            reason=decision.reason if decision else None,
+            attempts=attempts,
+            timings=timings,
+        )
+        await self._publisher.reply(job.reply_to, reply)
+        fields = {}
+        if self._settings.log_content:
+            fields = {"request_body": req.body, "response_body": body}
+        log.info(
+            "request_completed",
+            request_id=req.id,
+            client_id=req.client_id,
+            kind=req.kind,
+            model=req.model,
+            route=job.route_name,
+            backend=reply.backend,
+            policy=reply.policy,
+            status=reply.status,
+            code=error.code if error else None,
+            attempts=attempts,
+            queue_ms=timings.queue_ms,
+            backend_ms=timings.backend_ms,
+            total_ms=timings.total_ms,
+            partition=record.partition,
+            offset=record.offset,
+            **fields,
+        )
+
+    async def _choose(self, job: Admitted, tried: frozenset[str]) -> Decision:
+        """Decide a backend, waiting while every candidate is at its concurrency limit."""
+        while True:
+            snapshot = Snapshot(self._backends, self._in_flight, turn=self._turn)
+            decision = decide(job.route, snapshot, tried=tried)
+            if decision is not None:
+                self._turn += 1
+                return decision
+            remaining_s = (job.deadline_ms - _now_ms()) / 1000
+            if remaining_s <= 0:
+                raise DeadlineExceeded(
+                    f"every backend of route {job.route_name!r} stayed at its concurrency "
+                    "limit until the request's deadline; retry later or with a longer timeout_ms",
+                    retry_after_ms=1000,
+                )
+            try:
+                await asyncio.wait_for(self._capacity.wait(), remaining_s)
+            except TimeoutError:
+                pass
+
+
+def _error_info(error: TurnoutError, attempts: int, route: str) -> ErrorInfo:
+    message = error.message
+    if isinstance(error, BackendError):
+        message = f"{message} (after {attempts} attempt(s) on route {route!r})"
+    retry_after = error.retry_after_ms
+    if retry_after is None and error.retryable:
+        retry_after = 1000
+    return ErrorInfo(
+        code=error.code, message=message, retryable=error.retryable, retry_after_ms=retry_after
+    )

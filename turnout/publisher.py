@@ -1,0 +1,73 @@
+"""Publishing replies and dead letters, durably.
+
+A request's offset may only be committed once its final reply is on the broker,
+so ``publish`` waits for the broker's acknowledgement (acks=all) and keeps
+retrying while Kafka is unreachable: the request then simply stays in Kafka, in
+flight, until the broker is back or the partition moves to another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+
+import faust
+from aiokafka.errors import KafkaError
+
+from schemas.types import DeadLetter, Reply
+from streams.settings import Settings
+from turnout import logs
+
+log = logs.get(__name__)
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class PublishFailed(Exception):
+    """The broker refused the record for a reason retrying cannot fix."""
+
+
+class Publisher:
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self._app = app
+        self._settings = settings
+        self._declared: set[str] = set()
+
+    async def reply(self, topic: str, reply: Reply) -> None:
+        headers = [("turnout-request-id", reply.id.encode())]
+        await self.publish(topic, reply.id.encode(), reply.to_wire(), headers)
+
+    async def dead_letter(self, record: DeadLetter) -> None:
+        headers = [("turnout-dead-letter-code", record.code.encode())]
+        key = record.client_id.encode() if record.client_id else None
+        await self.publish(self._settings.dead_letter_topic, key, record.to_wire(), headers)
+
+    async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._ensure_topic(topic)
+                await self._app.producer.send_and_wait(
+                    topic, key, value, partition=None, timestamp=None, headers=list(headers)
+                )
+                return
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False) and not _is_connection_error(exc):
+                    raise PublishFailed(f"{type(exc).__name__} publishing to {topic}") from exc
+                log.warning("publish_retry", topic=topic, error=type(exc).__name__, delay_s=delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+    async def _ensure_topic(self, topic: str) -> None:
+        if topic in self._declared:
+            return
+        await self._app.topic(
+            topic, partitions=self._settings.reply_partitions, value_type=bytes
+        ).maybe_declare()
+        self._declared.add(topic)
+
+
+def _is_connection_error(exc: KafkaError) -> bool:
+    return type(exc).__name__ in {"KafkaConnectionError", "NodeNotReadyError", "KafkaTimeoutError",
+                                  "RequestTimedOutError", "NotLeaderForPartitionError"}
