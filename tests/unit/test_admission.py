@@ -24,13 +24,19 @@ NOW = 1_700_000_000_000
 def record(value, key=b"c1", ts=NOW):
     if not isinstance(value, bytes):
         value = orjson.dumps(value)
-    return Record(topic="turnout.requests", partition=0, offset=5, timestamp_ms=ts, key=key,
-                  value=value)
+    return Record(
+        topic="turnout.requests", partition=0, offset=5, timestamp_ms=ts, key=key, value=value
+    )
 
 
 def good(**over):
-    req = {"id": "r1", "client_id": "c1", "kind": "chat", "model": "fast",
-           "body": {"messages": [{"role": "user", "content": "hi"}]}}
+    req = {
+        "id": "r1",
+        "client_id": "c1",
+        "kind": "chat",
+        "model": "fast",
+        "body": {"messages": [{"role": "user", "content": "hi"}]},
+    }
     req.update(over)
     return req
 
@@ -67,20 +73,50 @@ def test_the_earlier_of_timeout_and_deadline_wins():
     [
         (b"{not json", b"c1", "invalid_request", "not valid JSON", None),
         (b"[1,2]", b"c1", "invalid_request", "Expected `object`", None),
-        ({"id": "r1", "client_id": "c1"}, b"c1", "invalid_request", "missing required field",
-         "turnout.replies.c1"),
-        (good(priority="high"), b"c1", "invalid_request", "Expected `int`, got `str`",
-         "turnout.replies.c1"),
-        (good(model="gpt-9"), b"c1", "unknown_model", "known models: fast, echo",
-         "turnout.replies.c1"),
-        (good(body={"messages": []}), b"c1", "invalid_request", "non-empty 'messages'",
-         "turnout.replies.c1"),
-        (good(kind="embeddings", body={}), b"c1", "invalid_request", "'input'",
-         "turnout.replies.c1"),
+        (
+            {"id": "r1", "client_id": "c1"},
+            b"c1",
+            "invalid_request",
+            "missing required field",
+            "turnout.replies.c1",
+        ),
+        (
+            good(priority="high"),
+            b"c1",
+            "invalid_request",
+            "Expected `int`, got `str`",
+            "turnout.replies.c1",
+        ),
+        (
+            good(model="gpt-9"),
+            b"c1",
+            "unknown_model",
+            "known models: fast, echo",
+            "turnout.replies.c1",
+        ),
+        (
+            good(body={"messages": []}),
+            b"c1",
+            "invalid_request",
+            "non-empty 'messages'",
+            "turnout.replies.c1",
+        ),
+        (
+            good(kind="embeddings", body={}),
+            b"c1",
+            "invalid_request",
+            "'input'",
+            "turnout.replies.c1",
+        ),
         (good(), b"someone-else", "invalid_request", "keyed by client_id", "turnout.replies.c1"),
         (good(reply_to="turnout.requests"), b"c1", "invalid_reply_topic", "must start with", None),
-        (good(body={"messages": [{"content": "x" * 3000}]}), b"c1", "request_too_large",
-         "limit is 2000", "turnout.replies.c1"),
+        (
+            good(body={"messages": [{"content": "x" * 3000}]}),
+            b"c1",
+            "request_too_large",
+            "limit is 2000",
+            "turnout.replies.c1",
+        ),
     ],
 )
 def test_bad_input_is_rejected_with_a_clear_reason(value, key, code, phrase, reply_to):

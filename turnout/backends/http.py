@@ -1,0 +1,121 @@
+"""The real ``BackendClient``: one shared aiohttp session, protocol adapters for the shapes.
+
+All I/O is here; what to send and how to read the answer is decided by the pure
+adapters in ``openai.py`` and ``ollama.py``. aiohttp and OS exceptions are
+translated into turnout's ``BackendError`` subclasses at this edge, with
+messages that name the backend id and never its URL or key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from schemas.types import Kind
+from turnout.backends import ollama, openai
+from turnout.backends.http_call import HttpAnswer, HttpCall, join_url
+from turnout.config import Backend, Secret
+from turnout.errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendTimeout,
+    BackendUnavailable,
+)
+
+
+def new_session() -> aiohttp.ClientSession:
+    """A session with no connection limit (thousands of calls in flight) and orjson encoding.
+
+    Call it inside a running event loop; hand it to ``HttpBackendClient``, which closes it.
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
+    )
+
+
+class HttpBackendClient:
+    """Calls backends over HTTP with one shared session; ``keys`` maps backend id to API key."""
+
+    def __init__(self, session: aiohttp.ClientSession, keys: Mapping[str, Secret]) -> None:
+        self._session = session
+        self._keys = keys
+
+    def __repr__(self) -> str:
+        return f"<HttpBackendClient keys_for={sorted(self._keys)} closed={self._session.closed}>"
+
+    async def call(
+        self,
+        backend: Backend,
+        *,
+        kind: Kind,
+        model: str,
+        body: Mapping[str, Any],
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        """Call ``backend``; see ``turnout.backends.BackendClient.call``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._exchange(backend, kind, model, body, timeout_s)
+        except BackendError:
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError):  # before OSError: a subclass of it
+            raise BackendTimeout(
+                f"backend {backend.id!r} did not answer within {timeout_s:g} s; "
+                "it may be overloaded, or the timeout too short for this request",
+                backend=backend.id,
+            ) from None
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise BackendUnavailable(
+                f"backend {backend.id!r} could not be reached ({_cause(exc)}); "
+                "check that it is running and that its base_url is right",
+                backend=backend.id,
+            ) from None
+        except Exception as exc:
+            raise BackendProtocolError(
+                f"backend {backend.id!r} call failed unexpectedly ({type(exc).__name__}); "
+                "the answer could not be read",
+                backend=backend.id,
+            ) from None
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _exchange(
+        self, backend: Backend, kind: Kind, model: str, body: Mapping[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
+        if backend.protocol == "openai":
+            answer = await self._post(backend, openai.build(kind, model, body), timeout_s)
+            return openai.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
+        if kind == "embeddings" and backend.embed_endpoint == "embeddings":
+            calls = ollama.build_legacy_embeddings(model, body)
+            answers = [await self._post(backend, call, timeout_s) for call in calls]
+            return ollama.parse_legacy_embeddings(backend.id, model, answers)
+        answer = await self._post(backend, ollama.build(kind, model, body), timeout_s)
+        return ollama.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
+
+    async def _post(self, backend: Backend, call: HttpCall, timeout_s: float) -> HttpAnswer:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = self._keys.get(backend.id)
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key.reveal()}"
+        async with self._session.post(
+            join_url(backend.base_url, call.path),
+            data=orjson.dumps(call.json),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
+            payload = await response.read()
+            return HttpAnswer(response.status, payload, response.headers)
+
+
+def _cause(exc: BaseException) -> str:
+    """The exception's type and OS reason (e.g. "Connection refused"), never its text or URL."""
+    errno = getattr(getattr(exc, "os_error", exc), "errno", None)
+    # os.strerror, not the exception's text: that may carry the host and port.
+    return f"{type(exc).__name__}: {os.strerror(errno)}" if errno else type(exc).__name__

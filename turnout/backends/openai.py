@@ -1,0 +1,58 @@
+"""The OpenAI protocol, as pure functions: a request body in, an ``HttpCall`` out, and back.
+
+turnout speaks OpenAI's shapes internally, so building is a pass-through (the
+model replaced, streaming off) and parsing checks that the body has the shape
+the caller will read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from schemas.types import Kind
+from turnout.backends.http_call import HttpAnswer, HttpCall, decode_object, shape_error
+
+PATHS: dict[Kind, str] = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+
+
+def build(kind: Kind, model: str, body: Mapping[str, Any]) -> HttpCall:
+    """The call for ``body``: ``model`` replaces the body's, and chat/completion never stream."""
+    json = dict(body)
+    json["model"] = model
+    if kind != "embeddings":
+        json["stream"] = False
+        json.pop("stream_options", None)  # only allowed with stream: true
+    return HttpCall(PATHS[kind], json)
+
+
+def parse(
+    kind: Kind, backend_id: str, status: int, payload: bytes, headers: Mapping[str, str]
+) -> dict[str, Any]:
+    """The OpenAI body of a 2xx answer; ``BackendStatusError`` or ``BackendProtocolError``."""
+    obj = decode_object(backend_id, HttpAnswer(status, payload, headers))
+    if kind == "embeddings":
+        _check_embeddings(backend_id, status, obj)
+    else:
+        field, shape = ("message", dict) if kind == "chat" else ("text", str)
+        choices = obj.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(first, dict) or not isinstance(first.get(field), shape):
+            got = first if isinstance(first, dict) else obj
+            raise shape_error(backend_id, status, f"choices[0].{field}", got)
+    return obj
+
+
+def _check_embeddings(backend_id: str, status: int, obj: dict[str, Any]) -> None:
+    data = obj.get("data")
+    if not isinstance(data, list):
+        raise shape_error(backend_id, status, "data list", obj)
+    for i, item in enumerate(data):
+        # A list of floats, or a base64 string when the request asked for encoding_format=base64.
+        embedding = item.get("embedding") if isinstance(item, dict) else None
+        if not isinstance(embedding, list | str):
+            raise shape_error(backend_id, status, f"data[{i}].embedding", item)
