@@ -20,6 +20,8 @@ def create_app(settings: Settings) -> faust.App:
         # acked before a rebalance could block it for a whole request deadline.
         stream_wait_empty=False,
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_linger_ms=1,

@@ -45,7 +45,9 @@ class Settings:
         "TURNOUT_REPLY_PARTITIONS", 4, "Partitions of a reply topic that turnout creates."
     )
     max_in_flight: int = _setting(
-        "TURNOUT_MAX_IN_FLIGHT", 4096, "Backend calls in flight per worker; more waits (backpressure)."
+        "TURNOUT_MAX_IN_FLIGHT",
+        4096,
+        "Backend calls in flight per worker; more waits (backpressure).",
     )
     max_request_bytes: int = _setting(
         "TURNOUT_MAX_REQUEST_BYTES", 1_048_576, "Larger request records are dead-lettered."
@@ -56,9 +58,12 @@ class Settings:
     commit_interval_s: float = _setting(
         "TURNOUT_COMMIT_INTERVAL_S", 1.0, "How often consumed offsets are committed."
     )
-    web_port: int = _setting(
-        "TURNOUT_WEB_PORT", 0, "Port of faust's web server; 0 disables it."
+    session_timeout_s: float = _setting(
+        "TURNOUT_SESSION_TIMEOUT_S",
+        10.0,
+        "How long a silent worker keeps its partitions before the group reassigns them.",
     )
+    web_port: int = _setting("TURNOUT_WEB_PORT", 0, "Port of faust's web server; 0 disables it.")
     store: str = _setting(
         "TURNOUT_STORE", "memory://", "Table store: memory:// or rocksdb:// (rocksdict)."
     )
@@ -98,7 +103,9 @@ class Settings:
         if self.request_partitions < 1:
             raise ValueError("TURNOUT_REQUEST_PARTITIONS must be at least 1")
         if self.log_level not in ("debug", "info", "warning", "error"):
-            raise ValueError(f"TURNOUT_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}")
+            raise ValueError(
+                f"TURNOUT_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}"
+            )
 
     def reply_topic_for(self, client_id: str) -> str:
         return f"{self.reply_prefix}{client_id}"

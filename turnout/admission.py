@@ -62,7 +62,9 @@ class Rejected:
 _BODY_FIELD = {"chat": "messages", "completion": "prompt", "embeddings": "input"}
 
 
-def admit(record: Record, *, config: Config, settings: Settings, now_ms: int) -> Admitted | Rejected:
+def admit(
+    record: Record, *, config: Config, settings: Settings, now_ms: int
+) -> Admitted | Rejected:
     if len(record.value) > settings.max_request_bytes:
         return _reject(
             record,

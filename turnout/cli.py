@@ -24,16 +24,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run the router's agents")
 
     send = sub.add_parser("send", help="publish one request, wait for its reply, print it")
-    send.add_argument("message", nargs="?", default="Hello, turnout!",
-                      help="the user message (chat) or input (embeddings)")
+    send.add_argument(
+        "message",
+        nargs="?",
+        default="Hello, turnout!",
+        help="the user message (chat) or input (embeddings)",
+    )
     send.add_argument("--model", default="default")
     send.add_argument("--kind", choices=["chat", "completion", "embeddings"], default="chat")
     send.add_argument("--client", default="cli")
     send.add_argument("--id", help="the request id (default: random)")
     send.add_argument("--timeout", type=float, default=30.0, help="seconds")
 
-    mock = sub.add_parser("mock-backend", help="serve a mock OpenAI/Ollama backend",
-                          add_help=False)
+    mock = sub.add_parser("mock-backend", help="serve a mock OpenAI/Ollama backend", add_help=False)
     mock.add_argument("rest", nargs=argparse.REMAINDER)
 
     cfg = sub.add_parser("config", help="configuration tools")
@@ -84,10 +87,9 @@ def _config_check(path: str) -> int:
 def _worker(settings: Settings) -> int:
     import faust
 
+    from turnout.client import ensure_topics
     from turnout.config import ConfigError
     from turnout.runtime import build
-
-    from turnout.client import ensure_topics
 
     try:
         app = build(settings)
@@ -95,8 +97,9 @@ def _worker(settings: Settings) -> int:
         print(f"turnout: refusing to start: {exc}", file=sys.stderr)
         return 2
     # faust subscribes to the request topic but does not create it.
-    asyncio.run(ensure_topics(settings.bootstrap, [settings.request_topic],
-                              settings.request_partitions))
+    asyncio.run(
+        ensure_topics(settings.bootstrap, [settings.request_topic], settings.request_partitions)
+    )
     asyncio.run(ensure_topics(settings.bootstrap, [settings.dead_letter_topic], 1))
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = faust.Worker(app, loglevel="warning", quiet=True)
@@ -136,8 +139,11 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
         await publisher.stop()
         await reader.stop()
     if request.id not in replies:
-        print(f"turnout: no reply to {request.id} on {reply_topic} within {args.timeout} s; "
-              "is a worker running (turnout worker)?", file=sys.stderr)
+        print(
+            f"turnout: no reply to {request.id} on {reply_topic} within {args.timeout} s; "
+            "is a worker running (turnout worker)?",
+            file=sys.stderr,
+        )
         return 1
     reply = replies[request.id][0]
     sys.stdout.buffer.write(orjson.dumps(orjson.loads(reply.to_wire()), option=orjson.OPT_INDENT_2))

@@ -151,9 +151,7 @@ def check(config: Config, env: Mapping[str, str]) -> list[str]:
         if not b.models:
             problems.append(f"{where}.models: the list is empty; name the models it serves")
         if b.api_key_env is not None and b.api_key_env not in env:
-            problems.append(
-                f"{where}.api_key_env: environment variable {b.api_key_env} is not set"
-            )
+            problems.append(f"{where}.api_key_env: environment variable {b.api_key_env} is not set")
     for name, route in config.routes.items():
         where = f"routes[{name}]"
         if not route.targets:

@@ -126,8 +126,9 @@ class Dispatcher:
         except Exception:
             # A bug, not bad input: keep the request in Kafka (its offset is not
             # finished) and say so loudly; the worker itself keeps going.
-            log.exception("request_failed_internally", offset=record.offset,
-                          partition=record.partition)
+            log.exception(
+                "request_failed_internally", offset=record.offset, partition=record.partition
+            )
         finally:
             self._slots.release()
 
@@ -138,8 +139,12 @@ class Dispatcher:
                 DeadLetter(
                     code=err.code,
                     reason=err.message,
-                    source=Source(topic=record.topic, partition=record.partition,
-                                  offset=record.offset, timestamp_ms=record.timestamp_ms),
+                    source=Source(
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        timestamp_ms=record.timestamp_ms,
+                    ),
                     key=record.key,
                     value=record.value,
                     request_id=rejected.request_id,

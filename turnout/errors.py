@@ -86,9 +86,7 @@ class BackendError(TurnoutError):
     code = "backend_error"
     retryable = True
 
-    def __init__(
-        self, message: str, *, backend: str, retry_after_ms: int | None = None
-    ) -> None:
+    def __init__(self, message: str, *, backend: str, retry_after_ms: int | None = None) -> None:
         super().__init__(message, retry_after_ms=retry_after_ms)
         self.backend = backend
 

@@ -69,5 +69,10 @@ class Publisher:
 
 
 def _is_connection_error(exc: KafkaError) -> bool:
-    return type(exc).__name__ in {"KafkaConnectionError", "NodeNotReadyError", "KafkaTimeoutError",
-                                  "RequestTimedOutError", "NotLeaderForPartitionError"}
+    return type(exc).__name__ in {
+        "KafkaConnectionError",
+        "NodeNotReadyError",
+        "KafkaTimeoutError",
+        "RequestTimedOutError",
+        "NotLeaderForPartitionError",
+    }

@@ -61,6 +61,8 @@ def _decision(target: Target, policy: str, reason: str) -> Decision:
     return Decision(target.backend, target.model, policy, reason)
 
 
-def retry_delay_s(attempt: int, rng: random.Random, *, base_s: float = 0.05, cap_s: float = 2.0) -> float:
+def retry_delay_s(
+    attempt: int, rng: random.Random, *, base_s: float = 0.05, cap_s: float = 2.0
+) -> float:
     """Backoff before retry number ``attempt`` (1-based): full jitter, exponential cap."""
     return rng.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))

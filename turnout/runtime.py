@@ -55,9 +55,12 @@ class Runtime:
             client=self._client,
             publisher=Publisher(self._app, self._settings),
         )
-        log.info("worker_started", request_topic=self._settings.request_topic,
-                 backends=[b.id for b in self._config.backends],
-                 max_in_flight=self._settings.max_in_flight)
+        log.info(
+            "worker_started",
+            request_topic=self._settings.request_topic,
+            backends=[b.id for b in self._config.backends],
+            max_in_flight=self._settings.max_in_flight,
+        )
 
     async def stop(self) -> None:
         if self._dispatcher is not None:
@@ -73,7 +76,9 @@ class Runtime:
     async def on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         if self._dispatcher is not None:
             self._dispatcher.revoke(revoked)
-        log.info("partitions_revoked", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
+        log.info(
+            "partitions_revoked", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked)
+        )
 
 
 def build(settings: Settings) -> faust.App:

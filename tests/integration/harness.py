@@ -1,0 +1,247 @@
+"""Real processes for integration tests: mock backends and turnout workers.
+
+Each test gets its own request topic, consumer group and client ids, so tests
+share one broker without seeing each other's messages.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import orjson
+
+ROOT = pathlib.Path(__file__).parents[2]
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+TURNOUT = [sys.executable, "-m", "turnout.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class MockBackend:
+    """A ``turnout mock-backend`` process; ``configure`` changes its behaviour live."""
+
+    def __init__(self, tmp: pathlib.Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(tmp / f"mock-{self.port}.log", "wb")
+        self.proc = subprocess.Popen(
+            [*TURNOUT, "mock-backend", "--port", str(self.port), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mock backend exited with {self.proc.returncode}")
+            try:
+                self.stats()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("mock backend did not start in 20 s")
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/stats", timeout=2) as r:
+            return orjson.loads(r.read())
+
+    def configure(self, **options) -> None:
+        req = urllib.request.Request(
+            f"{self.url}/admin/config",
+            data=orjson.dumps(options),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=2) as r:
+            r.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+class Worker:
+    """A ``turnout worker`` process with its own topic, group and config."""
+
+    def __init__(
+        self,
+        tmp: pathlib.Path,
+        config_text: str,
+        *,
+        app_id: str,
+        request_topic: str,
+        partitions: int = 4,
+        extra_env: dict[str, str] | None = None,
+        name: str = "worker",
+    ) -> None:
+        self.tmp = tmp
+        self.name = name
+        self.config_path = tmp / f"{app_id}.yaml"
+        self.config_path.write_text(config_text)
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": BOOTSTRAP,
+            "TURNOUT_CONFIG": str(self.config_path),
+            "TURNOUT_APP_ID": app_id,
+            "TURNOUT_REQUEST_TOPIC": request_topic,
+            "TURNOUT_REQUEST_PARTITIONS": str(partitions),
+            "TURNOUT_DATA_DIR": str(tmp / f"data-{app_id}-{name}"),
+            "TURNOUT_LOG_FORMAT": "json",
+            "TURNOUT_COMMIT_INTERVAL_S": "0.5",
+            **(extra_env or {}),
+        }
+        self.runs = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def log_path(self) -> pathlib.Path:
+        return self.tmp / f"{self.name}-{self.runs}.log"
+
+    def start(self) -> None:
+        self.runs += 1
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*TURNOUT, "worker"], env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=60)
+        self._log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_lines(self) -> list[dict]:
+        out = []
+        for i in range(1, self.runs + 1):
+            for line in (self.tmp / f"{self.name}-{i}.log").read_bytes().splitlines():
+                try:
+                    out.append(orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    out.append({"raw": line.decode("utf-8", "replace")})
+        return out
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+
+
+def config_for(
+    *backends: tuple[str, str, str],
+    route_policy: str = "round_robin",
+    max_concurrency: int = 4096,
+    max_attempts: int = 2,
+) -> str:
+    """Config text: backends as (id, protocol, url), all serving "echo" on route "default"."""
+    lines = ["backends:"]
+    for bid, proto, url in backends:
+        lines.append(
+            f"  - {{id: {bid}, protocol: {proto}, base_url: '{url}', "
+            f"models: [echo, embed], max_concurrency: {max_concurrency}}}"
+        )
+    lines.append("routes:")
+    lines.append("  default:")
+    lines.append(f"    policy: {route_policy}")
+    lines.append(f"    max_attempts: {max_attempts}")
+    lines.append("    targets:")
+    for bid, _, _ in backends:
+        lines.append(f"      - {{backend: {bid}, model: echo}}")
+    lines.append("default_route: default")
+    return "\n".join(lines) + "\n"
+
+
+def chat_request(req_id: str, client_id: str, text: str, **extra):
+    from schemas.types import Request
+
+    return Request(
+        id=req_id,
+        client_id=client_id,
+        kind="chat",
+        model=extra.pop("model", "default"),
+        body={"messages": [{"role": "user", "content": text}]},
+        **extra,
+    )
+
+
+async def collect_replies(topics: dict[str, set[str]], timeout_s: float):
+    """Read each reply topic from the beginning until all its ids are answered.
+
+    Returns {topic: {id: [replies]}}, keeping repeats and strays so tests can check them.
+    """
+    import asyncio
+
+    from turnout.client import ReplyReader
+
+    async def one(topic: str, ids: set[str]):
+        reader = ReplyReader(BOOTSTRAP, topic)
+        await reader.start(from_end=False)
+        try:
+            return topic, await reader.collect(ids, timeout_s)
+        finally:
+            await reader.stop()
+
+    return dict(await asyncio.gather(*(one(t, ids) for t, ids in topics.items())))
+
+
+async def committed_offsets(group: str, topic: str) -> dict[int, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: m.offset for tp, m in offsets.items() if tp.topic == topic}
+
+
+async def request_ids_below(topic: str, limits: dict[int, int]) -> set[str]:
+    """The ids of the requests at offsets below ``limits[partition]``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from schemas.types import Request
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
+    await consumer.start()
+    ids: set[str] = set()
+    try:
+        tps = [TopicPartition(topic, p) for p, end in limits.items() if end > 0]
+        if not tps:
+            return ids
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        todo = {tp: limits[tp.partition] for tp in tps}
+        while todo:
+            for tp, recs in (await consumer.getmany(timeout_ms=1000)).items():
+                for rec in recs:
+                    if rec.offset < todo.get(tp, 0):
+                        ids.add(Request.from_wire(rec.value).id)
+                if tp in todo and await consumer.position(tp) >= todo[tp]:
+                    del todo[tp]
+    finally:
+        await consumer.stop()
+    return ids
