@@ -127,6 +127,7 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
     )
     reply_topic = settings.reply_topic_for(request.client_id)
     await ensure_topics(settings.bootstrap, [reply_topic], settings.reply_partitions)
+    await ensure_topics(settings.bootstrap, [settings.request_topic], settings.request_partitions)
     reader = ReplyReader(settings.bootstrap, reply_topic)
     publisher = RequestPublisher(settings.bootstrap, settings.request_topic)
     await reader.start(from_end=True)
