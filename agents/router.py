@@ -15,6 +15,9 @@ import faust
 from turnout.admission import Record
 from turnout.runtime import Runtime
 
+REPLAY = "turnout-replay"
+REPLAY_FORCE = "turnout-replay-force"
+
 
 def register(app: faust.App, topic: faust.TopicT, runtime: Runtime) -> Any:
     @app.agent(topic, name="turnout-route")
@@ -23,6 +26,7 @@ def register(app: faust.App, topic: faust.TopicT, runtime: Runtime) -> Any:
         try:
             async for event in stream.noack().events():
                 msg = event.message
+                headers = dict(msg.headers or ())
                 record = Record(
                     topic=msg.topic,
                     partition=msg.partition,
@@ -30,6 +34,8 @@ def register(app: faust.App, topic: faust.TopicT, runtime: Runtime) -> Any:
                     timestamp_ms=int(msg.timestamp * 1000),
                     key=msg.key,
                     value=msg.value if msg.value is not None else b"",
+                    replay=REPLAY in headers,
+                    force=headers.get(REPLAY_FORCE) == b"1",
                 )
                 await runtime.dispatcher.submit(msg.tp, record, event.ack)
         finally:

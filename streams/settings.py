@@ -36,6 +36,11 @@ class Settings:
     dead_letter_topic: str = _setting(
         "TURNOUT_DEAD_LETTER_TOPIC", "turnout.dead-letter", "Where unprocessable records go."
     )
+    dedupe_retention_s: int = _setting(
+        "TURNOUT_DEDUPE_RETENTION_S",
+        7 * 24 * 3600,
+        "How long a request answered ok is remembered, so a replay skips it.",
+    )
     reply_prefix: str = _setting(
         "TURNOUT_REPLY_PREFIX",
         "turnout.replies.",
@@ -106,6 +111,11 @@ class Settings:
             raise ValueError(
                 f"TURNOUT_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}"
             )
+
+    @property
+    def outcome_topic(self) -> str:
+        """Where dispatch reports requests answered ok; co-partitioned with requests."""
+        return f"{self.request_topic}.outcomes"
 
     def reply_topic_for(self, client_id: str) -> str:
         return f"{self.reply_prefix}{client_id}"

@@ -34,6 +34,10 @@ class Record:
     timestamp_ms: int
     key: bytes | None
     value: bytes
+    replay: bool = False
+    """Re-published by ``turnout replay``."""
+    force: bool = False
+    """Serve it even if it was answered ok before (``turnout replay --force``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,6 +47,10 @@ class Admitted:
     route_name: str
     route: Route
     deadline_ms: int
+    prompt_tokens: int = 0
+    """Estimated, for rules, token rate limits and the cost policy."""
+    tiers: frozenset[str] | None = None
+    """Tiers a matching rule allows (None: any)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -96,10 +96,9 @@ def _worker(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"turnout: refusing to start: {exc}", file=sys.stderr)
         return 2
-    # faust subscribes to the request topic but does not create it.
-    asyncio.run(
-        ensure_topics(settings.bootstrap, [settings.request_topic], settings.request_partitions)
-    )
+    # faust subscribes to source topics but does not create them.
+    sources = [settings.request_topic, settings.outcome_topic]
+    asyncio.run(ensure_topics(settings.bootstrap, sources, settings.request_partitions))
     asyncio.run(ensure_topics(settings.bootstrap, [settings.dead_letter_topic], 1))
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = faust.Worker(app, loglevel="warning", quiet=True)

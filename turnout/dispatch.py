@@ -17,12 +17,14 @@ import asyncio
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
+import orjson
 from faust.types import TP
 
 from schemas.types import DeadLetter, ErrorInfo, Reply, Source, Timings
 from streams.settings import Settings
+from streams.tables import done_key
 from turnout import logs
 from turnout.admission import Admitted, Record, Rejected, admit
 from turnout.backends import BackendClient
@@ -30,7 +32,7 @@ from turnout.config import Config
 from turnout.errors import BackendError, DeadlineExceeded, TurnoutError
 from turnout.offsets import OffsetTracker
 from turnout.publisher import Publisher
-from turnout.routing import Decision, Snapshot, decide, retry_delay_s
+from turnout.routing import Decision, RouteRequest, Snapshot, decide, retry_delay_s
 
 log = logs.get("turnout.request")
 
@@ -47,12 +49,14 @@ class Dispatcher:
         config: Config,
         client: BackendClient,
         publisher: Publisher,
+        done: Mapping[bytes, bytes] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._settings = settings
         self._config = config
         self._client = client
         self._publisher = publisher
+        self._done: Mapping[bytes, bytes] = {} if done is None else done
         self._rng = rng or random.Random()
         self._backends = {b.id: b for b in config.backends}
         self._slots = asyncio.Semaphore(settings.max_in_flight)
@@ -61,6 +65,8 @@ class Dispatcher:
         self._in_flight: dict[str, int] = defaultdict(int)
         self._capacity = asyncio.Event()
         self._turn = 0
+        self._latency_ms: dict[str, float] = {}
+        self.skipped = 0
 
     # -- offsets ---------------------------------------------------------------
 
@@ -99,6 +105,11 @@ class Dispatcher:
             tracker = self._trackers.setdefault(tp, OffsetTracker())
             tracker.begin(record.offset)
             outcome = admit(record, config=self._config, settings=self._settings, now_ms=_now_ms())
+            if isinstance(outcome, Admitted) and not record.force:
+                answered = self._done.get(done_key(outcome.request.client_id, outcome.request.id))
+                if answered is not None:
+                    self._skip(tracker, record, outcome, answered, ack)
+                    return
         except BaseException:
             self._slots.release()
             raise
@@ -106,6 +117,30 @@ class Dispatcher:
         tasks = self._tasks[tp]
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    def _skip(
+        self,
+        tracker: OffsetTracker,
+        record: Record,
+        job: Admitted,
+        answered: bytes,
+        ack: Callable[[], object],
+    ) -> None:
+        """A request answered ok before (a replay, or a repeat): do not serve it twice."""
+        tracker.finish(record.offset)
+        ack()
+        self._slots.release()
+        self.skipped += 1
+        log.info(
+            "request_skipped",
+            reason="already answered ok",
+            request_id=job.request.id,
+            client_id=job.request.client_id,
+            replay=record.replay,
+            answered=answered.decode("utf-8", "replace"),
+            partition=record.partition,
+            offset=record.offset,
+        )
 
     async def _run(
         self,
@@ -211,7 +246,9 @@ class Dispatcher:
             except BackendError as exc:
                 error = exc
             finally:
-                backend_ms += (time.monotonic() - started) * 1000
+                took_ms = (time.monotonic() - started) * 1000
+                backend_ms += took_ms
+                self._observe_latency(backend.id, took_ms)
                 self._in_flight[backend.id] -= 1
                 self._capacity.set()
                 self._capacity = asyncio.Event()
@@ -248,6 +285,13 @@ class Dispatcher:
             timings=timings,
         )
         await self._publisher.reply(job.reply_to, reply)
+        if error is None:
+            await self._publisher.outcome(
+                self._settings.outcome_topic,
+                record.partition,
+                done_key(req.client_id, req.id),
+                orjson.dumps({"at_ms": now, "backend": reply.backend, "replay": record.replay}),
+            )
         fields = {}
         if self._settings.log_content:
             fields = {"request_body": req.body, "response_body": body}
@@ -271,11 +315,29 @@ class Dispatcher:
             **fields,
         )
 
+    def _observe_latency(self, backend_id: str, took_ms: float, alpha: float = 0.2) -> None:
+        """Keep an exponentially weighted moving average of each backend's latency."""
+        prev = self._latency_ms.get(backend_id)
+        self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
+
     async def _choose(self, job: Admitted, tried: frozenset[str]) -> Decision:
         """Decide a backend, waiting while every candidate is at its concurrency limit."""
+        req = job.request
         while True:
-            snapshot = Snapshot(self._backends, self._in_flight, turn=self._turn)
-            decision = decide(job.route, snapshot, tried=tried)
+            now = _now_ms()
+            snapshot = Snapshot(
+                self._backends, self._in_flight, turn=self._turn, latency_ms=self._latency_ms
+            )
+            wanted = RouteRequest(
+                kind=req.kind,
+                client_id=req.client_id,
+                priority=req.priority,
+                metadata=req.metadata,
+                prompt_tokens=job.prompt_tokens,
+                remaining_ms=job.deadline_ms - now,
+                tiers=job.tiers,
+            )
+            decision = decide(job.route, snapshot, wanted, tried=tried, rng=self._rng)
             if decision is not None:
                 self._turn += 1
                 return decision

@@ -43,13 +43,24 @@ class Publisher:
         key = record.client_id.encode() if record.client_id else None
         await self.publish(self._settings.dead_letter_topic, key, record.to_wire(), headers)
 
-    async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Headers) -> None:
+    async def outcome(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        await self.publish(topic, key, value, (), partition=partition)
+
+    async def publish(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        *,
+        partition: int | None = None,
+    ) -> None:
         delay = 0.1
         while True:
             try:
                 await self._ensure_topic(topic)
                 await self._app.producer.send_and_wait(
-                    topic, key, value, partition=None, timestamp=None, headers=list(headers)
+                    topic, key, value, partition=partition, timestamp=None, headers=list(headers)
                 )
                 return
             except KafkaError as exc:

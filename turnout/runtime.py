@@ -14,8 +14,10 @@ import faust
 from faust.types import TP
 
 from streams import consumer
+from streams import tables as tables_mod
 from streams.app import create_app
 from streams.settings import Settings
+from streams.tables import Tables
 from streams.topics import declare
 from turnout import config as config_mod
 from turnout import logs
@@ -28,8 +30,9 @@ log = logs.get(__name__)
 
 
 class Runtime:
-    def __init__(self, app: faust.App, settings: Settings, config: Config) -> None:
+    def __init__(self, app: faust.App, settings: Settings, config: Config, tables: Tables) -> None:
         self._app = app
+        self._tables = tables
         self._settings = settings
         self._config = config
         self._dispatcher: Dispatcher | None = None
@@ -54,6 +57,7 @@ class Runtime:
             config=self._config,
             client=self._client,
             publisher=Publisher(self._app, self._settings),
+            done=self._tables.done,
         )
         log.info(
             "worker_started",
@@ -82,14 +86,16 @@ class Runtime:
 
 
 def build(settings: Settings) -> faust.App:
-    from agents import router
+    from agents import outcomes, router
 
     config = config_mod.load(settings.config_path)
     os.makedirs(settings.data_dir, exist_ok=True)
     app = create_app(settings)
     topics = declare(app, settings)
-    runtime = Runtime(app, settings, config)
+    tables = tables_mod.declare(app, settings)
+    runtime = Runtime(app, settings, config, tables)
     consumer.install(app, frozenset({settings.request_topic}), runtime.committable)
     router.register(app, topics.requests, runtime)
+    outcomes.register(app, topics.outcomes, tables.done)
     app.on_partitions_revoked.connect(runtime.on_revoked)
     return app

@@ -245,3 +245,21 @@ async def request_ids_below(topic: str, limits: dict[int, int]) -> set[str]:
     finally:
         await consumer.stop()
     return ids
+
+
+async def record_count(topic: str) -> int:
+    """How many records a topic holds (end minus beginning offsets, all partitions)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from turnout.client import ensure_topics
+
+    partitions = (await ensure_topics(BOOTSTRAP, [topic], 1))[topic]
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        return sum(ends[tp] - starts[tp] for tp in tps)
+    finally:
+        await consumer.stop()
