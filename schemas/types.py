@@ -43,6 +43,8 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     """0 (lowest) to 9 (highest)."""
     metadata: dict[str, str] = {}
     """Free-form tags; routing rules may match them."""
+    stream: bool = False
+    """Publish the response as ordered ``chunk`` messages before the final reply."""
 
     @classmethod
     def from_wire(cls, raw: bytes) -> Request:
@@ -86,8 +88,14 @@ class Timings(msgspec.Struct, frozen=True, kw_only=True):
     """From the request's record timestamp to the reply's publication."""
 
 
-class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The final answer to a request, on its ``reply_to`` topic, keyed by request ``id``."""
+class Reply(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="reply", tag_field="type"
+):
+    """The final answer to a request, on its ``reply_to`` topic, keyed by request ``id``.
+
+    Exactly one final reply ends every request (a repeat after a crash carries the
+    same id). For ``stream: true`` requests, ``chunk`` messages come before it.
+    """
 
     id: str
     status: Literal["ok", "error"]
@@ -112,6 +120,25 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     def to_wire(self) -> bytes:
         return _encoder.encode(self)
+
+
+class ReplyChunk(msgspec.Struct, frozen=True, kw_only=True, tag="chunk", tag_field="type"):
+    """One piece of a streamed response, before the request's final reply."""
+
+    id: str
+    seq: int
+    """0, 1, 2, ... per attempt that streams; a reader keeps the highest ``attempt``."""
+    attempt: int = 1
+    delta: dict[str, Any]
+    """An OpenAI ``chat.completion.chunk`` (or ``text_completion`` chunk) object."""
+
+    def to_wire(self) -> bytes:
+        return _encoder.encode(self)
+
+
+def decode_reply_message(raw: bytes) -> Reply | ReplyChunk:
+    """Decode anything found on a reply topic."""
+    return _reply_message_decoder.decode(raw)
 
 
 class Source(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,9 +202,11 @@ _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(Request)
 _reply_decoder = msgspec.json.Decoder(Reply)
 _dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+_reply_message_decoder = msgspec.json.Decoder(Reply | ReplyChunk)
 
 WIRE_TYPES: dict[str, type[msgspec.Struct]] = {
     "request": Request,
     "reply": Reply,
+    "reply-chunk": ReplyChunk,
     "dead-letter": DeadLetter,
 }

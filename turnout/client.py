@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from schemas.types import Reply, Request
+from schemas.types import Reply, Request, decode_reply_message
 
 
 async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> dict[str, int]:
@@ -68,8 +68,9 @@ class ReplyReader:
             batches = await self._consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
             for records in batches.values():
                 for rec in records:
-                    reply = Reply.from_wire(rec.value)
-                    got.setdefault(reply.id, []).append(reply)
+                    reply = decode_reply_message(rec.value)
+                    if isinstance(reply, Reply):
+                        got.setdefault(reply.id, []).append(reply)
         return got
 
     async def stop(self) -> None:
