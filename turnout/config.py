@@ -1,17 +1,15 @@
-"""The routing configuration: backends and routes, loaded from one YAML file.
+"""The routing configuration: backends, routes, rules and clients, from one YAML file.
 
 The file is decoded into frozen types in one validating pass, ``${ENV}``
-references are expanded, and then every cross-reference is checked. All
-problems are reported at once, each naming where it is and how to fix it::
+references are expanded, and then every cross-reference and range is checked.
+All problems are reported at once, each naming where it is and how to fix it.
+``config/example.yaml`` documents every field; the smallest useful file is::
 
     backends:
       - id: local
         protocol: openai            # openai | ollama
         base_url: http://127.0.0.1:11434
-        api_key_env: OPENAI_API_KEY # optional; the key is read from this variable
         models: [llama3.2]
-        tier: local                 # local | cloud
-        max_concurrency: 64
     routes:
       default:
         targets: [{backend: local, model: llama3.2}]
@@ -20,6 +18,7 @@ problems are reported at once, each naming where it is and how to fix it::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -29,9 +28,13 @@ import msgspec
 
 Protocol = Literal["openai", "ollama"]
 Tier = Literal["local", "cloud"]
-Policy = Literal["round_robin", "first"]
+Kind = Literal["chat", "completion", "embeddings"]
+Policy = Literal[
+    "round_robin", "weighted", "least_connections", "latency", "cost", "local_first", "first"
+]
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_IMPLICIT = "model:"
 
 
 class ConfigError(Exception):
@@ -61,6 +64,20 @@ class Secret:
     __str__ = __repr__
 
 
+class Cost(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Price in currency units per million tokens; used by the ``cost`` policy."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+
+class Rate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A backend's own caps; None means uncapped."""
+
+    requests_per_s: float | None = None
+    tokens_per_min: float | None = None
+
+
 class Backend(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     protocol: Protocol
@@ -70,7 +87,12 @@ class Backend(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     api_key_env: str | None = None
     max_concurrency: Annotated[int, msgspec.Meta(gt=0)] = 64
     timeout_ms: Annotated[int, msgspec.Meta(gt=0)] = 120_000
-    weight: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    weight: float = 1.0
+    """Share for the ``weighted`` policy; 0 means only when no weighted backend is open."""
+    capabilities: list[str] = []
+    """Free-form, e.g. chat, embeddings, vision, long-context; routes may ``require`` them."""
+    cost: Cost = Cost()
+    rate: Rate = Rate()
     embed_endpoint: Literal["embed", "embeddings"] = "embed"
     """Ollama only: ``/api/embed`` (batch, current) or ``/api/embeddings`` (older servers)."""
 
@@ -89,18 +111,83 @@ class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     targets: list[Target]
     policy: Policy = "round_robin"
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 2
+    fallbacks: list[str] = []
+    """Other routes, in order, tried when this one cannot serve (degraded mode)."""
+    require: list[str] = []
+    """Capabilities a backend must have to be a candidate."""
+
+
+class Match(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Conditions of a rule; all given ones must hold. An omitted condition matches anything."""
+
+    clients: list[str] | None = None
+    tags: dict[str, str] = {}
+    """Each key must be in the request's ``metadata`` with exactly this value."""
+    min_priority: int | None = None
+    max_priority: int | None = None
+    kinds: list[Kind] | None = None
+    min_prompt_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+
+
+class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    route: str
+    match: Match = Match()
+    tiers: list[Tier] | None = None
+    """Restricts every candidate backend, fallbacks included, to these tiers."""
+
+
+class Client(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Limits and permissions of one client; None means unlimited / unrestricted."""
+
+    requests_per_s: float | None = None
+    burst: int | None = None
+    """Requests allowed at once after idling; default ``ceil(requests_per_s)``."""
+    tokens_per_min: float | None = None
+    token_burst: int | None = None
+    """Tokens allowed at once after idling; default ``tokens_per_min``."""
+    max_wait_ms: int = 0
+    """A request over the limit is delayed up to this long instead of being rejected."""
+    allowed_routes: list[str] | None = None
+    default_priority: int = 5
+
+    def allows(self, route_name: str) -> bool:
+        return self.allowed_routes is None or route_name in self.allowed_routes
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     backends: list[Backend]
     routes: dict[str, Route] = {}
     default_route: str | None = None
+    rules: list[Rule] = []
+    """Tried in order; the first whose ``match`` holds picks the route."""
+    clients: dict[str, Client] = {}
+    default_client: Client | None = None
+    """Applies to every client not listed in ``clients``; None means unlimited."""
 
     def backend(self, backend_id: str) -> Backend:
         for b in self.backends:
             if b.id == backend_id:
                 return b
         raise KeyError(backend_id)
+
+    def client(self, client_id: str) -> Client | None:
+        """The client's own block, else ``default_client``."""
+        return self.clients.get(client_id, self.default_client)
+
+    def route(self, name: str) -> Route | None:
+        """A route by name: a declared one or an implicit ``model:<name>``."""
+        if name in self.routes:
+            return self.routes[name]
+        if name.startswith(_IMPLICIT):
+            model = name[len(_IMPLICIT) :]
+            targets = [
+                Target(backend=b.id, model=model) for b in self.backends if model in b.models
+            ]
+            if targets:
+                return Route(targets=targets)
+        return None
 
     def resolve(self, model: str) -> tuple[str, Route] | None:
         """Map a request's ``model`` to (route name, route), or None if nothing serves it.
@@ -113,10 +200,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         route = self.routes.get(model)
         if route is not None:
             return model, route
-        targets = [Target(backend=b.id, model=model) for b in self.backends if model in b.models]
-        if not targets:
-            return None
-        return f"model:{model}", Route(targets=targets)
+        name = f"{_IMPLICIT}{model}"
+        route = self.route(name)
+        return None if route is None else (name, route)
 
     def model_names(self) -> list[str]:
         names = list(self.routes)
@@ -130,15 +216,38 @@ def _expand_env(text: str, env: Mapping[str, str], problems: list[str]) -> str:
         name = m.group(1)
         if name not in env:
             problems.append(f"environment variable {name} is referenced as ${{{name}}} but not set")
-            return ""
+            return m.group(0)  # left as is, so the rest of the file is still checked
         return env[name]
 
     return _ENV_REF.sub(sub, text)
 
 
 def check(config: Config, env: Mapping[str, str]) -> list[str]:
-    """Every cross-reference problem in ``config``, as messages a person can act on."""
+    """Every cross-reference and range problem in ``config``, as messages a person can act on."""
     problems: list[str] = []
+    _check_backends(config, env, problems)
+    _check_routes(config, problems)
+    _check_rules(config, problems)
+    for cid, c in config.clients.items():
+        _check_client(config, f"clients[{cid}]", c, problems)
+    if config.default_client is not None:
+        _check_client(config, "default_client", config.default_client, problems)
+    return problems
+
+
+def _non_negative(where: str, value: float | None, problems: list[str]) -> None:
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        problems.append(f"{where}: expected a finite number >= 0, got {value}")
+
+
+def _positive(where: str, value: float | None, problems: list[str]) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        problems.append(
+            f"{where}: expected a finite number > 0 (omit it for no limit), got {value}"
+        )
+
+
+def _check_backends(config: Config, env: Mapping[str, str], problems: list[str]) -> None:
     ids = [b.id for b in config.backends]
     if not config.backends:
         problems.append("backends: the list is empty; declare at least one backend")
@@ -152,22 +261,144 @@ def check(config: Config, env: Mapping[str, str]) -> list[str]:
             problems.append(f"{where}.models: the list is empty; name the models it serves")
         if b.api_key_env is not None and b.api_key_env not in env:
             problems.append(f"{where}.api_key_env: environment variable {b.api_key_env} is not set")
+        _non_negative(f"{where}.weight", b.weight, problems)
+        _non_negative(f"{where}.cost.input_per_mtok", b.cost.input_per_mtok, problems)
+        _non_negative(f"{where}.cost.output_per_mtok", b.cost.output_per_mtok, problems)
+        _positive(f"{where}.rate.requests_per_s", b.rate.requests_per_s, problems)
+        _positive(f"{where}.rate.tokens_per_min", b.rate.tokens_per_min, problems)
+
+
+def _route_names(config: Config) -> str:
+    return ", ".join(config.routes) or "none"
+
+
+def _unknown_route(config: Config, where: str, name: str, problems: list[str]) -> bool:
+    if config.route(name) is not None:
+        return False
+    problems.append(
+        f"{where}: {name!r} is not a route (routes: {_route_names(config)}; "
+        f"or 'model:<name>' for a model a backend lists)"
+    )
+    return True
+
+
+def _check_routes(config: Config, problems: list[str]) -> None:
+    known = {b.id: b for b in config.backends}
     for name, route in config.routes.items():
         where = f"routes[{name}]"
-        if not route.targets:
-            problems.append(f"{where}.targets: the route has no candidates")
         for t in route.targets:
-            if t.backend not in ids:
+            if t.backend not in known:
                 problems.append(
                     f"{where}: target backend {t.backend!r} is not declared "
-                    f"(declared: {', '.join(ids) or 'none'})"
+                    f"(declared: {', '.join(known) or 'none'})"
                 )
+        able = [
+            t
+            for t in route.targets
+            if t.backend in known and set(route.require) <= set(known[t.backend].capabilities)
+        ]
+        if not route.targets:
+            problems.append(f"{where}.targets: the route has no candidates")
+        elif not able and route.require:
+            problems.append(
+                f"{where}: the route has no candidates: no target backend has every "
+                f"required capability ({', '.join(route.require)})"
+            )
+        for fb in route.fallbacks:
+            if fb == name:
+                problems.append(f"{where}.fallbacks: the route falls back to itself")
+            else:
+                _unknown_route(config, f"{where}.fallbacks", fb, problems)
+    problems.extend(_fallback_cycles(config))
     if config.default_route is not None and config.default_route not in config.routes:
         problems.append(
             f"default_route: {config.default_route!r} is not a route "
-            f"(routes: {', '.join(config.routes) or 'none'})"
+            f"(routes: {_route_names(config)})"
         )
-    return problems
+
+
+def _fallback_cycles(config: Config) -> list[str]:
+    """Each cycle of two or more routes through ``fallbacks``, reported once."""
+    found: list[str] = []
+    seen: set[frozenset[str]] = set()
+
+    def walk(path: list[str]) -> None:
+        route = config.routes.get(path[-1])
+        for nxt in route.fallbacks if route else []:
+            if nxt == path[-1]:
+                continue  # reported as "falls back to itself"
+            if nxt in path:
+                cycle = path[path.index(nxt) :]
+                if frozenset(cycle) not in seen:
+                    seen.add(frozenset(cycle))
+                    found.append(f"routes: fallback cycle {' -> '.join([*cycle, nxt])}")
+            else:
+                walk([*path, nxt])
+
+    for name in config.routes:
+        walk([name])
+    return found
+
+
+def _check_rules(config: Config, problems: list[str]) -> None:
+    names = [r.name for r in config.rules]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"rules: name {dup!r} is used more than once; names must be unique")
+    for i, rule in enumerate(config.rules):
+        where = f"rules[{i}:{rule.name}]"
+        m = rule.match
+        if m.clients is not None and not m.clients:
+            problems.append(f"{where}.match.clients: the list is empty; omit it to match any")
+        if m.kinds is not None and not m.kinds:
+            problems.append(f"{where}.match.kinds: the list is empty; omit it to match any")
+        for key, value in (("min_priority", m.min_priority), ("max_priority", m.max_priority)):
+            if value is not None and not 0 <= value <= 9:
+                problems.append(f"{where}.match.{key}: expected 0 to 9, got {value}")
+        _non_negative(f"{where}.match.min_prompt_tokens", m.min_prompt_tokens, problems)
+        _non_negative(f"{where}.match.max_prompt_tokens", m.max_prompt_tokens, problems)
+        for lo, a, hi, b in (
+            ("min_priority", m.min_priority, "max_priority", m.max_priority),
+            ("min_prompt_tokens", m.min_prompt_tokens, "max_prompt_tokens", m.max_prompt_tokens),
+        ):
+            if a is not None and b is not None and a > b:
+                problems.append(f"{where}.match: {lo} {a} > {hi} {b}; the rule can never match")
+        if rule.tiers is not None and not rule.tiers:
+            problems.append(f"{where}.tiers: the list is empty; omit it to allow every tier")
+        if _unknown_route(config, f"{where}.route", rule.route, problems):
+            continue
+        route = config.route(rule.route)
+        if route is not None and rule.tiers:
+            tiers = [
+                b.tier
+                for t in route.targets
+                for b in config.backends
+                if b.id == t.backend and set(route.require) <= set(b.capabilities)
+            ]
+            if not set(tiers) & set(rule.tiers):
+                problems.append(
+                    f"{where}: tiers {rule.tiers} leave route {rule.route!r} no candidate "
+                    f"(its targets are {', '.join(sorted(set(tiers))) or 'none'}); "
+                    "add a target of an allowed tier or change tiers"
+                )
+
+
+def _check_client(config: Config, where: str, c: Client, problems: list[str]) -> None:
+    _positive(f"{where}.requests_per_s", c.requests_per_s, problems)
+    _positive(f"{where}.tokens_per_min", c.tokens_per_min, problems)
+    if c.burst is not None and c.burst < 1:
+        problems.append(f"{where}.burst: expected an integer >= 1, got {c.burst}")
+    if c.token_burst is not None and c.token_burst < 1:
+        problems.append(f"{where}.token_burst: expected an integer >= 1, got {c.token_burst}")
+    if c.burst is not None and c.requests_per_s is None:
+        problems.append(f"{where}.burst: set without requests_per_s; set both or neither")
+    if c.token_burst is not None and c.tokens_per_min is None:
+        problems.append(f"{where}.token_burst: set without tokens_per_min; set both or neither")
+    if c.max_wait_ms < 0:
+        problems.append(f"{where}.max_wait_ms: expected >= 0, got {c.max_wait_ms}")
+    if not 0 <= c.default_priority <= 9:
+        problems.append(f"{where}.default_priority: expected 0 to 9, got {c.default_priority}")
+    for name in c.allowed_routes or []:
+        _unknown_route(config, f"{where}.allowed_routes", name, problems)
 
 
 def loads(text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
@@ -179,7 +410,9 @@ def loads(text: str, *, source: str = "<config>", env: Mapping[str, str] | None 
         config = msgspec.yaml.decode(text, type=Config)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ConfigError(source, [*problems, str(exc)]) from None
-    problems.extend(check(config, env))
+    unset = bool(problems)
+    # A value holding an unset ${VAR} was reported above; do not report it again.
+    problems.extend(p for p in check(config, env) if not (unset and _ENV_REF.search(p)))
     if problems:
         raise ConfigError(source, problems)
     return config
