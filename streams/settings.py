@@ -68,6 +68,20 @@ class Settings:
         10.0,
         "How long a silent worker keeps its partitions before the group reassigns them.",
     )
+    health_topic: str = _setting(
+        "TURNOUT_HEALTH_TOPIC", "turnout.health", "Compacted topic of backend health records."
+    )
+    probe_interval_s: float = _setting(
+        "TURNOUT_PROBE_INTERVAL_S", 5.0, "How often the deployment's one prober probes backends."
+    )
+    probe_timeout_s: float = _setting(
+        "TURNOUT_PROBE_TIMEOUT_S", 5.0, "A probe slower than this fails."
+    )
+    probation_probes: int = _setting(
+        "TURNOUT_PROBATION_PROBES",
+        3,
+        "Consecutive passing probes that bring a backend back from probation.",
+    )
     web_port: int = _setting("TURNOUT_WEB_PORT", 0, "Port of faust's web server; 0 disables it.")
     store: str = _setting(
         "TURNOUT_STORE", "memory://", "Table store: memory:// or rocksdb:// (rocksdict)."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("settings", help="list every setting with its env var and default")
 
+    from turnout import ops
+
+    ops.add_commands(sub)
+
     if argv[:1] == ["mock-backend"]:
         from turnout import mock_backend
 
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(settings)
     if args.command == "send":
         return asyncio.run(_send(settings, args))
+    if args.command in ops.COMMANDS:
+        return asyncio.run(ops.run(settings, args))
     return 2
 
 
@@ -101,7 +108,10 @@ def _worker(settings: Settings) -> int:
     asyncio.run(ensure_topics(settings.bootstrap, sources, settings.request_partitions))
     asyncio.run(ensure_topics(settings.bootstrap, [settings.dead_letter_topic], 1))
     asyncio.set_event_loop(asyncio.new_event_loop())
-    worker = faust.Worker(app, loglevel="warning", quiet=True)
+    # faust's worker draws a spinner with terminal escapes on stdout; turnout's own
+    # logs go to stderr, so keep stdout clean for whatever reads it.
+    devnull = open(os.devnull, "w")
+    worker = faust.Worker(app, loglevel="warning", quiet=True, stdout=devnull)
     worker.execute_from_commandline()
     return 0
 

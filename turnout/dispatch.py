@@ -29,7 +29,14 @@ from turnout import logs
 from turnout.admission import Admitted, Record, Rejected, admit
 from turnout.backends import BackendClient
 from turnout.config import Config
-from turnout.errors import BackendError, DeadlineExceeded, TurnoutError
+from turnout.errors import (
+    BackendError,
+    BackendStatusError,
+    BackendUnavailable,
+    DeadlineExceeded,
+    TurnoutError,
+)
+from turnout.health.book import HealthBook
 from turnout.offsets import OffsetTracker
 from turnout.publisher import Publisher
 from turnout.routing import Decision, RouteRequest, Snapshot, decide, retry_delay_s
@@ -50,6 +57,7 @@ class Dispatcher:
         client: BackendClient,
         publisher: Publisher,
         done: Mapping[bytes, bytes] | None = None,
+        health: HealthBook | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._settings = settings
@@ -63,7 +71,10 @@ class Dispatcher:
         self._trackers: dict[TP, OffsetTracker] = {}
         self._tasks: dict[TP, set[asyncio.Task[None]]] = defaultdict(set)
         self._in_flight: dict[str, int] = defaultdict(int)
-        self._capacity = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._health = (
+            health if health is not None else HealthBook(self._backends, now_ms=_now_ms())
+        )
         self._turn = 0
         self._latency_ms: dict[str, float] = {}
         self.skipped = 0
@@ -215,17 +226,20 @@ class Dispatcher:
         req = job.request
         tried: set[str] = set()
         attempts = 0
+        reached = 0
         backend_ms = 0.0
         first_call_ms: int | None = None
         decision: Decision | None = None
+        degraded = False
         body: dict[str, object] | None = None
         error: TurnoutError | None = None
         while True:
             try:
-                decision = await self._choose(job, frozenset(tried))
+                decision, fell_back = await self._choose(job, frozenset(tried))
             except TurnoutError as exc:
                 error = exc
                 break
+            degraded = degraded or fell_back
             backend = self._backends[decision.backend]
             remaining_s = (job.deadline_ms - _now_ms()) / 1000
             attempts += 1
@@ -233,6 +247,7 @@ class Dispatcher:
                 first_call_ms = _now_ms()
             self._in_flight[backend.id] += 1
             started = time.monotonic()
+            call_error: BackendError | None = None
             try:
                 body = await self._client.call(
                     backend,
@@ -241,17 +256,19 @@ class Dispatcher:
                     body=req.body,
                     timeout_s=max(0.001, min(remaining_s, backend.timeout_ms / 1000)),
                 )
-                error = None
-                break
             except BackendError as exc:
-                error = exc
+                call_error = exc
             finally:
                 took_ms = (time.monotonic() - started) * 1000
                 backend_ms += took_ms
-                self._observe_latency(backend.id, took_ms)
                 self._in_flight[backend.id] -= 1
-                self._capacity.set()
-                self._capacity = asyncio.Event()
+                self.wake()
+            self._observe(backend.id, call_error, took_ms)
+            if call_error is None:
+                self._observe_latency(backend.id, took_ms)
+                error = None
+                break
+            error = call_error
             remaining_ms = job.deadline_ms - _now_ms()
             if remaining_ms <= 0:
                 error = DeadlineExceeded(
@@ -260,7 +277,11 @@ class Dispatcher:
                     retry_after_ms=1000,
                 )
                 break
-            if not error.retryable or attempts >= job.route.max_attempts:
+            # A refused connection never reached the backend: retrying it cannot do the
+            # work twice, so only calls that did reach it count against max_attempts.
+            if not isinstance(error, BackendUnavailable):
+                reached += 1
+            if not error.retryable or reached >= job.route.max_attempts:
                 break
             tried.add(backend.id)
             await asyncio.sleep(min(retry_delay_s(attempts, self._rng), remaining_ms / 1000))
@@ -282,6 +303,7 @@ class Dispatcher:
             policy=decision.policy if decision else None,
             reason=decision.reason if decision else None,
             attempts=attempts,
+            degraded=degraded,
             timings=timings,
         )
         await self._publisher.reply(job.reply_to, reply)
@@ -306,6 +328,7 @@ class Dispatcher:
             policy=reply.policy,
             status=reply.status,
             code=error.code if error else None,
+            degraded=degraded,
             attempts=attempts,
             queue_ms=timings.queue_ms,
             backend_ms=timings.backend_ms,
@@ -320,14 +343,22 @@ class Dispatcher:
         prev = self._latency_ms.get(backend_id)
         self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
 
-    async def _choose(self, job: Admitted, tried: frozenset[str]) -> Decision:
-        """Decide a backend, waiting while every candidate is at its concurrency limit."""
+    def wake(self) -> None:
+        """Capacity or health changed: requests waiting for a backend look again."""
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def _choose(self, job: Admitted, tried: frozenset[str]) -> tuple[Decision, bool]:
+        """Decide a backend, or a fallback route's (degraded), waiting while none can serve.
+
+        Waiting is bounded by the request's deadline; Kafka buffers whatever does not
+        fit in the worker's in-flight slots meanwhile.
+        """
         req = job.request
+        routes = [job.route, *(self._config.routes[f] for f in job.route.fallbacks)]
         while True:
             now = _now_ms()
-            snapshot = Snapshot(
-                self._backends, self._in_flight, turn=self._turn, latency_ms=self._latency_ms
-            )
+            unroutable = self._health.unroutable(now)
             wanted = RouteRequest(
                 kind=req.kind,
                 client_id=req.client_id,
@@ -337,21 +368,68 @@ class Dispatcher:
                 remaining_ms=job.deadline_ms - now,
                 tiers=job.tiers,
             )
-            decision = decide(job.route, snapshot, wanted, tried=tried, rng=self._rng)
-            if decision is not None:
-                self._turn += 1
-                return decision
+            for i, route in enumerate(routes):
+                # Probation backends get a trickle; if nothing else can serve, they serve.
+                for excluded in (unroutable | self._health.held_back(self._rng), unroutable):
+                    snapshot = Snapshot(
+                        self._backends,
+                        self._in_flight,
+                        excluded=excluded,
+                        turn=self._turn,
+                        latency_ms=self._latency_ms,
+                    )
+                    decision = decide(route, snapshot, wanted, tried=tried, rng=self._rng)
+                    if decision is not None:
+                        self._turn += 1
+                        return decision, i > 0
             remaining_s = (job.deadline_ms - _now_ms()) / 1000
             if remaining_s <= 0:
+                targets = dict.fromkeys(t.backend for r in routes for t in r.targets)
+                down = [b for b in targets if b in unroutable]
+                why = self._health.describe(down, now) if down else "all at their concurrency limit"
                 raise DeadlineExceeded(
-                    f"every backend of route {job.route_name!r} stayed at its concurrency "
-                    "limit until the request's deadline; retry later or with a longer timeout_ms",
-                    retry_after_ms=1000,
+                    f"no backend of route {job.route_name!r} could serve before the deadline: "
+                    f"{why}; retry later or with a longer timeout_ms",
+                    retry_after_ms=self._retry_hint_ms(bool(down)),
                 )
             try:
-                await asyncio.wait_for(self._capacity.wait(), remaining_s)
+                await asyncio.wait_for(self._wake.wait(), remaining_s)
             except TimeoutError:
                 pass
+
+    def _retry_hint_ms(self, health_bound: bool) -> int:
+        """An honest guess of when a retry can succeed."""
+        if not health_bound:
+            return 1000
+        probes = self._settings.probation_probes + 2
+        return int(self._settings.probe_interval_s * 1000 * probes)
+
+    def _observe(self, backend_id: str, error: BackendError | None, took_ms: float) -> None:
+        """Feed a call's outcome to the backend's health: the passive signal."""
+        now = _now_ms()
+        if isinstance(error, BackendStatusError) and error.status == 429:
+            until = now + (error.retry_after_ms or 1000)
+            self._health.cool_down(backend_id, until, now)
+            log.info("backend_cooling_down", backend=backend_id, until_ms=until)
+            return
+        if isinstance(error, BackendStatusError) and not error.retryable:
+            return  # the request's fault (4xx), not the backend's
+        if self._health.observe(backend_id, error is None, took_ms, now):
+            report_transitions(self._health)
+            self.wake()
+
+
+def report_transitions(book: HealthBook) -> None:
+    """One log line per backend state change: the operator's record of health."""
+    for t in book.drain_transitions():
+        log.info(
+            "backend_state_changed",
+            backend=t.backend,
+            old=t.old.name,
+            new=t.new.name,
+            reason=t.reason,
+            signal=t.signal,
+        )
 
 
 def _error_info(error: TurnoutError, attempts: int, route: str) -> ErrorInfo:

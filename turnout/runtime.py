@@ -7,7 +7,9 @@ event loop) and stops when the agent stops.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from typing import Any
 
 import faust
@@ -24,6 +26,9 @@ from turnout import logs
 from turnout.backends.http import HttpBackendClient, new_session
 from turnout.config import Config, Secret
 from turnout.dispatch import Dispatcher
+from turnout.health.book import HealthBook
+from turnout.health.stats import HealthPolicy
+from turnout.prober import HealthFeed, Prober
 from turnout.publisher import Publisher
 
 log = logs.get(__name__)
@@ -37,6 +42,9 @@ class Runtime:
         self._config = config
         self._dispatcher: Dispatcher | None = None
         self._client: HttpBackendClient | None = None
+        self._prober: Prober | None = None
+        self._feed_task: asyncio.Task[None] | None = None
+        self.health: HealthBook | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -52,13 +60,31 @@ class Runtime:
             if key is not None:
                 keys[b.id] = key
         self._client = HttpBackendClient(new_session(), keys)
+        publisher = Publisher(self._app, self._settings)
+        policy = HealthPolicy(
+            probation_after_ms=int(2 * self._settings.probe_interval_s * 1000),
+            probation_probes=self._settings.probation_probes,
+        )
+        self.health = HealthBook(
+            [b.id for b in self._config.backends], now_ms=int(time.time() * 1000), policy=policy
+        )
         self._dispatcher = Dispatcher(
             settings=self._settings,
             config=self._config,
             client=self._client,
-            publisher=Publisher(self._app, self._settings),
+            publisher=publisher,
             done=self._tables.done,
+            health=self.health,
         )
+        self._prober = Prober(
+            settings=self._settings,
+            config=self._config,
+            client=self._client,
+            book=self.health,
+            publisher=publisher,
+        )
+        feed = HealthFeed(self._settings, self.health, self._dispatcher.wake)
+        self._feed_task = asyncio.create_task(feed.run(), name="turnout-health-feed")
         log.info(
             "worker_started",
             request_topic=self._settings.request_topic,
@@ -66,13 +92,22 @@ class Runtime:
             max_in_flight=self._settings.max_in_flight,
         )
 
+    async def probe_round(self) -> None:
+        if self._prober is not None:
+            await self._prober.round()
+
     async def stop(self) -> None:
+        if self._feed_task is not None:
+            self._feed_task.cancel()
+            await asyncio.gather(self._feed_task, return_exceptions=True)
+            self._feed_task = None
         if self._dispatcher is not None:
             await self._dispatcher.stop()
         if self._client is not None:
             await self._client.close()
         self._dispatcher = None
         self._client = None
+        self._prober = None
 
     def committable(self, tp: TP) -> int | None:
         return None if self._dispatcher is None else self._dispatcher.committable(tp)
@@ -86,7 +121,7 @@ class Runtime:
 
 
 def build(settings: Settings) -> faust.App:
-    from agents import outcomes, router
+    from agents import health, outcomes, router
 
     config = config_mod.load(settings.config_path)
     os.makedirs(settings.data_dir, exist_ok=True)
@@ -97,5 +132,6 @@ def build(settings: Settings) -> faust.App:
     consumer.install(app, frozenset({settings.request_topic}), runtime.committable)
     router.register(app, topics.requests, runtime)
     outcomes.register(app, topics.outcomes, tables.done)
+    health.register(app, settings.probe_interval_s, runtime)
     app.on_partitions_revoked.connect(runtime.on_revoked)
     return app

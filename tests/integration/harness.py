@@ -39,9 +39,15 @@ class MockBackend:
     def __init__(self, tmp: pathlib.Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(tmp / f"mock-{self.port}.log", "wb")
+        self._tmp = tmp
+        self._args = args
+        self.start()
+
+    def start(self) -> None:
+        """Start (again) on the same port, with the options it was created with."""
+        self._log = open(self._tmp / f"mock-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
-            [*TURNOUT, "mock-backend", "--port", str(self.port), *args],
+            [*TURNOUT, "mock-backend", "--port", str(self.port), *self._args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
@@ -108,6 +114,7 @@ class Worker:
             "TURNOUT_DATA_DIR": str(tmp / f"data-{app_id}-{name}"),
             "TURNOUT_LOG_FORMAT": "json",
             "TURNOUT_COMMIT_INTERVAL_S": "0.5",
+            "TURNOUT_HEALTH_TOPIC": f"{app_id}.health",
             **(extra_env or {}),
         }
         self.runs = 0
@@ -263,3 +270,15 @@ async def record_count(topic: str) -> int:
         return sum(ends[tp] - starts[tp] for tp in tps)
     finally:
         await consumer.stop()
+
+
+def events(worker: Worker, name: str) -> list[dict]:
+    """The worker's log lines with ``event == name``."""
+    return [line for line in worker.log_lines() if line.get("event") == name]
+
+
+def log_time(line: dict) -> float:
+    """A structlog ISO timestamp as epoch seconds."""
+    import datetime
+
+    return datetime.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()

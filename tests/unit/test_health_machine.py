@@ -388,6 +388,9 @@ def test_the_wire_record_has_the_documented_fields():
         "ewma_ms": 20.5,  # 10, 12, 15.6, 20.48: failures do not move it
         "cooldown_until_ms": None,
         "updated_ms": T0 + 4,
+        "probe_ok": None,
+        "probe_latency_ms": None,
+        "probe_at_ms": None,
     }
     low, high = wilson_interval(4, 5, POLICY.z)
     assert (wire["success_low"], wire["success_high"]) == (round(low, 4), round(high, 4))

@@ -159,6 +159,10 @@ class HealthRecord(msgspec.Struct, frozen=True, kw_only=True):
     ewma_ms: float | None
     cooldown_until_ms: int | None
     updated_ms: int
+    probe_ok: bool | None = None
+    """The prober's latest probe of this backend: every worker feeds it to its own machine."""
+    probe_latency_ms: float | None = None
+    probe_at_ms: int | None = None
 
     @property
     def key(self) -> bytes:

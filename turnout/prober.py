@@ -1,0 +1,134 @@
+"""Active health probes and the ``turnout.health`` topic. The I/O edge of health.
+
+One prober for the whole deployment: faust runs ``Prober.round`` on the group's
+leader only. Each round sends every backend a tiny real request (one output
+token) whose response shape the protocol adapter checks, then publishes the
+backend's ``HealthRecord`` with the probe's result to the compacted health
+topic, keyed by backend id. Every worker runs a ``HealthFeed`` that reads the
+topic and feeds each new probe result into its own ``HealthBook``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.settings import Settings
+from turnout import logs
+from turnout.backends import BackendClient
+from turnout.client import ensure_topics
+from turnout.config import Backend, Config
+from turnout.dispatch import report_transitions
+from turnout.errors import BackendError
+from turnout.health.book import HealthBook
+from turnout.health.machine import HealthRecord, InvalidHealthRecord
+from turnout.publisher import Publisher
+
+log = logs.get("turnout.health")
+
+PROBE_BODY = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Prober:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        config: Config,
+        client: BackendClient,
+        book: HealthBook,
+        publisher: Publisher,
+    ) -> None:
+        self._settings = settings
+        self._config = config
+        self._client = client
+        self._book = book
+        self._publisher = publisher
+
+    async def round(self) -> None:
+        await asyncio.gather(*(self._probe(b) for b in self._config.backends))
+
+    async def _probe(self, backend: Backend) -> None:
+        started = time.monotonic()
+        try:
+            await self._client.call(
+                backend,
+                kind="chat",
+                model=backend.models[0],
+                body=PROBE_BODY,
+                timeout_s=self._settings.probe_timeout_s,
+            )
+            ok, error = True, None
+        except BackendError as exc:
+            ok, error = False, exc.code
+        latency = (time.monotonic() - started) * 1000
+        record = msgspec.structs.replace(
+            self._book.machines[backend.id].record(),
+            probe_ok=ok,
+            probe_latency_ms=round(latency, 1),
+            probe_at_ms=_now_ms(),
+        )
+        await self._publisher.publish(
+            self._settings.health_topic, record.key, record.to_wire(), ()
+        )
+        log.debug("probe_done", backend=backend.id, ok=ok, error=error, latency_ms=latency)
+
+
+class HealthFeed:
+    """Reads the health topic from the start and applies new probe results to the book."""
+
+    def __init__(self, settings: Settings, book: HealthBook, on_change: Callable[[], None]) -> None:
+        self._settings = settings
+        self._book = book
+        self._on_change = on_change
+        self._seen: dict[str, int] = {}
+        self.latest: dict[str, HealthRecord] = {}
+
+    async def run(self) -> None:
+        topic = self._settings.health_topic
+        partitions = (await ensure_topics(self._settings.bootstrap, [topic], 1))[topic]
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                changed = self._book.tick(_now_ms())
+                for records in batches.values():
+                    for rec in records:
+                        changed = self._apply(rec.value) or changed
+                if changed:
+                    report_transitions(self._book)
+                    self._on_change()
+        finally:
+            await consumer.stop()
+
+    def _apply(self, raw: bytes | None) -> bool:
+        if raw is None:
+            return False
+        try:
+            record = HealthRecord.from_wire(raw)
+        except InvalidHealthRecord as exc:
+            log.warning("health_record_invalid", error=str(exc))
+            return False
+        self.latest[record.backend] = record
+        at = record.probe_at_ms
+        now = _now_ms()
+        # Old probes (from before this worker started) say nothing about now.
+        if at is None or at <= self._seen.get(record.backend, 0) or now - at > 60_000:
+            return False
+        self._seen[record.backend] = at
+        self._book.probe(record.backend, bool(record.probe_ok), record.probe_latency_ms or 0.0, now)
+        return True
