@@ -12,16 +12,21 @@ from typing import Any
 
 from schemas.types import Request, salvage_reply_address
 from streams.settings import Settings
+from turnout import rules
 from turnout.config import Config, Route
 from turnout.errors import (
     DeadlineExceeded,
     InvalidReplyTopic,
     InvalidRequest,
+    RateLimited,
     RequestError,
     RequestTooLarge,
+    RouteNotAllowed,
     TurnoutError,
     UnknownModel,
 )
+from turnout.ratelimit import ClientLimits, ClientState
+from turnout.tokens import estimate_completion_tokens, estimate_prompt_tokens
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,6 +110,33 @@ def admit(
             reply_to,
         )
     route_name, route = resolved
+    prompt_tokens = estimate_prompt_tokens(request.kind, request.body)
+    tiers: frozenset[str] | None = None
+    rule = rules.match(
+        config.rules,
+        client_id=request.client_id,
+        metadata=request.metadata,
+        priority=request.priority,
+        kind=request.kind,
+        prompt_tokens=prompt_tokens,
+    )
+    if rule is not None:
+        ruled = config.route(rule.route)
+        if ruled is not None:
+            route_name, route = rule.route, ruled
+        tiers = frozenset(rule.tiers) if rule.tiers else None
+    client = config.client(request.client_id)
+    if client is not None and not client.allows(route_name):
+        allowed = ", ".join(client.allowed_routes or []) or "none"
+        return Rejected(
+            RouteNotAllowed(
+                f"client {request.client_id!r} may not use route {route_name!r} "
+                f"(model {request.model!r}); its allowed routes are: {allowed}"
+            ),
+            request.id,
+            request.client_id,
+            reply_to,
+        )
 
     deadline_ms = record.timestamp_ms + (request.timeout_ms or settings.default_timeout_ms)
     if request.deadline is not None:
@@ -116,7 +148,51 @@ def admit(
             retry_after_ms=0,
         )
         return Rejected(late, request.id, request.client_id, reply_to)
-    return Admitted(request, reply_to, route_name, route, deadline_ms)
+    return Admitted(
+        request, reply_to, route_name, route, deadline_ms, prompt_tokens=prompt_tokens, tiers=tiers
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Charged:
+    """A request within its client's limits: the new limit state and how long to hold it."""
+
+    state: bytes | None
+    wait_ms: int
+
+
+def charge(
+    job: Admitted, *, config: Config, state: bytes | None, now_ms: int
+) -> Charged | Rejected:
+    """Charge the client's token buckets for ``job``: exact, since one writer owns them.
+
+    Over a limit, the request waits (a reservation) while its deadline allows, or the
+    client's ``max_wait_ms`` if set; otherwise it is refused with an honest retry time.
+    """
+    client = config.client(job.request.client_id)
+    limits = ClientLimits.from_config(client)
+    if limits.unlimited:
+        return Charged(None, 0)
+    cap = job.deadline_ms - now_ms
+    if client is not None and client.max_wait_ms is not None:
+        cap = min(cap, client.max_wait_ms)
+    limits = dataclasses.replace(limits, max_wait_ms=max(0, cap))
+    previous = ClientState.from_bytes(state) if state is not None else None
+    tokens = job.prompt_tokens + estimate_completion_tokens(job.request.body, kind=job.request.kind)
+    verdict = limits.check(previous, tokens=tokens, now_ms=now_ms)
+    if not verdict.allowed:
+        req = job.request
+        return Rejected(
+            RateLimited(
+                f"client {req.client_id!r} is over its {verdict.limit} limit; "
+                f"retry in {verdict.retry_after_ms} ms",
+                retry_after_ms=verdict.retry_after_ms,
+            ),
+            req.id,
+            req.client_id,
+            job.reply_to,
+        )
+    return Charged(verdict.state.to_bytes(), verdict.wait_ms)
 
 
 def _check(

@@ -147,8 +147,9 @@ class Client(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tokens_per_min: float | None = None
     token_burst: int | None = None
     """Tokens allowed at once after idling; default ``tokens_per_min``."""
-    max_wait_ms: int = 0
-    """A request over the limit is delayed up to this long instead of being rejected."""
+    max_wait_ms: int | None = None
+    """A request over the limit is delayed up to this long instead of being rejected;
+    None: as long as the request's deadline allows."""
     allowed_routes: list[str] | None = None
     default_priority: int = 5
 

@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 
 import orjson
 from faust.types import TP
@@ -26,7 +26,7 @@ from schemas.types import DeadLetter, ErrorInfo, Reply, Source, Timings
 from streams.settings import Settings
 from streams.tables import done_key
 from turnout import logs
-from turnout.admission import Admitted, Record, Rejected, admit
+from turnout.admission import Admitted, Record, Rejected, admit, charge
 from turnout.backends import BackendClient
 from turnout.config import Config
 from turnout.errors import (
@@ -57,6 +57,7 @@ class Dispatcher:
         client: BackendClient,
         publisher: Publisher,
         done: Mapping[bytes, bytes] | None = None,
+        buckets: MutableMapping[bytes, bytes] | None = None,
         health: HealthBook | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -65,6 +66,7 @@ class Dispatcher:
         self._client = client
         self._publisher = publisher
         self._done: Mapping[bytes, bytes] = {} if done is None else done
+        self._buckets: MutableMapping[bytes, bytes] = {} if buckets is None else buckets
         self._rng = rng or random.Random()
         self._backends = {b.id: b for b in config.backends}
         self._slots = asyncio.Semaphore(settings.max_in_flight)
@@ -121,10 +123,29 @@ class Dispatcher:
                 if answered is not None:
                     self._skip(tracker, record, outcome, answered, ack)
                     return
+            hold_ms = 0
+            if isinstance(outcome, Admitted):
+                # Runs in the agent's iteration, so the table write belongs to this
+                # record's partition: the single writer of this client's buckets.
+                key = outcome.request.client_id.encode()
+                # Limits run in event time: the same records give the same decisions after
+                # a restart, and a backlog is charged as it was sent, not as it drains.
+                charged = charge(
+                    outcome,
+                    config=self._config,
+                    state=self._buckets.get(key),
+                    now_ms=record.timestamp_ms,
+                )
+                if isinstance(charged, Rejected):
+                    outcome = charged
+                else:
+                    if charged.state is not None:
+                        self._buckets[key] = charged.state
+                    hold_ms = record.timestamp_ms + charged.wait_ms - _now_ms()
         except BaseException:
             self._slots.release()
             raise
-        task = asyncio.create_task(self._run(tracker, record, outcome, ack))
+        task = asyncio.create_task(self._run(tracker, record, outcome, ack, hold_ms))
         tasks = self._tasks[tp]
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -159,11 +180,14 @@ class Dispatcher:
         record: Record,
         outcome: Admitted | Rejected,
         ack: Callable[[], object],
+        hold_ms: int = 0,
     ) -> None:
         try:
             if isinstance(outcome, Rejected):
                 await self._reject(record, outcome)
             else:
+                if hold_ms > 0:  # a rate-limit reservation: its turn comes then
+                    await asyncio.sleep(hold_ms / 1000)
                 await self._serve(record, outcome)
             tracker.finish(record.offset)
             ack()
@@ -355,7 +379,8 @@ class Dispatcher:
         fit in the worker's in-flight slots meanwhile.
         """
         req = job.request
-        routes = [job.route, *(self._config.routes[f] for f in job.route.fallbacks)]
+        fallbacks = (self._config.route(f) for f in job.route.fallbacks)
+        routes = [job.route, *(r for r in fallbacks if r is not None)]
         while True:
             now = _now_ms()
             unroutable = self._health.unroutable(now)

@@ -11,6 +11,7 @@ enter turnout.
     │   ├── RequestTooLarge           request_too_large     no
     │   ├── InvalidReplyTopic         invalid_reply_topic   no
     │   └── UnknownModel              unknown_model         no
+    ├── RouteNotAllowed               route_not_allowed     no   (the client's config forbids it)
     ├── DeadlineExceeded              deadline_exceeded     yes
     ├── RateLimited                   rate_limited          yes (after retry_after_ms)
     ├── NoBackendAvailable            no_backend_available  yes (after retry_after_ms)
@@ -63,6 +64,13 @@ class InvalidReplyTopic(RequestError):
 
 class UnknownModel(RequestError):
     code = "unknown_model"
+
+
+class RouteNotAllowed(TurnoutError):
+    """The request is well formed, but this client may not use the route it maps to."""
+
+    code = "route_not_allowed"
+    retryable = False
 
 
 class DeadlineExceeded(TurnoutError):

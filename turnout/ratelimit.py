@@ -161,7 +161,7 @@ class ClientLimits:
             burst=float(burst or 1),
             tokens_per_min=client.tokens_per_min,
             token_burst=None if client.token_burst is None else float(client.token_burst),
-            max_wait_ms=client.max_wait_ms,
+            max_wait_ms=client.max_wait_ms or 0,
         )
 
     @property

@@ -74,6 +74,7 @@ class Runtime:
             client=self._client,
             publisher=publisher,
             done=self._tables.done,
+            buckets=self._tables.client_buckets,
             health=self.health,
         )
         self._prober = Prober(

@@ -58,7 +58,9 @@ async def test_a_killed_backend_is_excluded_and_clients_see_no_errors(spawn, nam
     (client,) = await setup(names)
     worker = spawn.worker(
         config_for(("a", "openai", a.url), ("b", "openai", b.url), max_attempts=3),
-        app_id=names.app_id, request_topic=names.request_topic, extra_env=PROBE,
+        app_id=names.app_id,
+        request_topic=names.request_topic,
+        extra_env=PROBE,
     )
     load = asyncio.create_task(send_steady(names.request_topic, client, 160, 20))
     await asyncio.sleep(3)
@@ -85,7 +87,9 @@ async def test_a_backend_failing_5_percent_stays_in_the_pool(spawn, names):
     (client,) = await setup(names)
     worker = spawn.worker(
         config_for(("a", "openai", a.url), ("b", "openai", b.url), max_attempts=3),
-        app_id=names.app_id, request_topic=names.request_topic, extra_env=PROBE,
+        app_id=names.app_id,
+        request_topic=names.request_topic,
+        extra_env=PROBE,
     )
     ids = await send_steady(names.request_topic, client, 1200, 150)
     replies = await replies_for(client, ids)
@@ -100,7 +104,8 @@ async def test_a_restarted_backend_rejoins_only_after_passing_probes(spawn, name
     (client,) = await setup(names)
     worker = spawn.worker(
         config_for(("a", "openai", a.url), ("b", "openai", b.url), max_attempts=3),
-        app_id=names.app_id, request_topic=names.request_topic,
+        app_id=names.app_id,
+        request_topic=names.request_topic,
         extra_env={**PROBE, "TURNOUT_PROBATION_PROBES": "3"},
     )
     load = asyncio.create_task(send_steady(names.request_topic, client, 300, 20))
@@ -128,8 +133,12 @@ async def test_all_backends_down_buffers_until_recovery_within_the_deadline(spaw
     """With every backend down for 30 s, 60 s deadlines are all answered after recovery."""
     a = spawn.backend()
     short, long_ = await setup(names, clients=2)
-    spawn.worker(config_for(("a", "openai", a.url)), app_id=names.app_id,
-                 request_topic=names.request_topic, extra_env=PROBE)
+    spawn.worker(
+        config_for(("a", "openai", a.url)),
+        app_id=names.app_id,
+        request_topic=names.request_topic,
+        extra_env=PROBE,
+    )
     warm = await send_steady(names.request_topic, long_, 5, 10, prefix="warm")
     assert all(rs[0].status == "ok" for rs in (await replies_for(long_, warm)).values())
     a.stop()
@@ -156,7 +165,9 @@ async def test_a_backend_answering_429_is_cooled_down(spawn, names):
     (client,) = await setup(names)
     worker = spawn.worker(
         config_for(("a", "openai", a.url), ("b", "openai", b.url), max_attempts=3),
-        app_id=names.app_id, request_topic=names.request_topic, extra_env=PROBE,
+        app_id=names.app_id,
+        request_topic=names.request_topic,
+        extra_env=PROBE,
     )
     ids = await send_steady(names.request_topic, client, 100, 50)
     replies = await replies_for(client, ids)
