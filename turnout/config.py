@@ -394,7 +394,7 @@ def _check_client(config: Config, where: str, c: Client, problems: list[str]) ->
         problems.append(f"{where}.burst: set without requests_per_s; set both or neither")
     if c.token_burst is not None and c.tokens_per_min is None:
         problems.append(f"{where}.token_burst: set without tokens_per_min; set both or neither")
-    if c.max_wait_ms < 0:
+    if c.max_wait_ms is not None and c.max_wait_ms < 0:
         problems.append(f"{where}.max_wait_ms: expected >= 0, got {c.max_wait_ms}")
     if not 0 <= c.default_priority <= 9:
         problems.append(f"{where}.default_priority: expected 0 to 9, got {c.default_priority}")

@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 
+import msgspec
 import orjson
 from faust.types import TP
 
@@ -73,7 +74,9 @@ class Dispatcher:
         self._trackers: dict[TP, OffsetTracker] = {}
         self._tasks: dict[TP, set[asyncio.Task[None]]] = defaultdict(set)
         self._in_flight: dict[str, int] = defaultdict(int)
-        self._wake = asyncio.Event()
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_seq = 0
+        self._config_backends = dict(self._backends)
         self._health = (
             health if health is not None else HealthBook(self._backends, now_ms=_now_ms())
         )
@@ -368,9 +371,40 @@ class Dispatcher:
         self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
 
     def wake(self) -> None:
-        """Capacity or health changed: requests waiting for a backend look again."""
-        self._wake.set()
-        self._wake = asyncio.Event()
+        """Capacity or health changed: waiting requests look again, highest priority first.
+
+        Each waiter has its own future; resolving them in priority order makes the
+        event loop run them in that order, so the first to take freed capacity is the
+        most urgent request, then the oldest.
+        """
+        waiters, self._waiters = self._waiters, []
+        for _, _, fut in sorted(waiters, key=lambda w: (w[0], w[1])):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _wait_for_change(self, priority: int, timeout_s: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter_seq += 1
+        self._waiters.append((-priority, self._waiter_seq, fut))
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            pass
+
+    def share_capacity(self, assigned: int, total: int) -> None:
+        """Give this worker its share of every backend's concurrency cap.
+
+        Caps in the config are for the whole deployment. A worker owning ``assigned``
+        of the request topic's ``total`` partitions may use that fraction of each cap
+        (at least one call), so the workers together never exceed it. It is an upper
+        bound, not a pool: a worker whose partitions are quiet leaves its share unused.
+        """
+        share = assigned / total if total else 1.0
+        self._backends = {
+            b.id: msgspec.structs.replace(b, max_concurrency=max(1, int(b.max_concurrency * share)))
+            for b in self._config_backends.values()
+        }
+        self.wake()
 
     async def _choose(self, job: Admitted, tried: frozenset[str]) -> tuple[Decision, bool]:
         """Decide a backend, or a fallback route's (degraded), waiting while none can serve.
@@ -417,10 +451,7 @@ class Dispatcher:
                     f"{why}; retry later or with a longer timeout_ms",
                     retry_after_ms=self._retry_hint_ms(bool(down)),
                 )
-            try:
-                await asyncio.wait_for(self._wake.wait(), remaining_s)
-            except TimeoutError:
-                pass
+            await self._wait_for_change(req.priority, remaining_s)
 
     def _retry_hint_ms(self, health_bound: bool) -> int:
         """An honest guess of when a retry can succeed."""

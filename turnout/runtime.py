@@ -45,6 +45,7 @@ class Runtime:
         self._prober: Prober | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self.health: HealthBook | None = None
+        self._assigned: int | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -84,6 +85,8 @@ class Runtime:
             book=self.health,
             publisher=publisher,
         )
+        if self._assigned is not None:
+            self._dispatcher.share_capacity(self._assigned, self._settings.request_partitions)
         feed = HealthFeed(self._settings, self.health, self._dispatcher.wake)
         self._feed_task = asyncio.create_task(feed.run(), name="turnout-health-feed")
         log.info(
@@ -113,6 +116,15 @@ class Runtime:
     def committable(self, tp: TP) -> int | None:
         return None if self._dispatcher is None else self._dispatcher.committable(tp)
 
+    async def on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        mine = sum(1 for tp in assigned if tp.topic == self._settings.request_topic)
+        self._assigned = mine
+        if self._dispatcher is not None:
+            self._dispatcher.share_capacity(mine, self._settings.request_partitions)
+        log.info(
+            "partitions_assigned", request_partitions=mine, of=self._settings.request_partitions
+        )
+
     async def on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         if self._dispatcher is not None:
             self._dispatcher.revoke(revoked)
@@ -135,4 +147,5 @@ def build(settings: Settings) -> faust.App:
     outcomes.register(app, topics.outcomes, tables.done)
     health.register(app, settings.probe_interval_s, runtime)
     app.on_partitions_revoked.connect(runtime.on_revoked)
+    app.on_partitions_assigned.connect(runtime.on_assigned)
     return app

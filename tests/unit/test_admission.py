@@ -5,7 +5,7 @@ import pytest
 
 from streams.settings import Settings
 from turnout import config as cfg
-from turnout.admission import Admitted, Record, Rejected, admit
+from turnout.admission import Admitted, Record, Rejected, admit, charge
 
 CONFIG = cfg.loads(
     """
@@ -138,3 +138,61 @@ def test_a_late_request_gets_a_retryable_error_and_no_dead_letter():
     assert out.error.retryable
     assert not out.dead_letter
     assert "4000 ms" in out.error.message
+
+
+RULED = cfg.loads(
+    """
+backends:
+  - {id: local, protocol: openai, base_url: "http://l", models: [echo], tier: local}
+  - {id: cloud, protocol: openai, base_url: "http://c", models: [echo], tier: cloud}
+routes:
+  fast: {targets: [{backend: local, model: echo}, {backend: cloud, model: echo}]}
+  long: {targets: [{backend: cloud, model: echo}]}
+rules:
+  - {name: pii, match: {tags: {pii: "true"}}, route: fast, tiers: [local]}
+  - {name: big, match: {min_prompt_tokens: 100}, route: long}
+clients:
+  c1: {requests_per_s: 1, burst: 2, max_wait_ms: 0, allowed_routes: [fast, long]}
+  c2: {allowed_routes: [long]}
+""",
+    env={},
+)
+
+
+def run_ruled(value, key=b"c1"):
+    return admit(record(value, key=key), config=RULED, settings=SETTINGS, now_ms=NOW)
+
+
+def test_a_rule_restricts_tiers():
+    """A request tagged pii keeps its route but may only use local backends."""
+    out = run_ruled(good(metadata={"pii": "true"}))
+    assert isinstance(out, Admitted) and out.tiers == frozenset({"local"})
+
+
+def test_a_rule_reroutes_long_prompts():
+    """A prompt over the rule's token estimate goes to the rule's route."""
+    body = {"messages": [{"role": "user", "content": "word " * 200}]}
+    out = run_ruled(good(body=body))
+    assert isinstance(out, Admitted) and out.route_name == "long" and out.prompt_tokens >= 100
+
+
+def test_a_client_may_not_use_a_route_it_is_not_allowed():
+    """A client limited to some routes gets route_not_allowed, not a dead letter."""
+    out = run_ruled(good(client_id="c2"), key=b"c2")
+    assert isinstance(out, Rejected) and out.error.code == "route_not_allowed"
+    assert not out.dead_letter and "allowed routes are: long" in out.error.message
+
+
+def test_charge_refuses_past_the_burst_with_an_honest_retry():
+    """The third request in the same millisecond at 1 req/s with burst 2 waits about 1 s."""
+    state = None
+    verdicts = []
+    for _ in range(3):
+        job = run_ruled(good())
+        out = charge(job, config=RULED, state=state, now_ms=NOW)
+        verdicts.append(out)
+        if not isinstance(out, Rejected):
+            state = out.state
+    assert [type(v).__name__ for v in verdicts] == ["Charged", "Charged", "Rejected"]
+    err = verdicts[2].error
+    assert err.code == "rate_limited" and err.retryable and 900 <= err.retry_after_ms <= 1000

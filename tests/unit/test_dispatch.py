@@ -1,0 +1,176 @@
+"""The dispatcher with a scripted backend and a recording publisher: no Kafka, real asyncio."""
+
+import asyncio
+import time
+
+import orjson
+import pytest
+from faust.types import TP
+
+from schemas.types import Reply, Request
+from streams.settings import Settings
+from turnout import config as cfg
+from turnout.admission import Record
+from turnout.backends.fake import ScriptedBackendClient
+from turnout.dispatch import Dispatcher
+from turnout.errors import BackendStatusError, BackendUnavailable
+
+CONFIG = cfg.loads(
+    """
+backends:
+  - {id: a, protocol: openai, base_url: "http://a", models: [echo], max_concurrency: 1}
+  - {id: b, protocol: openai, base_url: "http://b", models: [echo], max_concurrency: 8}
+routes:
+  default: {targets: [{backend: a, model: echo}, {backend: b, model: echo}], policy: first}
+  only-a: {targets: [{backend: a, model: echo}]}
+""",
+    env={},
+)
+TP0 = TP("turnout.requests", 0)
+
+
+class RecordingPublisher:
+    def __init__(self):
+        self.replies: list[tuple[str, Reply]] = []
+        self.dead_letters = []
+        self.outcomes = []
+
+    async def reply(self, topic, reply):
+        self.replies.append((topic, reply))
+
+    async def dead_letter(self, record):
+        self.dead_letters.append(record)
+
+    async def outcome(self, topic, partition, key, value):
+        self.outcomes.append((partition, key))
+
+
+def record(offset, model="default", priority=5, rid=None):
+    req = Request(
+        id=rid or f"r{offset}",
+        client_id="c",
+        kind="chat",
+        model=model,
+        priority=priority,
+        body={"messages": [{"role": "user", "content": f"m{offset}"}]},
+    )
+    now = int(time.time() * 1000)
+    return Record(
+        topic="turnout.requests",
+        partition=0,
+        offset=offset,
+        timestamp_ms=now,
+        key=b"c",
+        value=req.to_wire(),
+    )
+
+
+def make(client, **settings):
+    pub = RecordingPublisher()
+    d = Dispatcher(settings=Settings(**settings), config=CONFIG, client=client, publisher=pub)
+    return d, pub
+
+
+async def drain(d):
+    """Wait until every submitted request has finished."""
+    await d.stop(grace_s=30)
+
+
+async def test_a_retryable_failure_moves_to_the_next_target():
+    """A 5xx from the first target is retried on the other one."""
+    client = ScriptedBackendClient({"a": [BackendStatusError("boom", backend="a", status=503)]})
+    d, pub = make(client)
+    await d.submit(TP0, record(0), lambda: None)
+    await drain(d)
+    ((_, reply),) = pub.replies
+    assert reply.status == "ok" and reply.backend == "b" and reply.attempts == 2
+
+
+async def test_a_client_error_is_not_retried():
+    """A 400 from the backend is the request's fault: one attempt, a non-retryable error."""
+    client = ScriptedBackendClient({"a": [BackendStatusError("bad", backend="a", status=400)]})
+    d, pub = make(client)
+    await d.submit(TP0, record(0), lambda: None)
+    await drain(d)
+    ((_, reply),) = pub.replies
+    assert reply.status == "error" and reply.attempts == 1
+    assert reply.error.code == "backend_status" and reply.error.retryable is False
+
+
+async def test_refused_connections_do_not_use_up_attempts():
+    """A backend refusing connections is retried within the deadline without counting."""
+    down = [BackendUnavailable("refused", backend="a")] * 3
+    client = ScriptedBackendClient({"a": down})
+    d, pub = make(client)
+    await d.submit(TP0, record(0, model="only-a"), lambda: None)
+    await drain(d)
+    ((_, reply),) = pub.replies
+    assert reply.status == "ok" and reply.attempts == 4
+
+
+async def test_the_offset_is_committable_only_after_the_reply_is_published():
+    """A slow request holds back the commit point; finishing it releases everything after it."""
+    client = ScriptedBackendClient(delay_s={"a": 0.3, "b": 0.0})
+    d, pub = make(client)
+    acked = []
+    await d.submit(TP0, record(10), lambda: acked.append(10))  # goes to a: slow
+    await d.submit(TP0, record(11), lambda: acked.append(11))  # a full: b, fast
+    await asyncio.sleep(0.1)
+    assert acked == [11] and d.committable(TP0) == 10
+    await drain(d)
+    assert d.committable(TP0) == 12 and len(pub.replies) == 2
+
+
+async def test_waiting_requests_are_released_highest_priority_first():
+    """When capacity frees up, the most urgent waiting request takes it first."""
+    client = ScriptedBackendClient(delay_s={"a": 0.05})
+    d, pub = make(client)
+    await d.submit(TP0, record(0, model="only-a"), lambda: None)  # holds a's only slot
+    await asyncio.sleep(0.01)
+    for offset, prio in [(1, 1), (2, 1), (3, 9), (4, 5)]:
+        await d.submit(TP0, record(offset, model="only-a", priority=prio), lambda: None)
+    await drain(d)
+    order = [reply.id for _, reply in pub.replies]
+    assert order == ["r0", "r3", "r4", "r1", "r2"]
+
+
+async def test_a_worker_gets_its_share_of_each_backend_cap():
+    """With half the partitions, a worker may use half of each backend's concurrency."""
+    client = ScriptedBackendClient(delay_s=0.2)
+    d, pub = make(client)
+    d.share_capacity(4, 8)
+    for i in range(6):
+        await d.submit(TP0, record(i, model="default"), lambda: None)
+    await asyncio.sleep(0.05)
+    in_flight_b = sum(1 for c in client.calls if c.backend_id == "b")
+    assert in_flight_b == 4  # b's cap of 8, halved; a's cap of 1 stays at least 1
+    await drain(d)
+    assert len(pub.replies) == 6
+
+
+async def test_bad_input_is_dead_lettered_and_answered():
+    """A malformed record goes to the dead letters with its reason and gets an error reply."""
+    d, pub = make(ScriptedBackendClient())
+    raw = orjson.dumps({"id": "x", "client_id": "c", "kind": "chat"})
+    bad = Record(
+        topic="t", partition=0, offset=0, timestamp_ms=int(time.time() * 1000), key=b"c", value=raw
+    )
+    await d.submit(TP0, bad, lambda: None)
+    await drain(d)
+    (dl,) = pub.dead_letters
+    assert dl.code == "invalid_request" and "missing required field" in dl.reason
+    ((topic, reply),) = pub.replies
+    assert topic == "turnout.replies.c" and reply.error.code == "invalid_request"
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+async def test_submit_waits_for_a_free_slot(slots):
+    """With every in-flight slot taken, submit waits: that wait is the backpressure."""
+    d, _ = make(ScriptedBackendClient(delay_s=0.2), max_in_flight=slots)
+    for i in range(slots):
+        await d.submit(TP0, record(i), lambda: None)
+    blocked = asyncio.create_task(d.submit(TP0, record(slots), lambda: None))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+    await drain(d)
+    await blocked
