@@ -23,12 +23,13 @@ import msgspec
 import orjson
 from faust.types import TP
 
-from schemas.types import DeadLetter, ErrorInfo, Reply, Source, Timings
+from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Source, Timings
 from streams.settings import Settings
 from streams.tables import done_key
 from turnout import logs
 from turnout.admission import Admitted, Record, Rejected, admit, charge
 from turnout.backends import BackendClient
+from turnout.backends.streaming import accumulate
 from turnout.config import Config
 from turnout.errors import (
     BackendError,
@@ -39,7 +40,7 @@ from turnout.errors import (
 )
 from turnout.health.book import HealthBook
 from turnout.offsets import OffsetTracker
-from turnout.publisher import Publisher
+from turnout.publisher import Publisher, PublishFailed
 from turnout.routing import Decision, RouteRequest, Snapshot, decide, retry_delay_s
 
 log = logs.get("turnout.request")
@@ -227,7 +228,7 @@ class Dispatcher:
             )
         if rejected.reply_to is not None and rejected.request_id is not None:
             total = float(_now_ms() - record.timestamp_ms)
-            await self._publisher.reply(
+            await self._reply(
                 rejected.reply_to,
                 Reply(
                     id=rejected.request_id,
@@ -275,14 +276,19 @@ class Dispatcher:
             self._in_flight[backend.id] += 1
             started = time.monotonic()
             call_error: BackendError | None = None
+            timeout_s = max(0.001, min(remaining_s, backend.timeout_ms / 1000))
+            relayed = [0]
             try:
-                body = await self._client.call(
-                    backend,
-                    kind=req.kind,
-                    model=decision.model,
-                    body=req.body,
-                    timeout_s=max(0.001, min(remaining_s, backend.timeout_ms / 1000)),
-                )
+                if req.stream and req.kind != "embeddings":
+                    body = await self._relay_stream(job, decision, attempts, timeout_s, relayed)
+                else:
+                    body = await self._client.call(
+                        backend,
+                        kind=req.kind,
+                        model=decision.model,
+                        body=req.body,
+                        timeout_s=timeout_s,
+                    )
             except BackendError as exc:
                 call_error = exc
             finally:
@@ -296,6 +302,11 @@ class Dispatcher:
                 error = None
                 break
             error = call_error
+            if relayed[0]:
+                # The client has part of an answer: another backend cannot continue it,
+                # so the stream ends here with an explicit error, never silently.
+                error = _broken_stream(call_error, relayed[0])
+                break
             remaining_ms = job.deadline_ms - _now_ms()
             if remaining_ms <= 0:
                 error = DeadlineExceeded(
@@ -333,7 +344,7 @@ class Dispatcher:
             degraded=degraded,
             timings=timings,
         )
-        await self._publisher.reply(job.reply_to, reply)
+        await self._reply(job.reply_to, reply)
         if error is None:
             await self._publisher.outcome(
                 self._settings.outcome_topic,
@@ -369,6 +380,60 @@ class Dispatcher:
         """Keep an exponentially weighted moving average of each backend's latency."""
         prev = self._latency_ms.get(backend_id)
         self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
+
+    async def _reply(self, topic: str, reply: Reply) -> None:
+        """Publish the final reply; if the broker refuses it for good, say so instead.
+
+        A reply the broker can never take (larger than its message size limit, say)
+        must not leave the request unfinished: its partition could not commit past it.
+        """
+        try:
+            await self._publisher.reply(topic, reply)
+        except PublishFailed as exc:
+            log.warning("reply_refused", request_id=reply.id, error=str(exc))
+            error = ErrorInfo(
+                code="reply_unpublishable",
+                message=f"the reply could not be published ({exc}); a response this large "
+                "cannot travel through Kafka with the broker's current message.max.bytes",
+                retryable=False,
+            )
+            await self._publisher.reply(
+                topic,
+                Reply(
+                    id=reply.id,
+                    status="error",
+                    client_id=reply.client_id,
+                    error=error,
+                    backend=reply.backend,
+                    route=reply.route,
+                    attempts=reply.attempts,
+                    timings=reply.timings,
+                ),
+            )
+
+    async def _relay_stream(
+        self,
+        job: Admitted,
+        decision: Decision,
+        attempt: int,
+        timeout_s: float,
+        relayed: list[int],
+    ) -> dict[str, object]:
+        """Publish each backend chunk in order on the reply topic; return the whole answer."""
+        req = job.request
+        chunks = []
+        async for delta in self._client.stream(
+            self._backends[decision.backend],
+            kind=req.kind,
+            model=decision.model,
+            body=req.body,
+            timeout_s=timeout_s,
+        ):
+            chunk = ReplyChunk(id=req.id, seq=relayed[0], attempt=attempt, delta=delta)
+            await self._publisher.chunk(job.reply_to, chunk)
+            relayed[0] += 1
+            chunks.append(delta)
+        return accumulate(req.kind, chunks)
 
     def wake(self) -> None:
         """Capacity or health changed: waiting requests look again, highest priority first.
@@ -486,6 +551,14 @@ def report_transitions(book: HealthBook) -> None:
             reason=t.reason,
             signal=t.signal,
         )
+
+
+def _broken_stream(error: BackendError, relayed: int) -> BackendError:
+    """The same failure, saying that the client already holds part of the answer."""
+    return error.with_message(
+        f"the stream broke after {relayed} chunk(s) were sent: {error.message}; "
+        "send the request again for a complete answer"
+    )
 
 
 def _error_info(error: TurnoutError, attempts: int, route: str) -> ErrorInfo:

@@ -27,6 +27,8 @@ Messages never contain secrets, prompts or responses.
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class TurnoutError(Exception):
     """Base of every turnout error."""
@@ -41,6 +43,14 @@ class TurnoutError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+    def with_message(self, message: str) -> Self:
+        """The same error (class, flags, backend, status) with a new message."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.args = (message,)
+        clone.message = message
+        return clone
 
 
 class RequestError(TurnoutError):

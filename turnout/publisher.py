@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 import faust
 from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 
-from schemas.types import DeadLetter, Reply
+from schemas.types import DeadLetter, Reply, ReplyChunk
 from streams.settings import Settings
 from turnout import logs
 
@@ -37,6 +38,10 @@ class Publisher:
     async def reply(self, topic: str, reply: Reply) -> None:
         headers = [("turnout-request-id", reply.id.encode())]
         await self.publish(topic, reply.id.encode(), reply.to_wire(), headers)
+
+    async def chunk(self, topic: str, chunk: ReplyChunk) -> None:
+        headers = [("turnout-request-id", chunk.id.encode()), ("turnout-kind", b"chunk")]
+        await self.publish(topic, chunk.id.encode(), chunk.to_wire(), headers)
 
     async def dead_letter(self, record: DeadLetter) -> None:
         headers = [("turnout-dead-letter-code", record.code.encode())]
@@ -63,10 +68,14 @@ class Publisher:
                     topic, key, value, partition=partition, timestamp=None, headers=list(headers)
                 )
                 return
-            except KafkaError as exc:
-                if not getattr(exc, "retriable", False) and not _is_connection_error(exc):
-                    raise PublishFailed(f"{type(exc).__name__} publishing to {topic}") from exc
-                log.warning("publish_retry", topic=topic, error=type(exc).__name__, delay_s=delay)
+            except (KafkaError, ProducerSendError) as exc:
+                # faust wraps the producer's KafkaError in its own ProducerSendError.
+                cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
+                if not isinstance(cause, KafkaError) or not (
+                    getattr(cause, "retriable", False) or _is_connection_error(cause)
+                ):
+                    raise PublishFailed(f"{type(cause).__name__} publishing to {topic}") from exc
+                log.warning("publish_retry", topic=topic, error=type(cause).__name__, delay_s=delay)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
 

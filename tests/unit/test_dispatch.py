@@ -14,6 +14,7 @@ from turnout.admission import Record
 from turnout.backends.fake import ScriptedBackendClient
 from turnout.dispatch import Dispatcher
 from turnout.errors import BackendStatusError, BackendUnavailable
+from turnout.publisher import PublishFailed
 
 CONFIG = cfg.loads(
     """
@@ -174,3 +175,87 @@ async def test_submit_waits_for_a_free_slot(slots):
     assert not blocked.done()
     await drain(d)
     await blocked
+
+
+class RecordingChunks(RecordingPublisher):
+    def __init__(self):
+        super().__init__()
+        self.chunks = []
+
+    async def chunk(self, topic, chunk):
+        self.chunks.append(chunk)
+
+
+class BreaksMidStream(ScriptedBackendClient):
+    """Sends two chunks, then fails."""
+
+    async def stream(self, backend, *, kind, model, body, timeout_s):
+        yield {"choices": [{"index": 0, "delta": {"content": "half "}}]}
+        yield {"choices": [{"index": 0, "delta": {"content": "an answer"}}]}
+        raise BackendUnavailable("connection reset", backend=backend.id)
+
+
+def stream_record(offset, model="default"):
+    req = Request(id=f"s{offset}", client_id="c", kind="chat", model=model, stream=True,
+                  body={"messages": [{"role": "user", "content": "tell me"}]})
+    return Record(topic="t", partition=0, offset=offset, timestamp_ms=int(time.time() * 1000),
+                  key=b"c", value=req.to_wire())
+
+
+def streaming(client):
+    pub = RecordingChunks()
+    return Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub), pub
+
+
+async def test_a_streamed_answer_is_relayed_in_order_then_replied_whole():
+    """Chunks go out in sequence before one final reply holding the whole answer."""
+    d, pub = streaming(ScriptedBackendClient())
+    await d.submit(TP0, stream_record(0), lambda: None)
+    await drain(d)
+    assert [c.seq for c in pub.chunks] == list(range(len(pub.chunks))) and pub.chunks
+    text = "".join(c.delta["choices"][0]["delta"].get("content") or "" for c in pub.chunks)
+    (_, reply), = pub.replies
+    assert reply.status == "ok"
+    assert reply.body["choices"][0]["message"]["content"] == text == "echo: tell me"
+
+
+async def test_a_stream_failing_before_its_first_chunk_moves_to_another_backend():
+    """Nothing reached the client yet, so another backend serves the whole stream."""
+    client = ScriptedBackendClient({"a": [BackendStatusError("boom", backend="a", status=502)]})
+    d, pub = streaming(client)
+    await d.submit(TP0, stream_record(0), lambda: None)
+    await drain(d)
+    (_, reply), = pub.replies
+    assert reply.status == "ok" and reply.backend == "b"
+    assert {c.attempt for c in pub.chunks} == {2}
+
+
+async def test_a_stream_breaking_midway_ends_with_an_explicit_error():
+    """After chunks were sent, a failure is reported as such and not retried elsewhere."""
+    d, pub = streaming(BreaksMidStream())
+    await d.submit(TP0, stream_record(0), lambda: None)
+    await drain(d)
+    assert len(pub.chunks) == 2
+    (_, reply), = pub.replies
+    assert reply.status == "error" and reply.attempts == 1
+    assert "broke after 2 chunk(s)" in reply.error.message and reply.error.retryable
+
+
+class RefusesBigReplies(RecordingPublisher):
+    async def reply(self, topic, reply):
+        if reply.status == "ok":
+            raise PublishFailed("MessageSizeTooLargeError publishing to " + topic)
+        await super().reply(topic, reply)
+
+
+async def test_a_reply_the_broker_refuses_becomes_an_error_reply():
+    """A reply Kafka can never take is replaced by an error reply, so the request finishes."""
+    pub = RefusesBigReplies()
+    d = Dispatcher(settings=Settings(), config=CONFIG, client=ScriptedBackendClient(),
+                   publisher=pub)
+    acked = []
+    await d.submit(TP0, record(0), lambda: acked.append(0))
+    await drain(d)
+    (_, reply), = pub.replies
+    assert reply.error.code == "reply_unpublishable" and acked == [0]
+    assert d.committable(TP0) == 1

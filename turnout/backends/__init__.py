@@ -9,7 +9,7 @@ with plain tables of cases.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from schemas.types import Kind
@@ -31,6 +31,21 @@ class BackendClient(Protocol):
         ``model`` replaces ``body["model"]``. Raises ``BackendUnavailable``,
         ``BackendTimeout`` (after ``timeout_s``), ``BackendStatusError`` or
         ``BackendProtocolError``; never another exception type.
+        """
+        ...
+
+    def stream(
+        self,
+        backend: Backend,
+        *,
+        kind: Kind,
+        model: str,
+        body: Mapping[str, Any],
+        timeout_s: float,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Call ``backend`` with streaming; yield OpenAI chunk objects in order.
+
+        Raises the same errors as ``call``, before or between chunks.
         """
         ...
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import orjson
@@ -91,6 +91,22 @@ class ScriptedBackendClient:
         if step == "ok":
             return openai_response(kind, model, body)
         return step
+
+    async def stream(
+        self,
+        backend: Backend,
+        *,
+        kind: Kind,
+        model: str,
+        body: Mapping[str, Any],
+        timeout_s: float,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The scripted answer as chunks; a scripted error is raised before the first."""
+        from turnout.backends.streaming import chunks_from_response
+
+        response = await self.call(backend, kind=kind, model=model, body=body, timeout_s=timeout_s)
+        for chunk in chunks_from_response(kind, response):
+            yield chunk
 
     async def close(self) -> None:
         self.closed = True

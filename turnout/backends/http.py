@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -19,6 +19,7 @@ import orjson
 from schemas.types import Kind
 from turnout.backends import ollama, openai
 from turnout.backends.http_call import HttpAnswer, HttpCall, join_url
+from turnout.backends.streaming import stream_call
 from turnout.config import Backend, Secret
 from turnout.errors import (
     BackendError,
@@ -48,6 +49,21 @@ class HttpBackendClient:
 
     def __repr__(self) -> str:
         return f"<HttpBackendClient keys_for={sorted(self._keys)} closed={self._session.closed}>"
+
+    def stream(
+        self,
+        backend: Backend,
+        *,
+        kind: Kind,
+        model: str,
+        body: Mapping[str, Any],
+        timeout_s: float,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream from ``backend``; see ``turnout.backends.BackendClient.stream``."""
+        return stream_call(
+            self._session, backend, self._keys, kind=kind, model=model, body=body,
+            timeout_s=timeout_s,
+        )
 
     async def call(
         self,

@@ -1,0 +1,464 @@
+"""Streamed backend calls: one backend's streamed answer as OpenAI chunk objects.
+
+``stream_call`` is the streaming sibling of ``HttpBackendClient.call``: it posts a
+``stream: true`` request and yields OpenAI ``chat.completion.chunk`` objects (or
+``text_completion`` chunks for ``kind="completion"``) as they arrive, from
+
+    openai     server-sent events, ``data: {chunk}`` ... ``data: [DONE]``
+    ollama     NDJSON lines, the last one ``done: true``
+    anthropic  server-sent events ``message_start`` ... ``message_stop``
+
+A backend that answers with one plain JSON body instead (it ignored ``stream``)
+is read whole and yielded as chunks. Failures raise the same ``BackendError``
+subclasses as the non-streaming client: connection -> ``BackendUnavailable``,
+``timeout_s`` passing (for the whole stream) -> ``BackendTimeout``, an error
+status -> ``BackendStatusError``, anything unreadable or a stream that stops
+before its end marker -> ``BackendProtocolError``.
+
+The pure pieces (``SseParser``, ``OllamaTranslator``, ``chunks_from_response``,
+``accumulate``) are tested without a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from schemas.types import Kind
+from turnout.backends import anthropic, ollama, openai
+from turnout.backends.http_call import HttpAnswer, check_status, describe, join_url
+from turnout.config import Backend, Secret
+from turnout.errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendStatusError,
+    BackendTimeout,
+    BackendUnavailable,
+)
+
+
+async def stream_call(
+    session: aiohttp.ClientSession,
+    backend: Backend,
+    keys: Mapping[str, Secret],
+    *,
+    kind: Kind,
+    model: str,
+    body: Mapping[str, Any],
+    timeout_s: float,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield the OpenAI chunks of ``backend``'s streamed answer; see the module docstring.
+
+    ``kind`` must be ``chat`` or ``completion`` (embeddings do not stream: ValueError).
+    ``timeout_s`` bounds the whole stream, first byte to last.
+    """
+    if kind == "embeddings":
+        raise ValueError("embeddings do not stream; call BackendClient.call instead")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    protocol = str(backend.protocol)
+    try:
+        url, payload, headers = _request(protocol, backend, keys, kind, model, body)
+        async with asyncio.timeout_at(deadline):
+            response = await session.post(
+                url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=None)
+            )
+        try:
+            if not 200 <= response.status < 300:
+                async with asyncio.timeout_at(deadline):
+                    raw = await response.read()
+                check_status(backend.id, HttpAnswer(response.status, raw, response.headers))
+            ctype = response.headers.get("Content-Type", "")
+            if protocol != "ollama" and ctype.startswith("application/json"):
+                async with asyncio.timeout_at(deadline):
+                    raw = await response.read()
+                parse = anthropic.parse if protocol == "anthropic" else openai.parse
+                whole = parse(kind, backend.id, response.status, raw, response.headers)
+                for chunk in chunks_from_response(kind, whole):
+                    yield chunk
+                return
+            lines = _lines(response.content, deadline)
+            if protocol == "ollama":
+                chunks = _ollama_chunks(kind, backend.id, lines)
+            elif protocol == "anthropic":
+                chunks = _anthropic_chunks(kind, backend.id, lines)
+            else:
+                chunks = _openai_chunks(backend.id, lines)
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            response.release()
+    except BackendError:
+        raise
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise BackendTimeout(
+            f"backend {backend.id!r} did not finish streaming within {timeout_s:g} s; "
+            "it may be overloaded, or the timeout too short for this request",
+            backend=backend.id,
+        ) from None
+    except (aiohttp.ClientConnectionError, OSError) as exc:
+        raise BackendUnavailable(
+            f"backend {backend.id!r} could not be reached or dropped the stream ({_cause(exc)}); "
+            "check that it is running and that its base_url is right",
+            backend=backend.id,
+        ) from None
+    except Exception as exc:
+        raise BackendProtocolError(
+            f"backend {backend.id!r} stream could not be read ({type(exc).__name__})",
+            backend=backend.id,
+        ) from None
+
+
+def _request(
+    protocol: str,
+    backend: Backend,
+    keys: Mapping[str, Secret],
+    kind: Kind,
+    model: str,
+    body: Mapping[str, Any],
+) -> tuple[str, bytes, dict[str, str]]:
+    key = keys.get(backend.id)
+    headers = {"Content-Type": "application/json"}
+    if protocol == "anthropic":
+        call = anthropic.build(kind, model, body, stream=True, backend_id=backend.id)
+        headers.update(anthropic.headers(None if key is None else key.reveal()))
+        headers["Accept"] = "text/event-stream"
+    else:
+        if protocol == "ollama":
+            call = ollama.build(kind, model, body)
+            headers["Accept"] = "application/x-ndjson"
+        else:
+            call = openai.build(kind, model, body)
+            headers["Accept"] = "text/event-stream"
+            if isinstance(body.get("stream_options"), dict):
+                call.json["stream_options"] = body["stream_options"]
+        call.json["stream"] = True
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key.reveal()}"
+    return join_url(backend.base_url, call.path), orjson.dumps(call.json), headers
+
+
+async def _lines(content: aiohttp.StreamReader, deadline: float) -> AsyncIterator[bytes]:
+    while True:
+        async with asyncio.timeout_at(deadline):
+            line = await content.readline()
+        if not line:
+            return
+        yield line
+
+
+# -- the three wire formats --------------------------------------------------------------------
+
+
+class SseParser:
+    """Server-sent events, line by line: ``feed`` returns ``(event, data)`` when one is complete."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<SseParser event={self._event!r} pending_lines={len(self._data)}>"
+
+    def feed(self, raw: bytes) -> tuple[str, str] | None:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if not self._data:
+                self._event = ""
+                return None
+            out = (self._event, "\n".join(self._data))
+            self._event, self._data = "", []
+            return out
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        return None
+
+    def flush(self) -> tuple[str, str] | None:
+        """The last event of a stream that ended without a blank line."""
+        return self.feed(b"")
+
+
+def _json(backend_id: str, what: str, text: str | bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise BackendProtocolError(
+            f"backend {backend_id!r} sent a {what} that is not JSON", backend=backend_id
+        ) from None
+
+
+async def _sse_events(lines: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str]]:
+    parser = SseParser()
+    async for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event
+    last = parser.flush()
+    if last is not None:
+        yield last
+
+
+async def _openai_chunks(backend_id: str, lines: AsyncIterator[bytes]) -> AsyncIterator[dict]:
+    finished = False
+    async for _, data in _sse_events(lines):
+        if data.strip() == "[DONE]":
+            return
+        obj = _json(backend_id, "stream event", data)
+        if not isinstance(obj, dict):
+            raise BackendProtocolError(
+                f"backend {backend_id!r} sent a stream event that is {describe(obj)}, "
+                "not a chunk object",
+                backend=backend_id,
+            )
+        if "error" in obj:
+            raise _stream_error(backend_id, obj["error"])
+        if not isinstance(obj.get("choices"), list):
+            raise BackendProtocolError(
+                f"backend {backend_id!r} sent a stream event with no choices list "
+                f"(got {describe(obj)})",
+                backend=backend_id,
+            )
+        finished = finished or any(
+            isinstance(c, dict) and c.get("finish_reason") for c in obj["choices"]
+        )
+        yield obj
+    if not finished:
+        raise _cut_short(backend_id, "data: [DONE]")
+
+
+async def _anthropic_chunks(
+    kind: Kind, backend_id: str, lines: AsyncIterator[bytes]
+) -> AsyncIterator[dict]:
+    translator = anthropic.StreamTranslator(kind, backend_id)
+    async for event, data in _sse_events(lines):
+        for chunk in translator.feed(event, _json(backend_id, f"{event or 'stream'} event", data)):
+            yield chunk
+        if translator.done:
+            return
+    raise _cut_short(backend_id, "message_stop")
+
+
+async def _ollama_chunks(
+    kind: Kind, backend_id: str, lines: AsyncIterator[bytes]
+) -> AsyncIterator[dict]:
+    translator = OllamaTranslator(kind, backend_id)
+    async for line in lines:
+        if not line.strip():
+            continue
+        for chunk in translator.feed(_json(backend_id, "stream line", line)):
+            yield chunk
+        if translator.done:
+            return
+    raise _cut_short(backend_id, 'a line with "done": true')
+
+
+class OllamaTranslator:
+    """Turns Ollama's streamed NDJSON objects into OpenAI chunks; pure, one per call."""
+
+    def __init__(self, kind: Kind, backend_id: str) -> None:
+        self.kind = kind
+        self.backend_id = backend_id
+        self.id = ""
+        self.created = 0
+        self.model = ""
+        self.done = False
+        self._sent_role = False
+
+    def __repr__(self) -> str:
+        return f"<OllamaTranslator kind={self.kind} done={self.done}>"
+
+    def feed(self, obj: Any) -> list[dict[str, Any]]:
+        if not isinstance(obj, dict):
+            raise BackendProtocolError(
+                f"backend {self.backend_id!r} sent a stream line that is {describe(obj)}, "
+                "not an object",
+                backend=self.backend_id,
+            )
+        if "error" in obj:
+            raise _stream_error(self.backend_id, obj["error"])
+        if not self.id:
+            seed = orjson.dumps([obj.get("model"), obj.get("created_at")])
+            self.id = hashlib.blake2b(seed, digest_size=12).hexdigest()
+            self.created = ollama._epoch_s(obj.get("created_at"))
+        self.model = obj.get("model") if isinstance(obj.get("model"), str) else ""
+        if self.kind == "chat":
+            message = obj.get("message")
+            text = message.get("content") if isinstance(message, dict) else None
+            field = "message.content"
+        else:
+            text = obj.get("response")
+            field = "response"
+        if not isinstance(text, str):
+            raise BackendProtocolError(
+                f"backend {self.backend_id!r} sent a stream line with no {field} "
+                f"(got {describe(obj)})",
+                backend=self.backend_id,
+            )
+        out = [self._chunk(text, None)] if text or not self._sent_role else []
+        if obj.get("done") is True:
+            self.done = True
+            finish = "length" if obj.get("done_reason") == "length" else "stop"
+            last = self._chunk("", finish)
+            prompt = _count(obj.get("prompt_eval_count"))
+            completion = _count(obj.get("eval_count"))
+            last["usage"] = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+            out.append(last)
+        return out
+
+    def _chunk(self, text: str, finish: str | None) -> dict[str, Any]:
+        head = {"created": self.created, "model": self.model}
+        if self.kind == "chat":
+            delta: dict[str, Any] = {"content": text} if text or finish is None else {}
+            if not self._sent_role:
+                delta = {"role": "assistant", **delta}
+                self._sent_role = True
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            shape = {"id": "chatcmpl-" + self.id, "object": "chat.completion.chunk"}
+            return {**shape, **head, "choices": [choice]}
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {"id": "cmpl-" + self.id, "object": "text_completion", **head, "choices": [choice]}
+
+
+# -- whole responses and chunks ----------------------------------------------------------------
+
+
+def chunks_from_response(kind: Kind, response: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A whole chat/completion response as the chunks a stream of it would have sent.
+
+    One content chunk per choice, then one finish chunk per choice carrying the usage.
+    """
+    head = {k: response[k] for k in ("id", "created", "model") if k in response}
+    choices = response.get("choices")
+    choices = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+    out: list[dict[str, Any]] = []
+    if kind == "chat":
+        head["object"] = "chat.completion.chunk"
+        for i, c in enumerate(choices):
+            message = c.get("message") if isinstance(c.get("message"), dict) else {}
+            delta = {"role": message.get("role", "assistant"), "content": message.get("content")}
+            if message.get("tool_calls"):
+                delta["tool_calls"] = [
+                    {"index": n, **call} for n, call in enumerate(message["tool_calls"])
+                ]
+            first = {"index": c.get("index", i), "delta": delta, "finish_reason": None}
+            out.append({**head, "choices": [first]})
+        for i, c in enumerate(choices):
+            last = {
+                "index": c.get("index", i),
+                "delta": {},
+                "finish_reason": c.get("finish_reason"),
+            }
+            out.append({**head, "choices": [last]})
+    else:
+        head["object"] = "text_completion"
+        for i, c in enumerate(choices):
+            text = {"index": c.get("index", i), "text": c.get("text", ""), "logprobs": None}
+            out.append({**head, "choices": [{**text, "finish_reason": None}]})
+        for i, c in enumerate(choices):
+            end = {"index": c.get("index", i), "text": "", "logprobs": None}
+            out.append({**head, "choices": [{**end, "finish_reason": c.get("finish_reason")}]})
+    if out and isinstance(response.get("usage"), dict):
+        out[-1]["usage"] = response["usage"]
+    return out
+
+
+def accumulate(kind: Kind, chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The whole chat/completion response that a list of chunks adds up to.
+
+    For the dispatcher: the final ``Reply`` of a streamed request carries this body.
+    """
+    head: dict[str, Any] = {}
+    texts: dict[int, list[str]] = {}
+    roles: dict[int, str] = {}
+    finish: dict[int, Any] = {}
+    usage: Any = None
+    for chunk in chunks:
+        for k in ("id", "created", "model"):
+            head.setdefault(k, chunk.get(k))
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for c in chunk.get("choices") or []:
+            i = c.get("index", 0)
+            if kind == "chat":
+                delta = c.get("delta") or {}
+                if delta.get("role"):
+                    roles[i] = delta["role"]
+                piece = delta.get("content")
+            else:
+                piece = c.get("text")
+            if isinstance(piece, str):
+                texts.setdefault(i, []).append(piece)
+            if c.get("finish_reason"):
+                finish[i] = c["finish_reason"]
+    choices = []
+    for i in sorted(set(texts) | set(finish) | set(roles)):
+        text = "".join(texts.get(i, []))
+        if kind == "chat":
+            body: dict[str, Any] = {"message": {"role": roles.get(i, "assistant"), "content": text}}
+        else:
+            body = {"text": text, "logprobs": None}
+        choices.append({"index": i, **body, "finish_reason": finish.get(i, "stop")})
+    out = {
+        "id": head.get("id") or "",
+        "object": "chat.completion" if kind == "chat" else "text_completion",
+        "created": head.get("created") or 0,
+        "model": head.get("model") or "",
+        "choices": choices,
+    }
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def _stream_error(backend_id: str, error: Any) -> BackendStatusError:
+    """A backend's error event mid-stream; 500 (retryable) unless it names a 4xx status."""
+    status = 500
+    code = ""
+    if isinstance(error, dict):
+        raw = error.get("code") or error.get("type") or ""
+        code = raw[:64] if isinstance(raw, str) and raw.isidentifier() else ""
+        if isinstance(error.get("status"), int) and 400 <= error["status"] < 600:
+            status = error["status"]
+    detail = f" ({code})" if code else ""
+    return BackendStatusError(
+        f"backend {backend_id!r} reported an error mid-stream{detail}; "
+        "it may succeed later or on another backend",
+        backend=backend_id,
+        status=status,
+    )
+
+
+def _cut_short(backend_id: str, expected: str) -> BackendProtocolError:
+    return BackendProtocolError(
+        f"backend {backend_id!r} ended the stream before its end marker (expected {expected}); "
+        "the answer is incomplete",
+        backend=backend_id,
+    )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _cause(exc: BaseException) -> str:
+    errno = getattr(getattr(exc, "os_error", exc), "errno", None)
+    return f"{type(exc).__name__}: {os.strerror(errno)}" if errno else type(exc).__name__
