@@ -11,6 +11,7 @@ topic and feeds each new probe result into its own ``HealthBook``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -132,3 +133,49 @@ class HealthFeed:
         self._seen[record.backend] = at
         self._book.probe(record.backend, bool(record.probe_ok), record.probe_latency_ms or 0.0, now)
         return True
+
+
+async def read_health(settings: Settings, timeout_s: float = 5.0) -> dict[str, HealthRecord]:
+    """The latest published record of every backend (what ``turnout backends`` shows)."""
+    topic = settings.health_topic
+    partitions = (await ensure_topics(settings.bootstrap, [topic], 1))[topic]
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    latest: dict[str, HealthRecord] = {}
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                break
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for rec in records:
+                    if rec.value is not None:
+                        with contextlib.suppress(InvalidHealthRecord):
+                            record = HealthRecord.from_wire(rec.value)
+                            latest[record.backend] = record
+    finally:
+        await consumer.stop()
+    return latest
+
+
+def format_health(records: dict[str, HealthRecord], now_ms: int) -> str:
+    """A table a person can read: state, since when, why, success interval, latency."""
+    if not records:
+        return "no health records yet: is a worker running? (the group leader probes backends)"
+    rows = [("backend", "state", "since", "success (CI)", "n", "p50/p95/p99 ms", "probe", "why")]
+    for b, r in sorted(records.items()):
+        since = f"{(now_ms - r.since_ms) / 1000:.0f}s ago"
+        ci = f"{r.success_low:.0%}-{r.success_high:.0%}"
+        lat = "/".join("-" if v is None else f"{v:.0f}" for v in (r.p50_ms, r.p95_ms, r.p99_ms))
+        probe = "-" if r.probe_ok is None else ("ok" if r.probe_ok else "FAILED")
+        rows.append((b, r.state.name, since, ci, str(r.n), lat, probe, r.reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    )

@@ -1,10 +1,12 @@
 """Backend health on the real broker: exclusion, no flapping, verified recovery, degradation."""
 
 import asyncio
+import subprocess
 import time
 
 from tests.integration.harness import (
     BOOTSTRAP,
+    TURNOUT,
     chat_request,
     collect_replies,
     config_for,
@@ -78,6 +80,12 @@ async def test_a_killed_backend_is_excluded_and_clients_see_no_errors(spawn, nam
         rid for rid, rs in replies.items() if rs[0].backend == "a" and int(rid[1:]) > 120
     ]
     assert served_by_a_late == []
+    shown = subprocess.run(
+        [*TURNOUT, "backends"], env=worker.env, capture_output=True, text=True, timeout=60
+    ).stdout
+    rows = {line.split()[0]: line for line in shown.splitlines()[1:]}
+    assert "UNHEALTHY" in rows["a"] and "FAILED" in rows["a"]
+    assert "HEALTHY" in rows["b"] and " ok " in rows["b"]
 
 
 async def test_a_backend_failing_5_percent_stays_in_the_pool(spawn, names):
