@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file")
 
     sub.add_parser("settings", help="list every setting with its env var and default")
+    sub.add_parser("backends", help="every backend's health, as the prober last published it")
+
+    gateway = sub.add_parser("gateway", help="serve the OpenAI/Ollama-compatible HTTP gateway")
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, default=8080)
 
     from turnout import ops
 
@@ -72,10 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "worker":
         return _worker(settings)
+    if args.command == "backends":
+        return asyncio.run(_backends(settings))
     if args.command == "send":
         return asyncio.run(_send(settings, args))
+    if args.command == "gateway":
+        from turnout.gateway.app import run
+
+        return run(settings, host=args.host, port=args.port)
     if args.command in ops.COMMANDS:
-        return asyncio.run(ops.run(settings, args))
+        return ops.main(settings, args)
     return 2
 
 
@@ -113,6 +124,13 @@ def _worker(settings: Settings) -> int:
     devnull = open(os.devnull, "w")
     worker = faust.Worker(app, loglevel="warning", quiet=True, stdout=devnull)
     worker.execute_from_commandline()
+    return 0
+
+
+async def _backends(settings: Settings) -> int:
+    from turnout.prober import format_health, read_health
+
+    print(format_health(await read_health(settings), int(time.time() * 1000)))
     return 0
 
 

@@ -282,3 +282,218 @@ def log_time(line: dict) -> float:
     import datetime
 
     return datetime.datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+# -- operator commands (turnout replay, dlq, status) ------------------------------------------
+
+
+def iso(t: float) -> str:
+    """A Unix time as an ISO 8601 UTC string with milliseconds, for --since/--until."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+async def run_turnout(
+    *args: str, env: dict[str, str], timeout_s: float = 180
+) -> tuple[int, str, str]:
+    """Run ``turnout ARGS`` to completion without blocking the event loop: (rc, stdout, stderr)."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        *TURNOUT, *args, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def turnout_json(*args: str, env: dict[str, str], timeout_s: float = 180) -> dict:
+    """Run a ``turnout ... --json`` command and decode the JSON on its last stdout line."""
+    rc, out, err = await run_turnout(*args, "--json", env=env, timeout_s=timeout_s)
+    lines = out.strip().splitlines()
+    assert lines, f"turnout {' '.join(args)} printed nothing (rc {rc}); stderr:\n{err}"
+    doc = orjson.loads(lines[-1])
+    doc["_rc"] = rc
+    doc["_stderr"] = err
+    return doc
+
+
+def probing_env(health_topic: str, interval_s: float = 1.0) -> dict[str, str]:
+    """Worker env for a test's own health topic, probed often so an outage heals quickly."""
+    return {
+        "TURNOUT_HEALTH_TOPIC": health_topic,
+        "TURNOUT_PROBE_INTERVAL_S": str(interval_s),
+        "TURNOUT_PROBATION_PROBES": "1",
+    }
+
+
+async def health_records(topic: str) -> list:
+    """Every record on a health topic, in order (``turnout.health.HealthRecord``)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from turnout.client import ensure_topics
+    from turnout.health import HealthRecord
+
+    partitions = (await ensure_topics(BOOTSTRAP, [topic], 1))[topic]
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
+    await consumer.start()
+    out = []
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                for rec in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                    out.append(HealthRecord.from_wire(rec.value))
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def wait_healthy(topic: str, backend: str, since_ms: int, timeout_s: float = 60) -> None:
+    """Wait until the prober reports ``backend`` healthy after ``since_ms``."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        mine = [r for r in await health_records(topic) if r.backend == backend]
+        if mine and mine[-1].state.value == "healthy" and mine[-1].updated_ms > since_ms:
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"backend {backend} not healthy again within {timeout_s} s")
+
+
+async def served_calls(backend: MockBackend, health_topic: str, timeout_s: float = 20) -> int:
+    """Chat calls the mock served for requests, not probes: read just after a probe round.
+
+    Probes are chat calls too; each one is followed by one record on the health topic.
+    Reading right after a new record leaves a whole probe interval before the next one.
+    """
+    import asyncio
+
+    before = len(await health_records(health_topic))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        probes = len(await health_records(health_topic))
+        if probes > before:
+            calls = backend.stats()["by_route"].get("/v1/chat/completions", 0)
+            return calls - probes
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no probe recorded on {health_topic} within {timeout_s} s")
+
+
+class GatewayProcess:
+    """A ``turnout gateway`` process on a free port; ``start`` waits until /readyz answers 200."""
+
+    def __init__(
+        self,
+        tmp: pathlib.Path,
+        *,
+        config_path: pathlib.Path,
+        request_topic: str,
+        gateway_id: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.gateway_id = gateway_id
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": BOOTSTRAP,
+            "TURNOUT_CONFIG": str(config_path),
+            "TURNOUT_REQUEST_TOPIC": request_topic,
+            "TURNOUT_GATEWAY_ID": gateway_id,
+            "TURNOUT_LOG_FORMAT": "json",
+            **(extra_env or {}),
+        }
+        self.runs = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def log_path(self) -> pathlib.Path:
+        return self.tmp / f"gateway-{self.gateway_id}-{self.runs}.log"
+
+    def start(self, wait: bool = True) -> None:
+        self.runs += 1
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*TURNOUT, "gateway", "--port", str(self.port)],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"gateway exited with {self.proc.returncode}: {self.log_path.read_text()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway not ready in {timeout_s} s")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=60)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+
+
+class GatewayStack:
+    """A mock backend, a worker and a gateway on unique topics: the whole path over HTTP."""
+
+    def __init__(
+        self,
+        tmp: pathlib.Path,
+        *,
+        gateway_env: dict[str, str] | None = None,
+        mock_args: tuple[str, ...] = (),
+    ) -> None:
+        self.tmp = tmp
+        self.backend = MockBackend(tmp, *mock_args)
+        self.request_topic = unique("gw.requests")
+        config = config_for(
+            ("mock-openai", "openai", self.backend.url), ("mock-ollama", "ollama", self.backend.url)
+        )
+        self.worker = Worker(tmp, config, app_id=unique("gw-app"), request_topic=self.request_topic)
+        self.gateway = GatewayProcess(
+            tmp,
+            config_path=self.worker.config_path,
+            request_topic=self.request_topic,
+            gateway_id=unique("gw"),
+            extra_env=gateway_env,
+        )
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    def stop(self) -> None:
+        for p in (self.gateway, self.worker, self.backend):
+            p.stop()

@@ -1,7 +1,6 @@
 """Backend health on the real broker: exclusion, no flapping, verified recovery, degradation."""
 
 import asyncio
-import subprocess
 import time
 
 from tests.integration.harness import (
@@ -80,9 +79,10 @@ async def test_a_killed_backend_is_excluded_and_clients_see_no_errors(spawn, nam
         rid for rid, rs in replies.items() if rs[0].backend == "a" and int(rid[1:]) > 120
     ]
     assert served_by_a_late == []
-    shown = subprocess.run(
-        [*TURNOUT, "backends"], env=worker.env, capture_output=True, text=True, timeout=60
-    ).stdout
+    proc = await asyncio.create_subprocess_exec(
+        *TURNOUT, "backends", env=worker.env, stdout=asyncio.subprocess.PIPE
+    )
+    shown = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
     rows = {line.split()[0]: line for line in shown.splitlines()[1:]}
     assert "UNHEALTHY" in rows["a"] and "FAILED" in rows["a"]
     assert "HEALTHY" in rows["b"] and " ok " in rows["b"]

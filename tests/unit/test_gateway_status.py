@@ -1,0 +1,155 @@
+"""The gateway's pure state: the status store, chunk ordering, settings and API keys."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from schemas.types import ReplyChunk
+from turnout.gateway import ANONYMOUS, GatewaySettings, load_keys
+from turnout.gateway.kafka import StatusRecord, StatusStore
+from turnout.gateway.openai_api import ChunkSequencer, StreamRestarted
+
+
+def rec(status: str = "queued", updated_ms: int = 0, **kw: object) -> StatusRecord:
+    return StatusRecord(status=status, client_id="c", updated_ms=updated_ms, **kw)  # type: ignore[arg-type]
+
+
+def test_a_status_never_goes_backwards() -> None:
+    """A late queued cannot hide done; done can be updated by another final record."""
+    store = StatusStore(10, 1000)
+    assert store.put("r", rec("done"))
+    assert not store.put("r", rec("queued"))
+    assert store.get("r", 0).status == "done"  # type: ignore[union-attr]
+    assert store.put("r", rec("done", webhook="delivered"))
+    assert store.get("r", 0).webhook == "delivered"  # type: ignore[union-attr]
+
+
+def test_the_least_recently_used_entry_goes_first() -> None:
+    """Past max_entries, the entry touched longest ago is dropped."""
+    store = StatusStore(2, 1000)
+    store.put("a", rec())
+    store.put("b", rec())
+    store.get("a", 0)
+    store.put("c", rec())
+    assert store.get("b", 0) is None
+    assert store.get("a", 0) is not None and store.get("c", 0) is not None
+    assert repr(store) == "<StatusStore entries=2 max=2>"
+
+
+def test_entries_expire_after_the_ttl() -> None:
+    """An entry older than the TTL is gone on read and on sweep."""
+    store = StatusStore(10, 100)
+    store.put("old", rec(updated_ms=0))
+    store.put("new", rec(updated_ms=150))
+    assert store.get("old", 101) is None
+    store.put("old2", rec(updated_ms=10))
+    assert store.sweep(200) == 1
+    assert len(store) == 1
+
+
+def test_status_records_round_trip() -> None:
+    """to_wire and from_wire are inverse; defaults are omitted."""
+    r = rec("done", 5, kind="chat", reply={"id": "x"}, webhook_url="http://h/", webhook="pending")
+    assert StatusRecord.from_wire(r.to_wire()) == r
+    assert b"webhook" not in rec().to_wire()
+
+
+def chunk(seq: int, attempt: int = 1) -> ReplyChunk:
+    return ReplyChunk(id="r", seq=seq, attempt=attempt, delta={"n": f"{attempt}.{seq}"})
+
+
+def names(deltas: list[dict[str, object]]) -> list[object]:
+    return [d["n"] for d in deltas]
+
+
+def test_chunks_come_out_in_seq_order() -> None:
+    """A gap waits for the missing chunk; a repeat is dropped."""
+    s = ChunkSequencer()
+    assert names(s.feed(chunk(1))) == []
+    assert names(s.feed(chunk(0))) == ["1.0", "1.1"]
+    assert names(s.feed(chunk(1))) == []
+    assert names(s.feed(chunk(3))) == []
+    assert names(s.flush()) == ["1.3"]
+    assert s.emitted == 3
+
+
+def test_a_later_attempt_replaces_one_that_reached_nobody() -> None:
+    """Chunks of attempt 2 restart the sequence; attempt 1 is then ignored."""
+    s = ChunkSequencer()
+    s.feed(chunk(1, attempt=1))  # waiting for seq 0: nothing emitted
+    assert names(s.feed(chunk(0, attempt=2))) == ["2.0"]
+    assert names(s.feed(chunk(0, attempt=1))) == []
+    assert s.attempt == 2
+
+
+def test_a_later_attempt_after_emission_is_a_restart() -> None:
+    """What reached the client cannot be taken back: StreamRestarted."""
+    s = ChunkSequencer()
+    s.feed(chunk(0))
+    with pytest.raises(StreamRestarted):
+        s.feed(chunk(0, attempt=2))
+
+
+def test_settings_name_the_topics_and_group() -> None:
+    """The gateway id names its reply topic, status topic and consumer group."""
+    gw = GatewaySettings.from_env({"TURNOUT_GATEWAY_ID": "eu1", "TURNOUT_WEBHOOK_ALLOW": "a, b"})
+    assert gw.reply_topic == "turnout.replies.gateway-eu1"
+    assert gw.status_topic == "turnout.gateway-status.eu1"
+    assert gw.consumer_group == "turnout-gateway-eu1"
+    assert gw.allow_prefixes == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TURNOUT_GATEWAY_ID": "a b"},
+        {"TURNOUT_GATEWAY_TIMEOUT_S": "0"},
+        {"TURNOUT_GATEWAY_TIMEOUT_S": "soon"},
+        {"TURNOUT_WEBHOOK_ATTEMPTS": "0"},
+    ],
+)
+def test_bad_settings_are_refused(env: dict[str, str]) -> None:
+    """Each invalid setting is a ValueError naming the variable."""
+    with pytest.raises(ValueError, match="TURNOUT_"):
+        GatewaySettings.from_env(env)
+
+
+def test_no_keys_means_auth_is_off() -> None:
+    """Unset: every caller is anonymous."""
+    keys = load_keys("")
+    assert not keys.enabled and keys.client_for(None) == ANONYMOUS
+
+
+def test_inline_keys_map_to_clients() -> None:
+    """key=client pairs; an unknown key maps to nothing."""
+    keys = load_keys("k1=billing, k2=search")
+    assert keys.client_for("k1") == "billing" and keys.client_for("k2") == "search"
+    assert keys.client_for("k3") is None and keys.client_for(None) is None
+    assert "k1" not in repr(keys)
+
+
+def test_a_yaml_file_of_keys_expands_env_references(tmp_path: pathlib.Path) -> None:
+    """{keys: {${ENV}: client}}: the key is read from the environment."""
+    path = tmp_path / "keys.yaml"
+    path.write_text("keys:\n  ${BILLING_KEY}: billing\n  literal-key: ops\n")
+    keys = load_keys(str(path), env={"BILLING_KEY": "sk-123"})
+    assert keys.client_for("sk-123") == "billing" and keys.client_for("literal-key") == "ops"
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "problem"),
+    [
+        ("k1", {}, "cannot read"),
+        ("k1=bad client", {}, "client id"),
+        ("=c", {}, "key is empty"),
+        ("${NOPE}=c", {}, "not set"),
+        ("k=a,k=b", {}, "two clients"),
+    ],
+)
+def test_bad_keys_are_refused(value: str, env: dict[str, str], problem: str) -> None:
+    """Each problem is named; no key value appears in the message."""
+    with pytest.raises(ValueError, match=problem) as info:
+        load_keys(value, env=env)
+    assert "k1=" not in str(info.value)

@@ -1,0 +1,445 @@
+"""The gateway's Kafka side: publish requests, read replies, keep every request's status.
+
+    HTTP call ──► status "queued" written ──► Request published (key client_id,
+                  (compacted status topic)     reply_to turnout.replies.gateway-<id>)
+    reply topic ──► ReplyChunk: to the waiting stream, if any (never stored)
+                └─► Reply: status "done"/"failed" written, waiter woken, webhook sent;
+                    the offset is committed only after the status write is acked
+
+Durability: the status topic ``turnout.gateway-status.<id>`` (compacted, key
+request id) is read whole into memory at start, and the reply consumer resumes
+from its group's committed offset, so after a crash every reply is either in the
+status topic already or read again. The in-memory ``StatusStore`` is bounded:
+at most ``TURNOUT_GATEWAY_STATUS_MAX`` ids (least recently used dropped first)
+for ``TURNOUT_GATEWAY_STATUS_TTL_S`` after their last change; the topic's
+retention is the TTL plus an hour. A status never goes backwards (a late
+"queued" cannot hide "done"), and the first final reply of an id wins.
+
+One gateway process per gateway id: the reply topic's partitions are assigned
+to it by hand (no rebalance wait on restart), committing under the group
+``turnout-gateway-<id>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import msgspec
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from schemas.types import Reply, ReplyChunk, Request, decode_reply_message
+from streams.settings import Settings
+from turnout import logs
+from turnout.gateway import GatewaySettings
+
+log = logs.get("turnout.gateway")
+
+Status = Literal["queued", "running", "done", "failed"]
+_RANK = {"queued": 0, "running": 1, "done": 2, "failed": 2}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StatusRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One request's status, the value on the status topic."""
+
+    status: Status
+    client_id: str
+    kind: str = ""
+    model: str = ""
+    created_ms: int = 0
+    updated_ms: int
+    reply: dict[str, Any] | None = None
+    """The worker's final ``Reply``, as its JSON object."""
+    webhook_url: str | None = None
+    webhook: Literal["pending", "delivered", "failed"] | None = None
+
+    @property
+    def final(self) -> bool:
+        return _RANK[self.status] == 2
+
+    def to_wire(self) -> bytes:
+        return _encoder.encode(self)
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> StatusRecord:
+        return _decoder.decode(raw)
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(StatusRecord)
+
+
+class StatusStore:
+    """Request id -> ``StatusRecord``, bounded by count (LRU) and age (TTL); pure, no clock."""
+
+    def __init__(self, max_entries: int, ttl_ms: int) -> None:
+        self.max_entries = max_entries
+        self.ttl_ms = ttl_ms
+        self._items: OrderedDict[str, StatusRecord] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"<StatusStore entries={len(self._items)} max={self.max_entries}>"
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, request_id: str, now: int) -> StatusRecord | None:
+        rec = self._items.get(request_id)
+        if rec is None:
+            return None
+        if now - rec.updated_ms > self.ttl_ms:
+            del self._items[request_id]
+            return None
+        self._items.move_to_end(request_id)
+        return rec
+
+    def put(self, request_id: str, rec: StatusRecord) -> bool:
+        """Store ``rec`` unless it would move the status backwards; True when stored."""
+        old = self._items.get(request_id)
+        if old is not None and _RANK[rec.status] < _RANK[old.status]:
+            return False
+        self._items[request_id] = rec
+        self._items.move_to_end(request_id)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+        return True
+
+    def delete(self, request_id: str) -> None:
+        self._items.pop(request_id, None)
+
+    def sweep(self, now: int) -> int:
+        """Drop every record older than the TTL; return how many."""
+        old = [k for k, r in self._items.items() if now - r.updated_ms > self.ttl_ms]
+        for k in old:
+            del self._items[k]
+        return len(old)
+
+    def items(self) -> Iterator[tuple[str, StatusRecord]]:
+        return iter(list(self._items.items()))
+
+
+class Listener:
+    """What one HTTP call waits on: the final reply (a Future), and chunks for a stream."""
+
+    def __init__(self, request_id: str, *, stream: bool) -> None:
+        self.request_id = request_id
+        self.final: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.messages: asyncio.Queue[Reply | ReplyChunk] | None = (
+            asyncio.Queue() if stream else None
+        )
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.request_id} done={self.final.done()}>"
+
+    def deliver(self, message: Reply | ReplyChunk) -> None:
+        if self.messages is not None:
+            self.messages.put_nowait(message)
+        if isinstance(message, Reply) and not self.final.done():
+            self.final.set_result(message)
+
+
+OnFinal = Callable[[str, StatusRecord], Awaitable[None]]
+
+
+class GatewayKafka:
+    """The producer, the reply consumer and the status store of one gateway."""
+
+    def __init__(self, base: Settings, gw: GatewaySettings) -> None:
+        self.base = base
+        self.gw = gw
+        self.store = StatusStore(gw.status_max_entries, int(gw.status_ttl_s * 1000))
+        self.on_final: OnFinal | None = None
+        self._listeners: dict[str, Listener] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self.started = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<GatewayKafka id={self.gw.gateway_id} listeners={len(self._listeners)} "
+            f"store={self.store!r}>"
+        )
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        assert self._producer is not None, "GatewayKafka.start() has not run"
+        return self._producer
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        partitions = await self._ensure_topics()
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.base.bootstrap, acks="all", linger_ms=2, enable_idempotence=True
+        )
+        await self._producer.start()
+        loaded = await self._load_status(partitions[self.gw.status_topic])
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.base.bootstrap,
+            group_id=self.gw.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        topic = self.gw.reply_topic
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions[topic])])
+        self._consumer = consumer
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="gateway-replies"),
+            asyncio.create_task(self._sweep(), name="gateway-status-sweep"),
+        ]
+        self.started = True
+        log.info(
+            "gateway_kafka_started",
+            reply_topic=self.gw.reply_topic,
+            status_topic=self.gw.status_topic,
+            statuses_loaded=loaded,
+        )
+        for rid, rec in self.store.items():  # webhooks a crash left undelivered
+            if rec.final and rec.webhook == "pending":
+                self._spawn(self._final(rid, rec))
+
+    async def stop(self) -> None:
+        self.started = False
+        for task in [*self._tasks, *self._background]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def ready(self) -> bool:
+        """Kafka answers a metadata request and the reply consumer runs."""
+        if not self.started or any(t.done() for t in self._tasks):
+            return False
+        try:
+            async with asyncio.timeout(2):
+                await self.producer.client.fetch_all_metadata()
+        except (KafkaError, TimeoutError, OSError):
+            return False
+        return True
+
+    async def _ensure_topics(self) -> dict[str, int]:
+        """Create the topics the gateway uses if missing; return their partition counts."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.base.bootstrap)
+        await admin.start()
+        retention = int((self.gw.status_ttl_s + 3600) * 1000)
+        wanted = {
+            self.base.request_topic: NewTopic(
+                self.base.request_topic, self.base.request_partitions, 1
+            ),
+            self.gw.reply_topic: NewTopic(self.gw.reply_topic, self.base.reply_partitions, 1),
+            self.gw.status_topic: NewTopic(
+                self.gw.status_topic,
+                1,
+                1,
+                topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(retention)},
+            ),
+        }
+        try:
+            existing = set(await admin.list_topics())
+            new = [t for name, t in wanted.items() if name not in existing]
+            if new:
+                try:
+                    await admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass
+            described = await admin.describe_topics(sorted(wanted))
+            return {d["topic"]: len(d["partitions"]) for d in described}
+        finally:
+            await admin.close()
+
+    async def _load_status(self, partitions: int) -> int:
+        """Read the status topic from the beginning to its end at start; return records read."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.base.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        count = 0
+        try:
+            tps = [TopicPartition(self.gw.status_topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            todo = {tp for tp in tps if ends[tp] > 0}
+            while todo:
+                for recs in (await consumer.getmany(*todo, timeout_ms=1000)).values():
+                    for rec in recs:
+                        count += 1
+                        self._apply_status(rec.key, rec.value)
+                for tp in list(todo):
+                    if await consumer.position(tp) >= ends[tp]:
+                        todo.discard(tp)
+        finally:
+            await consumer.stop()
+        self.store.sweep(now_ms())
+        return count
+
+    def _apply_status(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        rid = key.decode("utf-8", "replace")
+        if value is None:
+            self.store.delete(rid)
+            return
+        try:
+            rec = StatusRecord.from_wire(value)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            log.warning("gateway_status_unreadable", request_id=rid)
+            return
+        self.store.put(rid, rec)  # in topic order; a status never goes backwards
+
+    # -- requests -------------------------------------------------------------------------------
+
+    @contextmanager
+    def listen(self, request_id: str, *, stream: bool = False) -> Iterator[Listener]:
+        listener = Listener(request_id, stream=stream)
+        self._listeners[request_id] = listener
+        try:
+            yield listener
+        finally:
+            self._listeners.pop(request_id, None)
+
+    async def accept(self, request: Request, *, webhook_url: str | None = None) -> StatusRecord:
+        """Record the request as queued (durably), then publish it; raise KafkaError if down."""
+        now = now_ms()
+        rec = StatusRecord(
+            status="queued",
+            client_id=request.client_id,
+            kind=request.kind,
+            model=request.model,
+            created_ms=now,
+            updated_ms=now,
+            webhook_url=webhook_url,
+        )
+        await self.record(request.id, rec)
+        await self.producer.send_and_wait(
+            self.base.request_topic, request.to_wire(), key=request.client_id.encode()
+        )
+        return rec
+
+    def lookup(self, request_id: str) -> StatusRecord | None:
+        return self.store.get(request_id, now_ms())
+
+    async def record(self, request_id: str, rec: StatusRecord, *, retry: bool = False) -> None:
+        """Write ``rec`` to memory and to the status topic (acked by all replicas).
+
+        With ``retry`` a broker outage is waited out (the reply path must not skip a
+        write); without, ``KafkaError`` reaches the caller (the HTTP path answers 503).
+        """
+        if not self.store.put(request_id, rec):
+            return
+        delay = 0.2
+        while True:
+            try:
+                await self.producer.send_and_wait(
+                    self.gw.status_topic, rec.to_wire(), key=request_id.encode()
+                )
+                return
+            except KafkaError as exc:
+                if not retry:
+                    raise
+                log.warning("gateway_status_write_retry", error=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- replies --------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
+                writes: list[Awaitable[None]] = []
+                commits: dict[TopicPartition, int] = {}
+                for tp, recs in batches.items():
+                    for rec in recs:
+                        write = self._on_message(rec.value)
+                        if write is not None:
+                            writes.append(write)
+                    if recs:
+                        commits[tp] = recs[-1].offset + 1
+                await asyncio.gather(*writes)
+                if commits:
+                    await self._consumer.commit(commits)
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as exc:
+                log.warning("gateway_replies_retry", error=type(exc).__name__)
+                await asyncio.sleep(1)
+
+    def _on_message(self, raw: bytes | None) -> Awaitable[None] | None:
+        """Route one reply-topic record; a record that cannot be read is logged and skipped."""
+        try:
+            message = decode_reply_message(raw or b"")
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            log.warning("gateway_reply_unreadable", size=len(raw or b""))
+            return None
+        try:
+            return self._route(message)
+        except Exception:  # a bug must not stop the consumer: the others still need answers
+            log.exception("gateway_reply_failed", request_id=message.id)
+            return None
+
+    def _route(self, message: Reply | ReplyChunk) -> Awaitable[None] | None:
+        listener = self._listeners.get(message.id)
+        if isinstance(message, ReplyChunk):
+            if listener is not None:
+                listener.deliver(message)
+                self._mark_running(message.id)
+            return None
+        if listener is not None:
+            listener.deliver(message)
+        return self._record_reply(message)
+
+    def _mark_running(self, request_id: str) -> None:
+        old = self.lookup(request_id)
+        if old is not None and old.status == "queued":  # in memory only: cheap, and optional
+            self.store.put(request_id, msgspec.structs.replace(old, status="running"))
+
+    async def _record_reply(self, reply: Reply) -> None:
+        old = self.lookup(reply.id)
+        if old is not None and old.final:
+            return  # a repeat (the worker answered twice after a crash): the first one stands
+        rec = StatusRecord(
+            status="done" if reply.status == "ok" else "failed",
+            client_id=reply.client_id or (old.client_id if old else ""),
+            kind=old.kind if old else "",
+            model=old.model if old else "",
+            created_ms=old.created_ms if old else now_ms(),
+            updated_ms=now_ms(),
+            reply=orjson.loads(reply.to_wire()),
+            webhook_url=old.webhook_url if old else None,
+            webhook="pending" if old is not None and old.webhook_url else None,
+        )
+        await self.record(reply.id, rec, retry=True)
+        if rec.webhook == "pending":
+            self._spawn(self._final(reply.id, rec))
+
+    async def _final(self, request_id: str, rec: StatusRecord) -> None:
+        if self.on_final is not None:
+            await self.on_final(request_id, rec)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self.gw.status_ttl_s / 10))
+            dropped = self.store.sweep(now_ms())
+            if dropped:
+                log.info("gateway_status_expired", count=dropped, kept=len(self.store))
