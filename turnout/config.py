@@ -7,7 +7,7 @@ All problems are reported at once, each naming where it is and how to fix it.
 
     backends:
       - id: local
-        protocol: openai            # openai | ollama
+        protocol: openai            # openai | ollama | anthropic
         base_url: http://127.0.0.1:11434
         models: [llama3.2]
     routes:
@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-Protocol = Literal["openai", "ollama"]
+Protocol = Literal["openai", "ollama", "anthropic"]
 Tier = Literal["local", "cloud"]
 Kind = Literal["chat", "completion", "embeddings"]
 Policy = Literal[

@@ -35,7 +35,7 @@ from turnout.backends.fake import (
     vector,
 )
 
-Wire = Literal["openai", "ollama"]
+Wire = Literal["openai", "ollama", "anthropic"]
 _DESCRIPTION = "A fake LLM server speaking OpenAI and Ollama, for tests, demos and benchmarks."
 _MALFORMED = b'{"choices": [{"message": '  # a 200 whose body is cut short
 
@@ -145,6 +145,7 @@ def build_app(options: MockOptions) -> web.Application:
     app[STATE] = MockState(options)
     for path, wire, kind in _INFERENCE_ROUTES:
         app.router.add_post(path, _backend_route(wire, _inference(wire, kind)))
+    app.router.add_post("/v1/messages", _backend_route("anthropic", _anthropic_messages))
     app.router.add_get("/v1/models", _backend_route("openai", _openai_models))
     app.router.add_get("/api/tags", _backend_route("ollama", _ollama_tags))
     app.router.add_get("/api/version", _backend_route("ollama", _ollama_version))
@@ -183,7 +184,12 @@ async def _faulty(
     request: web.Request, state: MockState, wire: Wire, handler: Handler
 ) -> web.StreamResponse:
     o = state.options
-    if o.api_key is not None and request.headers.get("Authorization") != f"Bearer {o.api_key}":
+    given = (
+        request.headers.get("x-api-key")
+        if wire == "anthropic"
+        else (request.headers.get("Authorization") or "").removeprefix("Bearer ")
+    )
+    if o.api_key is not None and given != o.api_key:
         return _error(wire, 401, "missing or wrong API key", "invalid_api_key")
     jitter_ms = state.rng.uniform(0, o.latency_jitter_ms) if o.latency_jitter_ms else 0.0
     delay_ms = o.latency_ms + jitter_ms
@@ -205,6 +211,9 @@ async def _faulty(
 def _error(wire: Wire, status: int, message: str, code: str) -> web.Response:
     if wire == "ollama":
         return _json({"error": message}, status)
+    if wire == "anthropic":
+        kind = "api_error" if status >= 500 else "invalid_request_error"
+        return _json({"type": "error", "error": {"type": kind, "message": message}}, status)
     kind = "server_error" if status >= 500 else "invalid_request_error"
     return _json({"error": {"message": message, "type": kind, "param": None, "code": code}}, status)
 
@@ -244,6 +253,91 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
         return _json(answer)
 
     return handle
+
+
+async def _anthropic_messages(request: web.Request, state: MockState) -> web.StreamResponse:
+    """Anthropic's Messages API: the same echo answer, as a message or as its event stream."""
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _error("anthropic", 400, "the request body is not JSON", "invalid_json")
+    model = body.get("model") if isinstance(body, dict) else None
+    if model not in state.options.models:
+        return _error("anthropic", 404, f"model: {model}", "not_found_error")
+    if not isinstance(body.get("max_tokens"), int):
+        return _error("anthropic", 400, "max_tokens: Field required", "invalid_request_error")
+    answer = openai_response("chat", model, {"messages": body.get("messages", [])})
+    text = answer["choices"][0]["message"]["content"]
+    usage = {
+        "input_tokens": answer["usage"]["prompt_tokens"],
+        "output_tokens": answer["usage"]["completion_tokens"],
+    }
+    message_id = "msg_" + answer["id"].removeprefix("chatcmpl-")
+    if body.get("stream") is not True:
+        return _json(
+            {
+                "id": message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": usage,
+            }
+        )
+    events: list[tuple[str, dict[str, Any]]] = [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 0},
+                },
+            },
+        ),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        *[
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece},
+                },
+            )
+            for piece in _pieces(text)
+        ],
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for event, data in events:
+        await response.write(f"event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n")
+    await response.write_eof()
+    return response
 
 
 def _ollama_answer(kind: Kind, model: str, body: Mapping[str, Any]) -> dict[str, Any]:

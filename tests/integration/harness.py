@@ -474,13 +474,12 @@ class GatewayStack:
         *,
         gateway_env: dict[str, str] | None = None,
         mock_args: tuple[str, ...] = (),
+        protocols: tuple[str, ...] = ("openai", "ollama"),
     ) -> None:
         self.tmp = tmp
         self.backend = MockBackend(tmp, *mock_args)
         self.request_topic = unique("gw.requests")
-        config = config_for(
-            ("mock-openai", "openai", self.backend.url), ("mock-ollama", "ollama", self.backend.url)
-        )
+        config = config_for(*((f"mock-{p}", p, self.backend.url) for p in protocols))
         self.worker = Worker(tmp, config, app_id=unique("gw-app"), request_topic=self.request_topic)
         self.gateway = GatewayProcess(
             tmp,

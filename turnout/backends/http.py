@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 
 from schemas.types import Kind
-from turnout.backends import ollama, openai
+from turnout.backends import anthropic, ollama, openai
 from turnout.backends.http_call import HttpAnswer, HttpCall, join_url
 from turnout.backends.streaming import stream_call
 from turnout.config import Backend, Secret
@@ -108,6 +108,10 @@ class HttpBackendClient:
         if backend.protocol == "openai":
             answer = await self._post(backend, openai.build(kind, model, body), timeout_s)
             return openai.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
+        if backend.protocol == "anthropic":
+            call = anthropic.build(kind, model, body, backend_id=backend.id)
+            answer = await self._post(backend, call, timeout_s)
+            return anthropic.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
         if kind == "embeddings" and backend.embed_endpoint == "embeddings":
             calls = ollama.build_legacy_embeddings(model, body)
             answers = [await self._post(backend, call, timeout_s) for call in calls]
@@ -118,7 +122,9 @@ class HttpBackendClient:
     async def _post(self, backend: Backend, call: HttpCall, timeout_s: float) -> HttpAnswer:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = self._keys.get(backend.id)
-        if key is not None:
+        if backend.protocol == "anthropic":
+            headers.update(anthropic.headers(None if key is None else key.reveal()))
+        elif key is not None:
             headers["Authorization"] = f"Bearer {key.reveal()}"
         async with self._session.post(
             join_url(backend.base_url, call.path),
