@@ -12,11 +12,28 @@ from typing import Any
 
 import faust
 
+from turnout import logs
 from turnout.admission import Record
 from turnout.runtime import Runtime
 
 REPLAY = "turnout-replay"
 REPLAY_FORCE = "turnout-replay-force"
+
+log = logs.get("turnout.agent")
+
+
+def to_record(msg: Any) -> Record:
+    headers = dict(msg.headers or ())
+    return Record(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        timestamp_ms=int(msg.timestamp * 1000),
+        key=msg.key,
+        value=msg.value if msg.value is not None else b"",
+        replay=REPLAY in headers,
+        force=headers.get(REPLAY_FORCE) == b"1",
+    )
 
 
 def register(app: faust.App, topic: faust.TopicT, runtime: Runtime) -> Any:
@@ -26,17 +43,14 @@ def register(app: faust.App, topic: faust.TopicT, runtime: Runtime) -> Any:
         try:
             async for event in stream.noack().events():
                 msg = event.message
-                headers = dict(msg.headers or ())
-                record = Record(
-                    topic=msg.topic,
-                    partition=msg.partition,
-                    offset=msg.offset,
-                    timestamp_ms=int(msg.timestamp * 1000),
-                    key=msg.key,
-                    value=msg.value if msg.value is not None else b"",
-                    replay=REPLAY in headers,
-                    force=headers.get(REPLAY_FORCE) == b"1",
-                )
+                try:
+                    record = to_record(msg)
+                except Exception:
+                    # Never let the agent die (faust would stop reading). The offset is
+                    # pinned unfinished, so nothing commits past it: it is read again.
+                    runtime.dispatcher.pin(msg.tp, msg.offset)
+                    log.exception("record_unreadable", partition=msg.partition, offset=msg.offset)
+                    continue
                 await runtime.dispatcher.submit(msg.tp, record, event.ack)
         finally:
             await runtime.stop()

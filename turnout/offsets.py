@@ -3,68 +3,91 @@
 Backend calls finish in any order, but a partition's committed offset may only
 move past a request once its final reply is published, and past every request
 before it. faust's own bookkeeping gets this wrong (faust-streaming issue 606:
-it can commit past one in-flight message, and it acks messages it skipped
+it can commit one past a message in flight, and it acks messages it skipped
 after a rebalance), so the worker asks this tracker instead.
 
+faust may also deliver an offset twice within one assignment (it fetches, then
+seeks back to the committed offset after table recovery). ``begin`` says so by
+returning False, and the caller ignores the repeat: the first delivery is in
+flight or done.
+
     >>> t = OffsetTracker()
-    >>> t.begin(10); t.begin(11); t.begin(12)
+    >>> t.begin(10), t.begin(11), t.begin(12)
+    (True, True, True)
     >>> t.finish(11); t.committable
     10
     >>> t.finish(10); t.committable
     12
+    >>> t.begin(11)
+    False
 """
 
 from __future__ import annotations
 
+import bisect
+
 
 class OffsetTracker:
-    """Offsets of one partition, begun in increasing order and finished in any order."""
+    """Offsets of one partition: begun in any order (mostly increasing), finished in any order."""
 
-    __slots__ = ("_done", "_next", "_pending")
+    __slots__ = ("_finished", "_floor", "_pending", "_pending_done", "_top")
 
     def __init__(self) -> None:
-        # Insertion-ordered: begun offsets not yet folded into ``_next``.
-        self._pending: dict[int, bool] = {}
-        self._done = 0
-        self._next: int | None = None
+        self._pending: list[int] = []
+        """Begun offsets not yet folded into the floor, sorted."""
+        self._pending_done: set[int] = set()
+        """Those of ``_pending`` that are finished (waiting for an earlier one)."""
+        self._floor: int | None = None
+        """Every offset below it is finished."""
+        self._top = -1
+        self._finished = 0
 
-    def begin(self, offset: int) -> None:
-        if self._pending:
-            last = next(reversed(self._pending))
-            if offset <= last:
-                raise ValueError(f"offset {offset} begun after {last}: offsets must increase")
-        elif self._next is not None and offset < self._next:
-            raise ValueError(f"offset {offset} begun below the committable offset {self._next}")
-        self._pending[offset] = False
+    def begin(self, offset: int) -> bool:
+        """Start tracking ``offset``; False if it is already in flight or finished."""
+        if self._floor is not None and offset < self._floor:
+            return False
+        i = bisect.bisect_left(self._pending, offset)
+        if i < len(self._pending) and self._pending[i] == offset:
+            return False
+        if offset > self._top:
+            self._pending.append(offset)
+            self._top = offset
+        else:
+            self._pending.insert(i, offset)
+        return True
 
     def finish(self, offset: int) -> None:
-        if self._pending.get(offset) is not False:
+        i = bisect.bisect_left(self._pending, offset)
+        if i == len(self._pending) or self._pending[i] != offset or offset in self._pending_done:
             raise ValueError(f"offset {offset} was not begun or is already finished")
-        self._pending[offset] = True
-        self._done += 1
-        while self._pending:
-            first = next(iter(self._pending))
-            if not self._pending[first]:
+        self._pending_done.add(offset)
+        self._finished += 1
+        done = 0
+        for o in self._pending:
+            if o not in self._pending_done:
                 break
-            del self._pending[first]
-            self._next = first + 1
+            self._pending_done.discard(o)
+            self._floor = o + 1
+            done += 1
+        if done:
+            del self._pending[:done]
 
     @property
     def committable(self) -> int | None:
-        """The offset to commit (the next one to read), or None if nothing finished yet.
+        """The offset to commit (the next one to read), or None if nothing began yet.
 
         Everything below it is finished; the offset itself is in flight or not yet read.
         """
         if self._pending:
-            return next(iter(self._pending))
-        return self._next
+            return self._pending[0]
+        return self._floor
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for done in self._pending.values() if not done)
+        return len(self._pending) - len(self._pending_done)
 
     def __repr__(self) -> str:
         return (
             f"<OffsetTracker committable={self.committable} in_flight={self.in_flight} "
-            f"finished={self._done}>"
+            f"finished={self._finished}>"
         )
