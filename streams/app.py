@@ -27,7 +27,6 @@ def create_app(settings: Settings) -> faust.App:
         producer_linger_ms=1,
         topic_partitions=settings.request_partitions,
         topic_allow_declare=True,
-        web_enabled=settings.web_port > 0,
-        web_port=settings.web_port or 6066,
-        web_host="127.0.0.1",
+        # The worker serves /metrics and its status page itself (turnout/web.py).
+        web_enabled=False,
     )

@@ -82,7 +82,15 @@ class Settings:
         3,
         "Consecutive passing probes that bring a backend back from probation.",
     )
-    web_port: int = _setting("TURNOUT_WEB_PORT", 0, "Port of faust's web server; 0 disables it.")
+    shutdown_grace_s: float = _setting(
+        "TURNOUT_SHUTDOWN_GRACE_S",
+        5.0,
+        "On SIGTERM, how long in-flight requests may finish; the rest stay in Kafka.",
+    )
+    web_port: int = _setting(
+        "TURNOUT_WEB_PORT", 0, "Port of /metrics, /status.json and the status page; 0: off."
+    )
+    web_host: str = _setting("TURNOUT_WEB_HOST", "127.0.0.1", "Address the web port binds.")
     store: str = _setting(
         "TURNOUT_STORE", "memory://", "Table store: memory:// or rocksdb:// (rocksdict)."
     )

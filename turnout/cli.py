@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -114,15 +113,26 @@ def _worker(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"turnout: refusing to start: {exc}", file=sys.stderr)
         return 2
-    # faust subscribes to source topics but does not create them.
+    # faust subscribes to source topics but does not create them; and a table whose
+    # changelog is not in the metadata yet fails its first write (PartitionsMismatch).
     sources = [settings.request_topic, settings.outcome_topic]
     asyncio.run(ensure_topics(settings.bootstrap, sources, settings.request_partitions))
-    asyncio.run(ensure_topics(settings.bootstrap, [settings.dead_letter_topic], 1))
+    for table in app.tables.values():
+        changelog = table.changelog_topic
+        configs = {"cleanup.policy": "compact", **(changelog.config or {})}
+        asyncio.run(
+            ensure_topics(
+                settings.bootstrap,
+                [changelog.get_topic_name()],
+                settings.request_partitions,
+                configs,
+            )
+        )
     asyncio.set_event_loop(asyncio.new_event_loop())
-    # faust's worker draws a spinner with terminal escapes on stdout; turnout's own
-    # logs go to stderr, so keep stdout clean for whatever reads it.
-    devnull = open(os.devnull, "w")
-    worker = faust.Worker(app, loglevel="warning", quiet=True, stdout=devnull)
+    worker = faust.Worker(app, loglevel="warning", quiet=True)
+    # faust's terminal spinner sets the root logger to DEBUG (so every aiokafka debug
+    # call builds a record) and writes cursor escapes into the log: turn it off.
+    worker.spinner = None
     worker.execute_from_commandline()
     return 0
 

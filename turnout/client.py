@@ -7,7 +7,7 @@ languages do the same with the JSON Schema files in ``schemas/``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -16,14 +16,21 @@ from aiokafka.errors import TopicAlreadyExistsError
 from schemas.types import Reply, Request, decode_reply_message
 
 
-async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> dict[str, int]:
+async def ensure_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int,
+    configs: Mapping[str, str] | None = None,
+) -> dict[str, int]:
     """Create the topics that do not exist; return every named topic's partition count."""
     names = set(names)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(n, partitions, 1) for n in names - existing]
+        new = [
+            NewTopic(n, partitions, 1, topic_configs=dict(configs or {})) for n in names - existing
+        ]
         if new:
             try:
                 await admin.create_topics(new)

@@ -39,6 +39,7 @@ from turnout.errors import (
     TurnoutError,
 )
 from turnout.health.book import HealthBook
+from turnout.metrics import Metrics
 from turnout.offsets import OffsetTracker
 from turnout.publisher import Publisher, PublishFailed
 from turnout.routing import Decision, RouteRequest, Snapshot, decide, retry_delay_s
@@ -61,6 +62,7 @@ class Dispatcher:
         done: Mapping[bytes, bytes] | None = None,
         buckets: MutableMapping[bytes, bytes] | None = None,
         health: HealthBook | None = None,
+        metrics: Metrics | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._settings = settings
@@ -83,13 +85,19 @@ class Dispatcher:
         )
         self._turn = 0
         self._latency_ms: dict[str, float] = {}
+        self.metrics = metrics or Metrics.from_config(config, settings.request_topic)
         self.skipped = 0
+        self.redelivered = 0
 
     # -- offsets ---------------------------------------------------------------
 
     def committable(self, tp: TP) -> int | None:
         tracker = self._trackers.get(tp)
         return None if tracker is None else tracker.committable
+
+    def pin(self, tp: TP, offset: int) -> None:
+        """Hold ``offset`` unfinished: its partition commits no further until reassigned."""
+        self._trackers.setdefault(tp, OffsetTracker()).begin(offset)
 
     def revoke(self, tps: Iterable[TP]) -> None:
         """Forget revoked partitions: cancel their requests, drop their trackers."""
@@ -117,42 +125,62 @@ class Dispatcher:
     # -- the request path -----------------------------------------------------------
 
     async def submit(self, tp: TP, record: Record, ack: Callable[[], object]) -> None:
+        """Take one record from the agent. Never raises for a record's sake.
+
+        Waits for an in-flight slot first (the backpressure). A record faust delivers
+        again while it is in flight or done is acked and ignored. If anything fails
+        unexpectedly once the offset is tracked, the offset stays unfinished: the
+        partition commits no further, so the request is read again after a restart.
+        """
         await self._slots.acquire()
-        try:
-            tracker = self._trackers.setdefault(tp, OffsetTracker())
-            tracker.begin(record.offset)
-            outcome = admit(record, config=self._config, settings=self._settings, now_ms=_now_ms())
-            if isinstance(outcome, Admitted) and not record.force:
-                answered = self._done.get(done_key(outcome.request.client_id, outcome.request.id))
-                if answered is not None:
-                    self._skip(tracker, record, outcome, answered, ack)
-                    return
-            hold_ms = 0
-            if isinstance(outcome, Admitted):
-                # Runs in the agent's iteration, so the table write belongs to this
-                # record's partition: the single writer of this client's buckets.
-                key = outcome.request.client_id.encode()
-                # Limits run in event time: the same records give the same decisions after
-                # a restart, and a backlog is charged as it was sent, not as it drains.
-                charged = charge(
-                    outcome,
-                    config=self._config,
-                    state=self._buckets.get(key),
-                    now_ms=record.timestamp_ms,
-                )
-                if isinstance(charged, Rejected):
-                    outcome = charged
-                else:
-                    if charged.state is not None:
-                        self._buckets[key] = charged.state
-                    hold_ms = record.timestamp_ms + charged.wait_ms - _now_ms()
-        except BaseException:
+        tracker = self._trackers.setdefault(tp, OffsetTracker())
+        if not tracker.begin(record.offset):
             self._slots.release()
-            raise
+            ack()
+            self.redelivered += 1
+            return
+        try:
+            outcome, hold_ms = self._admit(tracker, record, ack)
+        except Exception:
+            self._slots.release()
+            log.exception(
+                "request_admission_failed", partition=record.partition, offset=record.offset
+            )
+            return
+        if outcome is None:
+            return
         task = asyncio.create_task(self._run(tracker, record, outcome, ack, hold_ms))
         tasks = self._tasks[tp]
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        task.add_done_callback(lambda _: self.metrics.in_flight(self.in_flight))
+        self.metrics.in_flight(self.in_flight)
+
+    def _admit(
+        self, tracker: OffsetTracker, record: Record, ack: Callable[[], object]
+    ) -> tuple[Admitted | Rejected | None, int]:
+        """Admission, dedupe and rate limits; (None, 0) when the record needs no work."""
+        outcome = admit(record, config=self._config, settings=self._settings, now_ms=_now_ms())
+        if isinstance(outcome, Rejected):
+            return outcome, 0
+        if not record.force:
+            answered = self._done.get(done_key(outcome.request.client_id, outcome.request.id))
+            if answered is not None:
+                self._skip(tracker, record, outcome, answered, ack)
+                return None, 0
+        # Runs in the agent's iteration, so the table write belongs to this record's
+        # partition: the single writer of this client's buckets. Limits run in event
+        # time: the same records give the same decisions after a restart, and a
+        # backlog is charged as it was sent, not as it drains.
+        key = outcome.request.client_id.encode()
+        charged = charge(
+            outcome, config=self._config, state=self._buckets.get(key), now_ms=record.timestamp_ms
+        )
+        if isinstance(charged, Rejected):
+            return charged, 0
+        if charged.state is not None:
+            self._buckets[key] = charged.state
+        return outcome, record.timestamp_ms + charged.wait_ms - _now_ms()
 
     def _skip(
         self,
@@ -167,6 +195,7 @@ class Dispatcher:
         ack()
         self._slots.release()
         self.skipped += 1
+        self.metrics.skipped()
         log.info(
             "request_skipped",
             reason="already answered ok",
@@ -208,7 +237,10 @@ class Dispatcher:
 
     async def _reject(self, record: Record, rejected: Rejected) -> None:
         err = rejected.error
+        if err.code == "rate_limited":
+            self.metrics.rate_limited()
         if rejected.dead_letter:
+            self.metrics.dead_lettered(err.code)
             await self._publisher.dead_letter(
                 DeadLetter(
                     code=err.code,
@@ -238,6 +270,9 @@ class Dispatcher:
                     timings=Timings(queue_ms=total, backend_ms=0.0, total_ms=total),
                 ),
             )
+        if rejected.reply_to is not None and rejected.request_id is not None:
+            t = float(_now_ms() - record.timestamp_ms)
+            self.metrics.request_completed(None, None, "error", err.code, t, 0.0, t)
         log.info(
             "request_completed",
             status="error",
@@ -352,6 +387,16 @@ class Dispatcher:
                 done_key(req.client_id, req.id),
                 orjson.dumps({"at_ms": now, "backend": reply.backend, "replay": record.replay}),
             )
+        self.metrics.request_completed(
+            job.route_name,
+            reply.backend,
+            reply.status,
+            error.code if error else None,
+            timings.queue_ms,
+            timings.backend_ms,
+            timings.total_ms,
+            body.get("usage") if body is not None and error is None else None,  # type: ignore[arg-type]
+        )
         fields = {}
         if self._settings.log_content:
             fields = {"request_body": req.body, "response_body": body}
@@ -536,13 +581,15 @@ class Dispatcher:
         if isinstance(error, BackendStatusError) and not error.retryable:
             return  # the request's fault (4xx), not the backend's
         if self._health.observe(backend_id, error is None, took_ms, now):
-            report_transitions(self._health)
+            report_transitions(self._health, self.metrics)
             self.wake()
 
 
-def report_transitions(book: HealthBook) -> None:
+def report_transitions(book: HealthBook, metrics: Metrics | None = None) -> None:
     """One log line per backend state change: the operator's record of health."""
     for t in book.drain_transitions():
+        if metrics is not None:
+            metrics.backend_state(t.backend, t.new)
         log.info(
             "backend_state_changed",
             backend=t.backend,

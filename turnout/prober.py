@@ -27,6 +27,7 @@ from turnout.dispatch import report_transitions
 from turnout.errors import BackendError
 from turnout.health.book import HealthBook
 from turnout.health.machine import HealthRecord, InvalidHealthRecord
+from turnout.metrics import Metrics
 from turnout.publisher import Publisher
 
 log = logs.get("turnout.health")
@@ -77,16 +78,21 @@ class Prober:
             probe_latency_ms=round(latency, 1),
             probe_at_ms=_now_ms(),
         )
-        await self._publisher.publish(
-            self._settings.health_topic, record.key, record.to_wire(), ()
-        )
+        await self._publisher.publish(self._settings.health_topic, record.key, record.to_wire(), ())
         log.debug("probe_done", backend=backend.id, ok=ok, error=error, latency_ms=latency)
 
 
 class HealthFeed:
     """Reads the health topic from the start and applies new probe results to the book."""
 
-    def __init__(self, settings: Settings, book: HealthBook, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        book: HealthBook,
+        on_change: Callable[[], None],
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._book = book
         self._on_change = on_change
@@ -111,7 +117,7 @@ class HealthFeed:
                     for rec in records:
                         changed = self._apply(rec.value) or changed
                 if changed:
-                    report_transitions(self._book)
+                    report_transitions(self._book, self._metrics)
                     self._on_change()
         finally:
             await consumer.stop()

@@ -33,7 +33,7 @@ class Publisher:
     def __init__(self, app: faust.App, settings: Settings) -> None:
         self._app = app
         self._settings = settings
-        self._declared: set[str] = set()
+        self._declared: dict[str, asyncio.Task[None]] = {}
 
     async def reply(self, topic: str, reply: Reply) -> None:
         headers = [("turnout-request-id", reply.id.encode())]
@@ -49,7 +49,8 @@ class Publisher:
         await self.publish(self._settings.dead_letter_topic, key, record.to_wire(), headers)
 
     async def outcome(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
-        await self.publish(topic, key, value, (), partition=partition)
+        # The worker creates the outcomes topic at start; no declaration needed.
+        await self.publish(topic, key, value, (), partition=partition, declare=False)
 
     async def publish(
         self,
@@ -59,11 +60,13 @@ class Publisher:
         headers: Headers,
         *,
         partition: int | None = None,
+        declare: bool = True,
     ) -> None:
         delay = 0.1
         while True:
             try:
-                await self._ensure_topic(topic)
+                if declare:
+                    await self._ensure_topic(topic)
                 await self._app.producer.send_and_wait(
                     topic, key, value, partition=partition, timestamp=None, headers=list(headers)
                 )
@@ -80,12 +83,18 @@ class Publisher:
             delay = min(delay * 2, 5.0)
 
     async def _ensure_topic(self, topic: str) -> None:
-        if topic in self._declared:
-            return
-        await self._app.topic(
-            topic, partitions=self._settings.reply_partitions, value_type=bytes
-        ).maybe_declare()
-        self._declared.add(topic)
+        """Create a reply topic once; concurrent first publishes share one declaration."""
+        task = self._declared.get(topic)
+        if task is None:
+            declaring = self._app.topic(
+                topic, partitions=self._settings.reply_partitions, value_type=bytes
+            ).maybe_declare()
+            task = self._declared[topic] = asyncio.ensure_future(declaring)
+        try:
+            await asyncio.shield(task)
+        except Exception:
+            self._declared.pop(topic, None)  # try again with the next publish
+            raise
 
 
 def _is_connection_error(exc: KafkaError) -> bool:

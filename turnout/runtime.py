@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import faust
+from aiohttp import web
 from faust.types import TP
 
 from streams import consumer
@@ -28,8 +29,11 @@ from turnout.config import Config, Secret
 from turnout.dispatch import Dispatcher
 from turnout.health.book import HealthBook
 from turnout.health.stats import HealthPolicy
+from turnout.metrics import Metrics
+from turnout.ops.status import LagSampler
 from turnout.prober import HealthFeed, Prober
 from turnout.publisher import Publisher
+from turnout.web import build_app, start_web
 
 log = logs.get(__name__)
 
@@ -46,6 +50,9 @@ class Runtime:
         self._feed_task: asyncio.Task[None] | None = None
         self.health: HealthBook | None = None
         self._assigned: int | None = None
+        self.metrics = Metrics.from_config(config, settings.request_topic)
+        self._web: web.AppRunner | None = None
+        self._lag: LagSampler | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -76,6 +83,7 @@ class Runtime:
             publisher=publisher,
             done=self._tables.done,
             buckets=self._tables.client_buckets,
+            metrics=self.metrics,
             health=self.health,
         )
         self._prober = Prober(
@@ -87,8 +95,11 @@ class Runtime:
         )
         if self._assigned is not None:
             self._dispatcher.share_capacity(self._assigned, self._settings.request_partitions)
-        feed = HealthFeed(self._settings, self.health, self._dispatcher.wake)
+        for b in self._config.backends:
+            self.metrics.backend_state(b.id, self.health.state(b.id))
+        feed = HealthFeed(self._settings, self.health, self._dispatcher.wake, self.metrics)
         self._feed_task = asyncio.create_task(feed.run(), name="turnout-health-feed")
+        await self._start_web()
         log.info(
             "worker_started",
             request_topic=self._settings.request_topic,
@@ -96,17 +107,48 @@ class Runtime:
             max_in_flight=self._settings.max_in_flight,
         )
 
+    async def _start_web(self) -> None:
+        """/metrics, /status.json and the status page, when TURNOUT_WEB_PORT is set."""
+        if self._settings.web_port <= 0:
+            return
+        app = build_app(self.metrics, lambda: {"worker": {"app_id": self._settings.app_id}})
+        self._web = await start_web(app, self._settings.web_host, self._settings.web_port)
+        self._lag = LagSampler(
+            self._settings.bootstrap,
+            self._settings.app_id,
+            self._settings.request_topic,
+            self.metrics,
+            interval_s=2.0,
+        )
+        await self._lag.start()
+
     async def probe_round(self) -> None:
         if self._prober is not None:
             await self._prober.round()
 
+    async def drain(self, *args: Any, **kwargs: Any) -> None:
+        """Before faust stops its producer: let in-flight requests publish their replies.
+
+        faust sends ``on_before_shutdown`` after the consumer stopped and before the
+        producer flushes. What is not done within the grace period is cancelled and
+        stays in Kafka for the next owner of its partition.
+        """
+        if self._dispatcher is not None:
+            await self._dispatcher.stop(grace_s=self._settings.shutdown_grace_s)
+
     async def stop(self) -> None:
+        if self._lag is not None:
+            await self._lag.stop()
+            self._lag = None
+        if self._web is not None:
+            await self._web.cleanup()
+            self._web = None
         if self._feed_task is not None:
             self._feed_task.cancel()
             await asyncio.gather(self._feed_task, return_exceptions=True)
             self._feed_task = None
         if self._dispatcher is not None:
-            await self._dispatcher.stop()
+            await self._dispatcher.stop(grace_s=0)
         if self._client is not None:
             await self._client.close()
         self._dispatcher = None
@@ -148,4 +190,5 @@ def build(settings: Settings) -> faust.App:
     health.register(app, settings.probe_interval_s, runtime)
     app.on_partitions_revoked.connect(runtime.on_revoked)
     app.on_partitions_assigned.connect(runtime.on_assigned)
+    app.on_before_shutdown.connect(runtime.drain)
     return app

@@ -259,3 +259,15 @@ async def test_a_reply_the_broker_refuses_becomes_an_error_reply():
     (_, reply), = pub.replies
     assert reply.error.code == "reply_unpublishable" and acked == [0]
     assert d.committable(TP0) == 1
+
+
+async def test_a_record_delivered_twice_is_served_once():
+    """faust may deliver an offset again after a seek: the repeat is acked and ignored."""
+    d, pub = make(ScriptedBackendClient(delay_s=0.05))
+    acks = []
+    await d.submit(TP0, record(0), lambda: acks.append("first"))
+    await d.submit(TP0, record(0), lambda: acks.append("again"))  # while in flight
+    await drain(d)
+    await d.submit(TP0, record(0), lambda: acks.append("late"))  # after it finished
+    assert len(pub.replies) == 1 and d.redelivered == 2
+    assert sorted(acks) == ["again", "first", "late"] and d.committable(TP0) == 1
