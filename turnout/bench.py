@@ -1,0 +1,499 @@
+"""Benchmarks on the real broker: turnout against a plain-aiokafka floor, in the same run.
+
+Every process is separate: the broker, the worker(s), the mock backend, the floor's echo and
+the load generator (turnout.bench_load). Topics, client ids and app ids are unique per run and
+deleted at the end. Results: stdout, docs/bench-results.json, docs/benchmarks.md (``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import os
+import pathlib
+import platform
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from importlib import metadata
+from typing import Any
+
+import orjson
+
+from turnout import bench_load
+from turnout.bench_load import report
+from turnout.client import ensure_topics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PY = sys.executable
+CLK = os.sysconf("SC_CLK_TCK")
+SCENARIOS = ("instant", "slow", "two-workers", "priorities")
+
+
+# -- processes and /proc ------------------------------------------------------------------------
+
+
+def cpu_s(pid: int) -> float | None:
+    """utime + stime of ``pid`` in seconds (None once it is gone)."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def status_mb(pid: int, key: str = "VmHWM") -> float | None:
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+class Procs:
+    """Every process the benchmark starts; all are stopped on exit, Ctrl-C or SIGTERM."""
+
+    def __init__(self, logdir: pathlib.Path) -> None:
+        self.logdir = logdir
+        self.live: list[subprocess.Popen[bytes]] = []
+        atexit.register(self.stop_all)  # also after an exception or sys.exit (SIGTERM)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              pipe: bool = False) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}.log", "ab")  # the child keeps it open
+        proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})},
+                                stdout=subprocess.PIPE if pipe else log,
+                                stderr=log if pipe else subprocess.STDOUT)
+        log.close()
+        self.live.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc in self.live:
+            self.live.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.live)):
+            self.stop(proc, timeout=10)
+
+
+def wait_line(proc: subprocess.Popen[bytes], want: bytes, timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[3:5]} exited with {proc.returncode}")
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready and want in (line := proc.stdout.readline()):
+            return line.decode()
+    raise RuntimeError(f"{proc.args[3:5]} not ready in {timeout} s")
+
+
+def busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all but idle and iowait)."""
+    v = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / CLK
+
+
+class CpuSampler(threading.Thread):
+    """Samples the CPU seconds of some processes (and of the whole machine) every 0.2 s."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.samples, self.done = pids, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            now = {k: v for k, p in list(self.pids.items()) if (v := cpu_s(p)) is not None}
+            self.samples.append((time.time(), {**now, "machine": busy_s()}))
+            self.done.wait(0.2)
+
+    def cores(self, lo: float, hi: float) -> dict[str, float]:
+        """Cores used per process in [lo, hi]; ``other`` is what no process of ours used."""
+        inside = [s for s in self.samples if lo <= s[0] <= hi] or self.samples[-2:]
+        out: dict[str, float] = {"loadgen": 0.0}
+        for k in sorted({k for _, v in inside for k in v}):
+            have = [s for s in inside if k in s[1]]
+            rate = (have[-1][1][k] - have[0][1][k]) / max(have[-1][0] - have[0][0], 1e-3)
+            key = "loadgen" if k.startswith("load") else k
+            out[key] = out.get(key, 0.0) + rate
+        out["other"] = max(0.0, out["machine"] - sum(v for k, v in out.items() if k != "machine"))
+        return {k: round(v, 2) for k, v in out.items()}
+
+
+class System:
+    """What is being measured: the floor's echo, or turnout's worker(s) and mock backend."""
+
+    def __init__(self, name: str, topic: str, procs: dict[str, subprocess.Popen[bytes]],
+                 url: str = "") -> None:  # url: the mock backend's
+        self.name, self.topic, self.procs, self.url = name, topic, procs, url
+        self.pids = {k: p.pid for k, p in procs.items()}
+
+
+# -- one benchmark run ----------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.run = uuid.uuid4().hex[:6]
+        self.dir = ROOT / "var" / "bench" / self.run
+        self.dir.mkdir(parents=True)
+        self.procs = Procs(self.dir)
+        self.clients = [f"bench-{self.run}-c{i:02d}" for i in range(args.clients)]
+        self.reply_topics = [bench_load.REPLY_PREFIX + c for c in self.clients]
+        self.dead_letters = f"bench-{self.run}.dead-letter"
+        self.machine = machine(args.bootstrap)
+        pid = self.machine["broker"].partition("(pid ")[2].split(",")[0]
+        self.broker_pid = int(pid) if pid.isdigit() else None
+        self.steps = 0
+
+    def mock(self, latency_ms: float) -> tuple[subprocess.Popen[bytes], str]:
+        proc = self.procs.start(f"mock-{latency_ms:g}ms", [
+            PY, "-m", "turnout.cli", "mock-backend", "--port", "0", "--latency-ms",
+            str(latency_ms)], pipe=True)
+        return proc, wait_line(proc, b"listening on", 30).split()[-1]
+
+    def turnout(self, name: str, workers: int = 1, latency_ms: float = 0.0) -> System:
+        mock, url = self.mock(latency_ms)
+        app_id, topic = f"bench-{self.run}-{name}", f"bench-{self.run}.requests.{name}"
+        config = self.dir / f"{name}.yaml"
+        config.write_text(f"backends:\n  - {{id: mock-openai, protocol: openai, base_url: '{url}'"
+                          ", models: [echo], max_concurrency: 4096}\nroutes:\n  default:\n    "
+                          "targets: [{backend: mock-openai, model: echo}]\n"
+                          "default_route: default\n")
+        env = {"KAFKA_BOOTSTRAP": self.args.bootstrap, "TURNOUT_CONFIG": str(config),
+               "TURNOUT_APP_ID": app_id, "TURNOUT_REQUEST_TOPIC": topic,
+               "TURNOUT_REQUEST_PARTITIONS": str(self.args.partitions),
+               "TURNOUT_DEAD_LETTER_TOPIC": self.dead_letters, "TURNOUT_LOG_FORMAT": "json"}
+        procs = {"mock": mock}
+        for i in range(workers):
+            env["TURNOUT_DATA_DIR"] = str(self.dir / f"data-{name}-{i}")
+            procs[f"worker{i}"] = self.procs.start(f"{name}-worker{i}",
+                                                   [PY, "-m", "turnout.cli", "worker"], env)
+        return System(name, topic, procs, url)
+
+    def floor(self) -> System:
+        topic = f"bench-{self.run}.requests.floor"
+        asyncio.run(ensure_topics(self.args.bootstrap, [topic], self.args.partitions))
+        echo = self.procs.start("floor-echo", [
+            PY, "-m", "turnout.bench", "echo", "--bootstrap", self.args.bootstrap,
+            "--topic", topic, "--group", f"bench-{self.run}-floor"], pipe=True)
+        wait_line(echo, b"ready", 30)
+        return System("floor", topic, {"echo": echo})
+
+    def finish(self, system: System, out: dict[str, Any]) -> dict[str, Any]:
+        """Stop ``system``; add its peak RSS, its workers' logs and the dead-letter count."""
+        out["peak_rss_mb"] = {k: status_mb(pid) for k, pid in system.pids.items()}
+        if system.url:  # the backend calls it served, and the most it had in flight at once
+            with urllib.request.urlopen(system.url + "/stats", timeout=5) as r:
+                out["mock_stats"] = orjson.loads(r.read())
+        for proc in sorted(system.procs.values(), key=lambda p: p.pid == system.pids.get("mock")):
+            self.procs.stop(proc)  # workers first, the mock backend last
+        out["worker_log"] = [bench_load.scan_log(self.dir / f"{system.name}-{k}.log", self.run)
+                             for k in system.pids if k.startswith("worker")]
+        out["dead_letters"] = asyncio.run(count_records(self.args.bootstrap, self.dead_letters))
+        return out
+
+    # one measured step
+    def wait_quiet(self, pids: dict[str, int]) -> dict[str, float]:
+        """Wait a while for others' CPU use < --quiet-cores; return the last second's use."""
+        deadline = time.time() + self.args.quiet_wait_s
+        while True:
+            m0, o0 = busy_s(), {k: cpu_s(p) or 0.0 for k, p in pids.items()}
+            time.sleep(1)
+            use = {k: round((cpu_s(p) or 0.0) - o0[k], 2) for k, p in pids.items()}
+            use["other"] = round(busy_s() - m0 - sum(use.values()), 2)
+            if use["other"] < self.args.quiet_cores or time.time() > deadline:
+                return use
+
+    def step(self, system: System, label: str, rate: float, duration: float, *,
+             priorities: str = "5", grace: float = 20.0, latency_s: float = 0.0,
+             on_running: Any = None) -> dict[str, Any]:
+        self.steps += 1
+        tag = f"{self.run}.{self.steps:02d}.{label}"
+        n = round(rate * duration)
+        pids = {**system.pids, **({"broker": self.broker_pid} if self.broker_pid else {})}
+        idle = self.wait_quiet(pids)
+        out_c, out_p = self.dir / f"{tag}.consume.json", self.dir / f"{tag}.produce.json"
+        common = [PY, "-m", "turnout.bench"]
+        cons = self.procs.start(f"{tag}.consume", [
+            *common, "load-consume", "--bootstrap", self.args.bootstrap, "--tag", tag,
+            "--topics", ",".join(self.reply_topics), "--n", str(n), "--out", str(out_c),
+            "--max-s", str(duration + latency_s + grace + 3)], pipe=True)
+        wait_line(cons, b"ready", 60)
+        pids["load-consumer"] = cons.pid
+        sampler = CpuSampler(pids)
+        sampler.start()
+        prod = self.procs.start(f"{tag}.produce", [
+            *common, "load-produce", "--bootstrap", self.args.bootstrap, "--tag", tag,
+            "--topic", system.topic, "--rate", str(rate), "--duration", str(duration),
+            "--clients", ",".join(self.clients), "--priorities", priorities, "--out", str(out_p)])
+        pids["load-producer"] = prod.pid
+        extra = on_running() if on_running else None
+        prod.wait(duration + 120)
+        cons.wait(duration + latency_s + grace + 120)
+        sampler.done.set()
+        sampler.join()
+        for p in (prod, cons):
+            self.procs.stop(p)
+            if p.returncode:
+                raise RuntimeError(f"{tag}: load generator exited with {p.returncode}; "
+                                   f"see {self.dir}")
+        produced, consumed = (orjson.loads(f.read_bytes()) for f in (out_p, out_c))
+        m = bench_load.summarize(produced, consumed, duration=duration, latency_s=latency_s)
+        m["cores"] = sampler.cores(produced["t0"] + 0.5, produced["t0"] + duration + latency_s)
+        a, b = sampler.samples[0][1], sampler.samples[-1][1]
+        m["cpu_ms_per_reply"] = {k: round((b[k] - a[k]) * 1000 / max(1, m["replies"]), 3)
+                                 for k in system.pids if k in a and k in b}
+        m.update(system=system.name, label=label, tag=tag, duration_s=duration,
+                 idle_cores_before=idle)
+        if extra is not None:
+            m["extra"] = extra() if callable(extra) else extra
+        print(f"  {system.name:<8} {label:<11} {rate:>5.0f}/s  replies/s {m['throughput_rps']:>6}"
+              f"  p50 {m['e2e_ms']['p50']!s:>7} p99 {m['e2e_ms']['p99']!s:>8} ms  lost {m['lost']}"
+              f" dup {m['duplicates']} err {m['errors']}  cores: {m['cores']}", flush=True)
+        return m
+
+    def warm(self, system: System, latency_s: float = 0.0) -> dict[str, Any]:
+        m = self.step(system, "warmup", 50, 2, grace=60, latency_s=latency_s)
+        if m["lost"]:
+            raise RuntimeError(f"warm-up lost {m['lost']} of {m['sent']}; logs in {self.dir}")
+        return m
+
+    def pair(self, systems: list[System], label: str, rate: float, duration: float,
+             **kw: Any) -> list[dict[str, Any]]:
+        out = [self.step(s, label, rate, duration, **kw) for s in systems]
+        for m in out[1:]:
+            m["floor_tag"] = out[0]["tag"]
+        return out
+
+    def search(self, floor: System, turnout: System, fixed: dict[str, Any]) -> dict[str, Any]:
+        """Ramp each system up from its best passing fixed rate until a step fails
+        (bench_load.verdict); the floor stops one step above turnout's last."""
+        res: dict[str, dict[str, Any]] = {}
+        for s in (floor, turnout):
+            ok = [m["offered_rps"] for m in fixed[s.name] if not bench_load.verdict(m)]
+            bad = [m for m in fixed[s.name] if bench_load.verdict(m)]
+            hi = min((m["offered_rps"] for m in bad), default=float("inf"))
+            res[s.name] = {"steps": [], "max_sustainable_rps": max(ok, default=None),
+                           "limited_by": f"{', '.join(bench_load.verdict(bad[0]))} at {hi:g}/s"
+                           if bad else "not reached (ramp ends one step above turnout's)",
+                           "todo": [r for r in self.args.search_rates
+                                    if max(ok, default=0) < r < hi]}
+
+        def last(name: str) -> float:
+            return max(m["offered_rps"] for m in fixed[name] + res[name]["steps"])
+
+        for rate in sorted(set(self.args.search_rates)):
+            for s in (floor, turnout):
+                r = res[s.name]
+                if rate not in r["todo"] or (s is floor and not res[turnout.name]["todo"]
+                                             and last(floor.name) > last(turnout.name)):
+                    continue
+                m = self.step(s, "search", rate, self.args.search_duration)
+                r["steps"].append(m)
+                r["todo"] = [x for x in r["todo"] if x > rate]
+                if why := bench_load.verdict(m):
+                    m["failed"], r["todo"] = why, []
+                    r["limited_by"] = f"{', '.join(why)} at {rate:g}/s"
+                else:
+                    r["max_sustainable_rps"] = rate
+        for r in res.values():
+            r["generator_lag_p99_ms"] = max((m["generator_lag_ms"]["p99"] or 0
+                                             for m in r["steps"]), default=None)
+        return res
+
+    # scenarios
+    def execute(self) -> dict[str, Any]:
+        a, scen = self.args, set(self.args.scenarios)
+        asyncio.run(ensure_topics(a.bootstrap, self.reply_topics, 2))
+        res: dict[str, Any] = {"run": self.run, "settings": {k: v for k, v in vars(a).items()},
+                               "machine": self.machine, "scenarios": {}}
+        sc, started, top = res["scenarios"], time.time(), max(a.rates)
+        floor = self.floor()
+        fl: dict[str, Any] = {"warmup": self.warm(floor), "steps": []}
+        sc["floor"] = fl
+        if scen & {"instant", "priorities"} or a.profile:
+            print("one worker, instant mock backend (each step: floor, then turnout):")
+            t = self.turnout("instant")
+            out: dict[str, Any] = {"warmup": self.warm(t), "steps": []}
+            for rate in a.rates if "instant" in scen else [top]:
+                f, m = self.pair([floor, t], "fixed", rate, a.duration)
+                fl["steps"].append(f)
+                out["steps"].append(m)
+            if "priorities" in scen:
+                out["priorities"] = self.step(t, "priorities", top, a.duration,
+                                              priorities="0,5,9")
+                out["priorities"]["floor_tag"] = fl["steps"][-1]["tag"]
+            if a.profile:
+                pid = t.pids["worker0"]
+                out["profile"] = self.step(t, "profile", top, a.duration,
+                                           on_running=lambda: pyspy(pid, a.duration, self.dir))
+            if "instant" in scen and a.search:
+                out["search"] = self.search(floor, t, {"floor": fl["steps"][:], "instant":
+                                                       out["steps"]})
+            sc["instant"] = self.finish(t, out)
+        if "two-workers" in scen:
+            print("two workers, instant mock backend:")
+            t = self.turnout("two", workers=2)
+            out = {"warmup": self.warm(t)}
+            f, m = self.pair([floor, t], "two-workers", top, a.duration)
+            fl["steps"].append(f)
+            out["steps"] = [m]
+            sc["two-workers"] = self.finish(t, out)
+        if "slow" in scen:
+            print(f"one worker, mock backend with {a.slow_latency_ms:.0f} ms latency:")
+            lat = a.slow_latency_ms / 1000
+            t = self.turnout("slow", latency_ms=a.slow_latency_ms)
+            out = {"warmup": self.warm(t, lat), "latency_s": lat,
+                   "littles_bound_rps": round(a.slow_rate * lat / lat, 1),
+                   "target_in_flight": round(a.slow_rate * lat)}
+            out["steps"] = [self.step(t, "slow", a.slow_rate, a.slow_duration, latency_s=lat,
+                                      grace=15)]
+            sc["slow"] = self.finish(t, out)
+        self.finish(floor, fl)
+        res["elapsed_s"] = round(time.time() - started, 1)
+        return res
+
+    def cleanup(self) -> None:
+        self.procs.stop_all()
+        with contextlib.suppress(Exception):
+            asyncio.run(delete_topics(self.args.bootstrap, self.run))
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+async def count_records(bootstrap: str, topic: str) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    partitions = (await ensure_topics(bootstrap, [topic], 1))[topic]
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await c.start()
+    try:
+        return sum((await c.end_offsets([TopicPartition(topic, p) for p in range(partitions)]))
+                   .values())
+    finally:
+        await c.stop()
+
+
+async def delete_topics(bootstrap: str, run: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if f"bench-{run}" in t]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
+def pyspy(pid: int, seconds: float, where: pathlib.Path) -> Any:
+    """Start py-spy on ``pid``; return a callable that waits and gives the top functions."""
+    out = where / "profile.txt"
+    try:
+        proc = subprocess.Popen([str(pathlib.Path(PY).with_name("py-spy")), "record", "--pid",
+                                 str(pid), "--duration", str(int(seconds)), "--format", "raw",
+                                 "--rate", "200", "--nonblocking", "-o", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError as exc:
+        return {"error": f"py-spy not available: {exc}"}
+
+    def finish() -> dict[str, Any]:
+        _, err = proc.communicate(timeout=seconds + 60)
+        ok = proc.returncode == 0 and out.exists()
+        return bench_load.top_functions(out.read_text()) if ok else {"error": err.decode()[-500:]}
+
+    return finish
+
+
+def machine(bootstrap: str) -> dict[str, Any]:
+    status = subprocess.run([str(ROOT / "scripts" / "kafka"), "status"], capture_output=True,
+                            text=True).stdout.strip()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in
+                pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = next(int(ln.split()[1]) // 1024 for ln in
+               pathlib.Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_mb": mem, "kernel": platform.release(),
+            "python": platform.python_version(), "broker": status,
+            "aiokafka": metadata.version("aiokafka"),
+            "faust-streaming": metadata.version("faust-streaming"), "bootstrap": bootstrap,
+            "git": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                                  capture_output=True, text=True).stdout.strip()}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    def rates(s: str) -> list[float]:
+        return [float(x) for x in s.split(",") if x]
+
+    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated, of {', '.join(SCENARIOS)}")
+    p.add_argument("--rates", type=rates, default=[100, 250, 500], help="fixed rates, req/s")
+    p.add_argument("--duration", type=float, default=10, help="seconds per fixed-rate step")
+    p.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
+                   help="ramp to find the max sustainable rate (instant scenario)")
+    p.add_argument("--search-rates", type=rates,
+                   default=[150, 200, 300, 400, 600, 750, 1000, 1500, 2000, 3000])
+    p.add_argument("--search-duration", type=float, default=6)
+    p.add_argument("--slow-latency-ms", type=float, default=2000)
+    p.add_argument("--slow-rate", type=float, default=1000)
+    p.add_argument("--slow-duration", type=float, default=6)
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--partitions", type=int, default=8, help="of the request topics")
+    p.add_argument("--profile", action="store_true", help="py-spy the worker in an extra step")
+    p.add_argument("--quiet-cores", type=float, default=0.5,
+                   help="before a step, wait until other processes use fewer cores than this")
+    p.add_argument("--quiet-wait-s", type=float, default=3, help="but no longer than this")
+    p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    p.add_argument("--json", default="docs/bench-results.json")
+    p.add_argument("--docs", default="docs/benchmarks.md", help="'' to leave the docs alone")
+    a = p.parse_args(argv)
+    a.scenarios = [s for s in a.scenarios.split(",") if s]
+    if bad := set(a.scenarios) - set(SCENARIOS):
+        p.error(f"unknown scenarios: {', '.join(sorted(bad))}")
+    a.command = " ".join(["scripts/bench", *argv])
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in ("load-produce", "load-consume", "echo"):
+        return bench_load.main(argv[0], argv[1:])
+    args = parse(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started in background
+    bench = Bench(args)
+    print(f"run {bench.run}: logs and raw records in {bench.dir}", flush=True)
+    try:
+        results = bench.execute()
+    except KeyboardInterrupt:
+        print("interrupted; stopping every process", file=sys.stderr)
+        return 130
+    finally:
+        bench.cleanup()
+    report(results, ROOT, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""The benchmark's processes, metrics and report (turnout.bench runs them; docs/benchmarks.md).
+
+- ``produce``: open loop: request ``i`` is sent at ``t0 + i / rate`` by the wall clock, never
+  waiting for replies, so a slow router shows up as queueing, not as a slower generator.
+- ``consume``: reads the reply topics by assigned partitions (no group) from their end;
+  records when each reply arrived; counts repeats and strays.
+- ``echo``: the floor: a plain aiokafka consumer group that publishes a reply of turnout's
+  shape at once (acks=all, linger_ms=1, like the worker), committing after the acks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas.types import Reply, Request, Timings
+from turnout.backends.fake import openai_response
+from turnout.client import ensure_topics
+
+REPLY_PREFIX = "turnout.replies."
+
+
+# -- producer -----------------------------------------------------------------------------------
+
+
+async def produce(a: argparse.Namespace) -> dict[str, Any]:
+    n = round(a.rate * a.duration)
+    clients = a.clients.split(",")
+    rng = random.Random(a.seed)
+    prios = [int(p) for p in a.priorities.split(",")]
+    records: list[tuple[bytes, bytes]] = []
+    priority: list[int] = []
+    for i in range(n):  # encode everything first: the send loop only sends
+        client, prio = clients[i % len(clients)], rng.choice(prios)
+        req = Request(
+            id=f"{a.tag}-{i}",
+            client_id=client,
+            kind="chat",
+            model="default",
+            body={"messages": [{"role": "user", "content": f"benchmark request {i} of {a.tag}"}]},
+            priority=prio,
+        )
+        records.append((client.encode(), req.to_wire()))
+        priority.append(prio)
+    producer = AIOKafkaProducer(bootstrap_servers=a.bootstrap, acks="all", linger_ms=1)
+    await producer.start()
+    sent_at = [0.0] * n
+    futures = []
+    try:
+        t0 = time.time() + 0.05
+        i = 0
+        while i < n:
+            due = min(n, int((time.time() - t0) * a.rate) + 1)
+            while i < due:
+                key, value = records[i]
+                futures.append(await producer.send(a.topic, value, key=key))
+                sent_at[i] = time.time()
+                i += 1
+            wait = t0 + i / a.rate - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        acked = time.time()
+    finally:
+        await producer.stop()
+    errors = sum(isinstance(r, BaseException) for r in results)
+    return {"t0": t0, "rate": a.rate, "n": n, "sent_at": sent_at, "priority": priority,
+            "send_errors": errors, "all_acked_at": acked}
+
+
+# -- reply consumer -----------------------------------------------------------------------------
+
+
+class _ReplyLite(msgspec.Struct):
+    id: str
+    status: str
+    timings: Timings | None = None
+
+
+_reply_lite = msgspec.json.Decoder(_ReplyLite)
+
+
+async def consume(a: argparse.Namespace) -> dict[str, Any]:
+    topics = a.topics.split(",")
+    consumer = AIOKafkaConsumer(bootstrap_servers=a.bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=100, max_partition_fetch_bytes=4 << 20)
+    await consumer.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    prefix = a.tag + "-"
+    received: dict[int, list[Any]] = {}
+    repeats: list[int] = []
+    strays = 0
+    try:
+        counts = await ensure_topics(a.bootstrap, topics, 2)  # they exist: this reads counts
+        tps = [TopicPartition(t, p) for t in topics for p in range(counts[t])]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve positions now, before the producer sends anything
+            await consumer.position(tp)
+        print("ready", flush=True)
+        deadline = time.time() + a.max_s
+        complete_at: float | None = None
+        while not stop.is_set() and time.time() < deadline:
+            if complete_at is not None and time.time() > complete_at + a.linger_s:
+                break
+            batches = await consumer.getmany(timeout_ms=100)
+            now = time.time()
+            for recs in batches.values():
+                for rec in recs:
+                    r = _reply_lite.decode(rec.value)
+                    if not r.id.startswith(prefix):
+                        strays += 1
+                        continue
+                    seq = int(r.id[len(prefix):])
+                    if seq in received:
+                        repeats.append(seq)
+                        continue
+                    t = r.timings
+                    received[seq] = [now, r.status == "ok", t.backend_ms if t else 0.0,
+                                     t.queue_ms if t else 0.0, t.total_ms if t else 0.0]
+            if complete_at is None and len(received) >= a.n:
+                complete_at = time.time()
+    finally:
+        await consumer.stop()
+    return {"received": received, "repeats": repeats, "strays": strays}
+
+
+# -- the floor: a plain aiokafka echo -----------------------------------------------------------
+
+
+async def echo(a: argparse.Namespace) -> None:
+    consumer = AIOKafkaConsumer(a.topic, bootstrap_servers=a.bootstrap, group_id=a.group,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=a.bootstrap, acks="all", linger_ms=1)
+    await producer.start()
+    await consumer.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pending: deque[tuple[dict[TopicPartition, int], list[asyncio.Future[Any]]]] = deque()
+    commit: dict[TopicPartition, int] = {}
+    last_commit = time.monotonic()
+    print("ready", flush=True)
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=50)
+            offsets, futures = {}, []
+            for tp, recs in batches.items():
+                for rec in recs:
+                    req = Request.from_wire(rec.value)
+                    now = time.time() * 1000
+                    waited = now - rec.timestamp
+                    reply = Reply(
+                        id=req.id, status="ok", client_id=req.client_id,
+                        body=openai_response("chat", "echo", req.body, created=int(now / 1000)),
+                        backend="echo", route="default", policy="round_robin",
+                        reason="turn 0 of 1 with capacity", attempts=1,
+                        timings=Timings(queue_ms=waited, backend_ms=0.0, total_ms=waited),
+                    )
+                    futures.append(await producer.send(
+                        req.reply_to or REPLY_PREFIX + req.client_id, reply.to_wire(),
+                        key=req.id.encode(), headers=[("turnout-request-id", req.id.encode())]))
+                    offsets[tp] = rec.offset + 1
+            if futures:
+                pending.append((offsets, futures))
+            while pending and all(f.done() for f in pending[0][1]):
+                commit.update(pending.popleft()[0])
+            if commit and time.monotonic() - last_commit > 0.5:
+                await consumer.commit(commit)
+                commit, last_commit = {}, time.monotonic()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    s = sorted(values)
+
+    def rank(q: float) -> float:  # nearest rank
+        return round(s[min(len(s) - 1, max(0, int(q * len(s) + 0.999999) - 1))], 1)
+
+    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": round(s[-1], 1)}
+
+
+def summarize(prod: dict[str, Any], cons: dict[str, Any], *, duration: float,
+              latency_s: float = 0.0, warm_s: float = 1.0) -> dict[str, Any]:
+    """One step's metrics; times in ms. ``latency_s`` is the backend's own latency."""
+    t0, rate, n = prod["t0"], prod["rate"], prod["n"]
+    received = {int(k): v for k, v in cons["received"].items()}
+    e2e, router, by_prio = [], [], {}
+    for seq, (recv, _ok, backend_ms, _q, _t) in received.items():
+        ms = (recv - (t0 + seq / rate)) * 1000
+        e2e.append(ms)
+        router.append(ms - backend_ms)
+        by_prio.setdefault(prod["priority"][seq], []).append(ms)
+    lo, hi = t0 + warm_s + latency_s, t0 + duration + latency_s
+    in_window = sum(1 for v in received.values() if lo <= v[0] < hi)
+    events = sorted([(t, 1) for t in prod["sent_at"]] + [(v[0], -1) for v in received.values()])
+    level = peak = 0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    lag = [(t - (t0 + i / rate)) * 1000 for i, t in enumerate(prod["sent_at"])]
+    return {
+        "offered_rps": rate,
+        "sent": n,
+        "replies": len(received),
+        "lost": n - len(received),
+        "duplicates": len(cons["repeats"]),
+        "errors": sum(1 for v in received.values() if not v[1]),
+        "send_errors": prod["send_errors"],
+        "strays": cons["strays"],
+        "throughput_rps": round(in_window / (hi - lo), 1),
+        "e2e_ms": percentiles(e2e),
+        "router_ms": percentiles(router),
+        "peak_in_flight": peak,
+        "generator_lag_ms": percentiles(lag),
+        "by_priority": {str(p): {"n": len(v), **percentiles(v)}
+                        for p, v in sorted(by_prio.items())},
+    }
+
+
+def verdict(m: dict[str, Any]) -> list[str]:
+    """Why a step is not sustainable: p99 > 1 s, any loss, or < 95% of the offered rate."""
+    return [why for why, bad in (
+        ("p99 > 1 s", (m["e2e_ms"]["p99"] or 1e9) > 1000), ("lost", m["lost"] > 0),
+        ("replies < 95% of offered", m["throughput_rps"] < 0.95 * m["offered_rps"])) if bad]
+
+
+# -- entry points (python -m turnout.bench load-produce | load-consume | echo) ------------------
+
+
+def main(command: str, argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"turnout.bench {command}")
+    for flag, kind in (("bootstrap", str), ("out", str), ("topic", str), ("topics", str),
+                       ("tag", str), ("rate", float), ("duration", float), ("clients", str),
+                       ("priorities", str), ("seed", int), ("n", int), ("max-s", float),
+                       ("linger-s", float), ("group", str)):
+        p.add_argument(f"--{flag}", type=kind)
+    p.set_defaults(bootstrap="127.0.0.1:9092", priorities="5", seed=1, linger_s=1.0)
+    a = p.parse_args(argv)
+    if command == "echo":
+        asyncio.run(echo(a))
+        return 0
+    out = asyncio.run(produce(a) if command == "load-produce" else consume(a))
+    with open(a.out, "wb") as f:
+        f.write(orjson.dumps(out, option=orjson.OPT_NON_STR_KEYS))
+    return 0
+
+
+# -- worker logs and profiles ---------------------------------------------------------------------
+
+
+def scan_log(path: Any, run: str) -> dict[str, Any]:
+    """A worker's log: requests completed per step, other events, lines that are not JSON."""
+    out: dict[str, Any] = {"lines": 0, "completed": {}, "not_ok": 0, "events": {}, "other": []}
+    for raw in path.read_bytes().splitlines() if path.exists() else ():
+        out["lines"] += 1
+        try:
+            rec = orjson.loads(raw)
+            rec.get("event")
+        except (orjson.JSONDecodeError, AttributeError):
+            if len(out["other"]) < 20 and raw.strip():
+                out["other"].append(raw.decode("utf-8", "replace")[:300])
+            continue
+        if rec.get("event") == "request_completed":
+            step = str(rec.get("request_id")).rsplit("-", 1)[0].removeprefix(run + ".")
+            out["completed"][step] = out["completed"].get(step, 0) + 1
+            out["not_ok"] += rec.get("status") != "ok"
+        else:
+            key = f"{rec.get('level')}:{rec.get('event')}"
+            out["events"][key] = out["events"].get(key, 0) + 1
+    return out
+
+
+def top_functions(collapsed: str, n: int = 10) -> dict[str, Any]:
+    """The top ``n`` functions by own and by total samples in py-spy's raw (collapsed) output."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack:
+            samples += int(count)
+            frames = [_frame(f) for f in stack.split(";")]
+            own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+            for f in set(frames) - {f for f in frames if f.endswith(_PLUMBING)}:
+                total[f] = total.get(f, 0) + int(count)
+
+    def top(d: dict[str, int]) -> list[list[Any]]:
+        ranked = sorted(d.items(), key=lambda x: -x[1])[:n]
+        return [[f, round(100 * c / max(samples, 1), 1)] for f, c in ranked]
+
+    return {"samples": samples, "self": top(own), "total": top(total)}
+
+
+_PLUMBING = ("(asyncio/events.py)", "(asyncio/base_events.py)", "(<frozen runpy>)",
+             "(turnout/cli.py)", "(mode/worker.py)", "(mode/services.py)")
+
+
+def _frame(f: str) -> str:
+    """``f (aiokafka/producer/sender.py:12)`` -> ``f (producer/sender.py)``"""
+    name, _, where = f.partition(" (")
+    return f"{name} ({'/'.join(where.rsplit(':', 1)[0].split('/')[-2:])})" if where else f
+
+
+# -- report: stdout tables, docs/bench-results.json, docs/benchmarks.md, a plot -----------------
+
+START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
+PSTART, PEND = "<!-- bench:profile:start -->", "<!-- bench:profile:end -->"
+
+
+def _x(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+def tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    sc, out = res["scenarios"], []
+    floor = {m["tag"]: m for m in sc["floor"]["steps"]}
+    for name in ("instant", "two-workers"):
+        for m in sc.get(name, {}).get("search", {}).get("floor", {}).get("steps", []):
+            floor[m["tag"]] = m
+    rows, prev = [], None
+    for name in ("instant", "two-workers"):
+        for m in [*sc.get(name, {}).get("steps", []), sc.get(name, {}).get("priorities")]:
+            if m and m.get("floor_tag") in floor:
+                f = floor[m["floor_tag"]]
+                rows += [_row("floor", f, None)] * (f is not prev) + [_row(
+                    f"turnout ({m['label']})", m, f)]
+                prev = f
+    out.append(("Instant backend: turnout vs the Kafka floor, each pair measured back to back", [
+        "offered/s", "system", "replies/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "p50 / floor",
+        "p99 / floor", "router-added p50 / p99 ms", "peak in flight", "cores: worker(s)/echo",
+        "mock", "broker", "load gen", "other", "CPU ms/reply", "lost/dup/err"], rows))
+    search = sc.get("instant", {}).get("search")
+    if search:
+        out.append(("Max sustainable rate (ramp; a step fails at p99 > 1 s, any loss, or < 95% "
+                    "of the offered rate)", ["system", "max sustainable/s", "stopped by",
+                    "steps (offered/s: replies/s, p99 ms)", "generator lag p99 ms"],
+                    [["turnout (1 worker)" if k == "instant" else k, v["max_sustainable_rps"],
+                      v["limited_by"], "; ".join(
+                        f"{m['offered_rps']:.0f}: {m['throughput_rps']}, {m['e2e_ms']['p99']}"
+                        for m in v["steps"]), v["generator_lag_p99_ms"]]
+                     for k, v in search.items()]))
+    if sc.get("slow", {}).get("steps"):
+        w = sc["slow"]
+        m = w["steps"][0]
+        out.append((f"Slow backend ({w['latency_s']:g} s per call): throughput vs Little's law", [
+            "offered/s", "in flight needed", "peak in flight (sent - answered)",
+            "peak backend calls at once (mock)", "replies/s", "Little bound/s",
+            "replies / bound", "p50 ms", "p99 ms", "router-added p50 / p99 ms",
+            "worker peak RSS MB", "worker cores", "lost/dup/err"],
+            [[m["offered_rps"], w["target_in_flight"], m["peak_in_flight"],
+              w.get("mock_stats", {}).get("max_in_flight"), m["throughput_rps"],
+              w["littles_bound_rps"], _x(m["throughput_rps"], w["littles_bound_rps"]),
+              m["e2e_ms"]["p50"], m["e2e_ms"]["p99"], _rt(m), w["peak_rss_mb"]["worker0"],
+              m["cores"].get("worker0"), _lde(m)]]))
+    pr = sc.get("instant", {}).get("priorities")
+    if pr:
+        out.append((f"Priorities 0, 5, 9 mixed at {pr['offered_rps']:.0f}/s: latency by priority",
+                    ["priority", "requests", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+                    [[p, v["n"], v["p50"], v["p90"], v["p99"], v["max"]]
+                     for p, v in pr["by_priority"].items()]))
+    rows = []
+    for name in ("instant", "two-workers", "slow"):
+        for i, log in enumerate(sc.get(name, {}).get("worker_log", [])):
+            rows.append([name, i, sc[name]["peak_rss_mb"].get(f"worker{i}"),
+                         sum(log["completed"].values()), log["not_ok"],
+                         ", ".join(f"{k} x{v}" for k, v in sorted(log["events"].items())),
+                         len(log["other"]), sc[name]["dead_letters"]])
+    out.append(("Workers: memory and logs", ["scenario", "worker", "peak RSS MB (VmHWM)",
+                "requests logged", "not ok", "other log events", "non-JSON lines",
+                "dead letters"], rows))
+    return out
+
+
+def _rt(m: dict[str, Any]) -> str:
+    return f"{m['router_ms']['p50']} / {m['router_ms']['p99']}"
+
+
+def _lde(m: dict[str, Any]) -> str:
+    return f"{m['lost']}/{m['duplicates']}/{m['errors'] + m['send_errors']}"
+
+
+def _row(system: str, m: dict[str, Any], f: dict[str, Any] | None) -> list[Any]:
+    e, c = m["e2e_ms"], m["cores"]
+    ours = [v for k, v in c.items() if k.startswith(("worker", "echo"))]
+    cpu = sum(v for k, v in m["cpu_ms_per_reply"].items() if k.startswith(("worker", "echo")))
+    return [m["offered_rps"], system, m["throughput_rps"], e["p50"], e["p90"], e["p99"], e["max"],
+            _x(e["p50"], f and f["e2e_ms"]["p50"]), _x(e["p99"], f and f["e2e_ms"]["p99"]),
+            _rt(m), m["peak_in_flight"], "+".join(map(str, ours)), c.get("mock", "-"),
+            c.get("broker"), c.get("loadgen"), c.get("other"), round(cpu, 2), _lde(m)]
+
+
+def _text(title: str, head: list[str], rows: list[list[Any]]) -> str:
+    cells = [head, *[[str(c) for c in r] for r in rows]]
+    w = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    return f"\n{title}\n" + "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(r))
+                                      for r in cells)
+
+
+def _md(title: str, head: list[str], rows: list[list[Any]]) -> str:
+    body = "\n".join("| " + " | ".join(str(c) for c in r) + " |" for r in rows)
+    return f"\n### {title}\n\n| {' | '.join(head)} |\n|{'---|' * len(head)}\n{body}\n"
+
+
+def plot(res: dict[str, Any], path: Any) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    inst = res["scenarios"].get("instant", {})
+    search = inst.get("search", {})
+    fixed = {m["tag"]: m for m in res["scenarios"]["floor"]["steps"]}
+    series = {"floor (aiokafka echo)": [fixed[m["floor_tag"]] for m in inst.get("steps", [])]
+              + search.get("floor", {}).get("steps", []),
+              "turnout, 1 worker": inst.get("steps", []) + search.get("instant", {}).get("steps",
+                                                                                         [])}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for (label, steps), color in zip(series.items(), ("tab:gray", "tab:blue"), strict=True):
+        steps = sorted((m for m in steps if m["e2e_ms"]["p50"]), key=lambda m: m["offered_rps"])
+        for q, style in (("p50", "-o"), ("p99", "--s")):
+            ax.plot([m["offered_rps"] for m in steps], [m["e2e_ms"][q] for m in steps], style,
+                    color=color, label=f"{label} {q}")
+    ax.set(xscale="log", yscale="log", xlabel="offered rate (requests/s)",
+           ylabel="end-to-end latency (ms)", title=f"Instant backend, run {res['run']}")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def report(res: dict[str, Any], root: Any, args: Any) -> None:
+    ts = tables(res)
+    print("".join(_text(*t) for t in ts))
+    (root / args.json).write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2
+                                                | orjson.OPT_NON_STR_KEYS))
+    print(f"\nresults: {args.json}")
+    if not args.docs:
+        return
+    docs, m = root / args.docs, res["machine"]
+    png = docs.parent / "bench-latency.png"
+    section = "\n".join([
+        START, f"\n_Generated by `{args.command}` (run `{res['run']}`, {res['elapsed_s']} s, "
+        f"turnout at {m['git']})._\n",
+        f"- machine: {m['nproc']} cores ({m['cpu']}), {m['mem_mb']} MB RAM, Linux {m['kernel']};"
+        " the broker, worker(s), mock backend and load generator all share these cores",
+        f"- Python {m['python']}, aiokafka {m['aiokafka']}, faust-streaming "
+        f"{m['faust-streaming']}; {m['broker']}",
+        "- LiteLLM baseline: **not measured yet** (a later task)",
+        *(_md(*t) for t in ts),
+        f"\n![latency vs offered rate]({png.name})\n" if plot(res, png) else
+        "\n(no plot: matplotlib is not installed in .venv; `pip install matplotlib` for one)\n",
+        END])
+    text = docs.read_text() if docs.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    text = _splice(text, START, END, section)
+    prof = res["scenarios"].get("instant", {}).get("profile", {}).get("extra")
+    if prof and "self" in prof:
+        rows = [[i + 1, f"`{a[0]}`", a[1], f"`{b[0]}`", b[1]]
+                for i, (a, b) in enumerate(zip(prof["self"], prof["total"], strict=False))]
+        title = (f"Worker profile at {max(args.rates):.0f} req/s ({prof['samples']} py-spy "
+                 f"samples, run {res['run']})")
+        table = _md(title, ["#", "own time", "% samples", "with callees", "% samples"], rows)
+        text = _splice(text, PSTART, PEND, f"{PSTART}\n{table}\n{PEND}")
+    docs.write_text(text)
+    print(f"docs: {args.docs}")
+
+
+def _splice(text: str, start: str, end: str, section: str) -> str:
+    if start in text and end in text:
+        return text.split(start)[0] + section + text.split(end, 1)[1]
+    return text.rstrip() + "\n\n" + section + "\n"
