@@ -9,120 +9,106 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 
-def _setting(env: str, default: Any, doc: str) -> Any:
+def setting(env: str, default: Any, doc: str) -> Any:
+    """A settings field: its env var and meaning travel in the field's metadata."""
     return dataclasses.field(default=default, metadata={"env": env, "doc": doc})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
-    bootstrap: str = _setting(
+    bootstrap: str = setting(
         "KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers, host:port[,host:port]."
     )
-    config_path: str = _setting(
+    config_path: str = setting(
         "TURNOUT_CONFIG", "config/local.yaml", "The YAML file of backends and routes."
     )
-    app_id: str = _setting(
+    app_id: str = setting(
         "TURNOUT_APP_ID", "turnout", "Consumer group and prefix of faust's internal topics."
     )
-    request_topic: str = _setting(
+    request_topic: str = setting(
         "TURNOUT_REQUEST_TOPIC", "turnout.requests", "Topic producers publish requests to."
     )
-    request_partitions: int = _setting(
+    request_partitions: int = setting(
         "TURNOUT_REQUEST_PARTITIONS", 8, "Partitions of the request topic, if turnout creates it."
     )
-    dead_letter_topic: str = _setting(
+    dead_letter_topic: str = setting(
         "TURNOUT_DEAD_LETTER_TOPIC", "turnout.dead-letter", "Where unprocessable records go."
     )
-    dedupe_retention_s: int = _setting(
+    dedupe_retention_s: int = setting(
         "TURNOUT_DEDUPE_RETENTION_S",
         7 * 24 * 3600,
         "How long a request answered ok is remembered, so a replay skips it.",
     )
-    reply_prefix: str = _setting(
+    reply_prefix: str = setting(
         "TURNOUT_REPLY_PREFIX",
         "turnout.replies.",
         "reply_to must start with this; the default reply topic is <prefix><client_id>.",
     )
-    reply_partitions: int = _setting(
+    reply_partitions: int = setting(
         "TURNOUT_REPLY_PARTITIONS", 4, "Partitions of a reply topic that turnout creates."
     )
-    max_in_flight: int = _setting(
+    max_in_flight: int = setting(
         "TURNOUT_MAX_IN_FLIGHT",
         4096,
         "Backend calls in flight per worker; more waits (backpressure).",
     )
-    max_request_bytes: int = _setting(
+    max_request_bytes: int = setting(
         "TURNOUT_MAX_REQUEST_BYTES", 1_048_576, "Larger request records are dead-lettered."
     )
-    default_timeout_ms: int = _setting(
+    default_timeout_ms: int = setting(
         "TURNOUT_DEFAULT_TIMEOUT_MS", 300_000, "Deadline of a request that names none."
     )
-    commit_interval_s: float = _setting(
+    commit_interval_s: float = setting(
         "TURNOUT_COMMIT_INTERVAL_S", 1.0, "How often consumed offsets are committed."
     )
-    session_timeout_s: float = _setting(
+    session_timeout_s: float = setting(
         "TURNOUT_SESSION_TIMEOUT_S",
         10.0,
         "How long a silent worker keeps its partitions before the group reassigns them.",
     )
-    health_topic: str = _setting(
+    health_topic: str = setting(
         "TURNOUT_HEALTH_TOPIC", "turnout.health", "Compacted topic of backend health records."
     )
-    probe_interval_s: float = _setting(
+    probe_interval_s: float = setting(
         "TURNOUT_PROBE_INTERVAL_S", 5.0, "How often the deployment's one prober probes backends."
     )
-    probe_timeout_s: float = _setting(
+    probe_timeout_s: float = setting(
         "TURNOUT_PROBE_TIMEOUT_S", 5.0, "A probe slower than this fails."
     )
-    probation_probes: int = _setting(
+    probation_probes: int = setting(
         "TURNOUT_PROBATION_PROBES",
         3,
         "Consecutive passing probes that bring a backend back from probation.",
     )
-    shutdown_grace_s: float = _setting(
+    shutdown_grace_s: float = setting(
         "TURNOUT_SHUTDOWN_GRACE_S",
         5.0,
         "On SIGTERM, how long in-flight requests may finish; the rest stay in Kafka.",
     )
-    web_port: int = _setting(
+    web_port: int = setting(
         "TURNOUT_WEB_PORT", 0, "Port of /metrics, /status.json and the status page; 0: off."
     )
-    web_host: str = _setting("TURNOUT_WEB_HOST", "127.0.0.1", "Address the web port binds.")
-    store: str = _setting(
+    web_host: str = setting("TURNOUT_WEB_HOST", "127.0.0.1", "Address the web port binds.")
+    store: str = setting(
         "TURNOUT_STORE", "memory://", "Table store: memory:// or rocksdb:// (rocksdict)."
     )
-    data_dir: str = _setting(
+    data_dir: str = setting(
         "TURNOUT_DATA_DIR", "var/worker", "Where the worker keeps local table state."
     )
-    log_level: str = _setting("TURNOUT_LOG_LEVEL", "info", "debug, info, warning or error.")
-    log_format: str = _setting(
+    log_level: str = setting("TURNOUT_LOG_LEVEL", "info", "debug, info, warning or error.")
+    log_format: str = setting(
         "TURNOUT_LOG_FORMAT", "auto", "json, console, or auto (console on a TTY)."
     )
-    log_content: bool = _setting(
+    log_content: bool = setting(
         "TURNOUT_LOG_CONTENT", False, "Log prompts and responses (off: they are private)."
     )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        problems: list[str] = []
-        for f in dataclasses.fields(cls):
-            name = f.metadata["env"]
-            if name in env:
-                try:
-                    values[f.name] = _PARSERS[f.type](env[name])
-                except ValueError:
-                    problems.append(f"{name}={env[name]!r}: expected {f.type}")
-        values.update(overrides)
-        if problems:
-            raise ValueError("invalid settings: " + "; ".join(problems))
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return read_env(cls, env, overrides)
 
     def validate(self) -> None:
         if self.max_in_flight < 1:
@@ -148,6 +134,32 @@ class Settings:
         return [
             (f.metadata["env"], repr(f.default), f.metadata["doc"]) for f in dataclasses.fields(cls)
         ]
+
+
+T = TypeVar("T")
+
+
+def read_env(cls: type[T], env: Mapping[str, str] | None, overrides: Mapping[str, Any]) -> T:
+    """Build a settings dataclass from env vars named in its fields' metadata, then validate.
+
+    Every unparsable value is reported at once, naming the variable and the type wanted.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = f.metadata["env"]
+        if name in env:
+            try:
+                values[f.name] = _PARSERS[f.type](env[name])
+            except ValueError:
+                problems.append(f"{name}={env[name]!r}: expected {f.type}")
+    values.update(overrides)
+    if problems:
+        raise ValueError(f"invalid {cls.__name__}: " + "; ".join(problems))
+    settings = cls(**values)
+    settings.validate()  # type: ignore[attr-defined]
+    return settings
 
 
 def _bool(text: str) -> bool:

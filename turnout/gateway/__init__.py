@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from streams.settings import read_env, setting
 from turnout.config import Secret
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -35,70 +36,50 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 ANONYMOUS = "anonymous"
 
 
-def _setting(env: str, default: Any, doc: str) -> Any:
-    return dataclasses.field(default=default, metadata={"env": env, "doc": doc})
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GatewaySettings:
-    gateway_id: str = _setting(
+    gateway_id: str = setting(
         "TURNOUT_GATEWAY_ID",
         "gw",
         "Names the reply topic, status topic and consumer group; one process per id.",
     )
-    keys: str = _setting(
+    keys: str = setting(
         "TURNOUT_GATEWAY_KEYS",
         "",
         "API keys: a YAML file {keys: {<key or ${ENV}>: <client_id>}} or key1=client1,...; "
         "empty: auth off, every caller is 'anonymous'.",
     )
-    timeout_s: float = _setting(
+    timeout_s: float = setting(
         "TURNOUT_GATEWAY_TIMEOUT_S",
         60.0,
         "How long a sync call waits for its reply before 504 (then poll the status URL).",
     )
-    status_max_entries: int = _setting(
+    status_max_entries: int = setting(
         "TURNOUT_GATEWAY_STATUS_MAX", 100_000, "Request statuses kept in memory (LRU beyond)."
     )
-    status_ttl_s: float = _setting(
+    status_ttl_s: float = setting(
         "TURNOUT_GATEWAY_STATUS_TTL_S",
         86_400.0,
         "How long a request's status can be polled after its last change.",
     )
-    webhook_secret: str = _setting(
+    webhook_secret: str = setting(
         "TURNOUT_WEBHOOK_SECRET", "", "HMAC-SHA256 key of X-Turnout-Signature; webhooks need it."
     )
-    webhook_allow: str = _setting(
+    webhook_allow: str = setting(
         "TURNOUT_WEBHOOK_ALLOW",
         "",
         "Comma-separated URL prefixes webhooks may target; empty: webhooks are refused.",
     )
-    webhook_attempts: int = _setting(
+    webhook_attempts: int = setting(
         "TURNOUT_WEBHOOK_ATTEMPTS", 6, "Deliveries tried per webhook before giving up."
     )
-    webhook_backoff_s: float = _setting(
+    webhook_backoff_s: float = setting(
         "TURNOUT_WEBHOOK_BACKOFF_S", 1.0, "First retry delay of a webhook; doubles each time."
     )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        problems: list[str] = []
-        for f in dataclasses.fields(cls):
-            name = f.metadata["env"]
-            if name in env:
-                parse = {"int": int, "float": float}.get(str(f.type), str)
-                try:
-                    values[f.name] = parse(env[name])
-                except ValueError:
-                    problems.append(f"{name}={env[name]!r}: expected {f.type}")
-        values.update(overrides)
-        if problems:
-            raise ValueError("invalid gateway settings: " + "; ".join(problems))
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return read_env(cls, env, overrides)
 
     def validate(self) -> None:
         if not _ID.match(self.gateway_id):
