@@ -14,6 +14,7 @@ dropped: the new owner reads those requests again (a repeat carries the same id)
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import defaultdict
@@ -42,7 +43,9 @@ from turnout.health.book import HealthBook
 from turnout.metrics import Metrics
 from turnout.offsets import OffsetTracker
 from turnout.publisher import Publisher, PublishFailed
+from turnout.ratelimit import ClientLimits, ClientState
 from turnout.routing import Decision, RouteRequest, Snapshot, decide, retry_delay_s
+from turnout.tokens import estimate_completion_tokens
 
 log = logs.get("turnout.request")
 
@@ -80,6 +83,9 @@ class Dispatcher:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_seq = 0
         self._config_backends = dict(self._backends)
+        self._rate_limits: dict[str, ClientLimits] = {}
+        self._rate_state: dict[str, ClientState | None] = {}
+        self._apply_share(1.0)
         self._health = (
             health if health is not None else HealthBook(self._backends, now_ms=_now_ms())
         )
@@ -509,12 +515,41 @@ class Dispatcher:
         (at least one call), so the workers together never exceed it. It is an upper
         bound, not a pool: a worker whose partitions are quiet leaves its share unused.
         """
-        share = assigned / total if total else 1.0
+        self._apply_share(assigned / total if total else 1.0)
+        self.wake()
+
+    def _apply_share(self, share: float) -> None:
+        """Scale every backend's concurrency cap and rate caps to this worker's share."""
         self._backends = {
             b.id: msgspec.structs.replace(b, max_concurrency=max(1, int(b.max_concurrency * share)))
             for b in self._config_backends.values()
         }
-        self.wake()
+        self._rate_limits = {}
+        for b in self._config_backends.values():
+            rps, tpm = b.rate.requests_per_s, b.rate.tokens_per_min
+            if rps is None and tpm is None:
+                continue
+            self._rate_limits[b.id] = ClientLimits(
+                requests_per_s=None if rps is None else rps * share,
+                burst=max(1.0, (rps or 0) * share),
+                tokens_per_min=None if tpm is None else tpm * share,
+            )
+
+    def _rate_blocked(self, tokens: int, now_ms: int) -> tuple[frozenset[str], float]:
+        """Backends over their own rate caps now, and the soonest one frees up (seconds)."""
+        blocked, soonest = set(), math.inf
+        for bid, limits in self._rate_limits.items():
+            verdict = limits.check(self._rate_state.get(bid), tokens=tokens, now_ms=now_ms)
+            if not verdict.allowed:
+                blocked.add(bid)
+                soonest = min(soonest, verdict.retry_after_ms / 1000)
+        return frozenset(blocked), soonest
+
+    def _charge_backend(self, backend_id: str, tokens: int, now_ms: int) -> None:
+        limits = self._rate_limits.get(backend_id)
+        if limits is not None:
+            state = self._rate_state.get(backend_id)
+            self._rate_state[backend_id] = limits.check(state, tokens=tokens, now_ms=now_ms).state
 
     async def _choose(self, job: Admitted, tried: frozenset[str]) -> tuple[Decision, bool]:
         """Decide a backend, or a fallback route's (degraded), waiting while none can serve.
@@ -528,6 +563,8 @@ class Dispatcher:
         while True:
             now = _now_ms()
             unroutable = self._health.unroutable(now)
+            tokens = job.prompt_tokens + estimate_completion_tokens(req.body, kind=req.kind)
+            rate_blocked, refill_s = self._rate_blocked(tokens, now)
             wanted = RouteRequest(
                 kind=req.kind,
                 client_id=req.client_id,
@@ -539,7 +576,10 @@ class Dispatcher:
             )
             for i, route in enumerate(routes):
                 # Probation backends get a trickle; if nothing else can serve, they serve.
-                for excluded in (unroutable | self._health.held_back(self._rng), unroutable):
+                for excluded in (
+                    unroutable | rate_blocked | self._health.held_back(self._rng),
+                    unroutable | rate_blocked,
+                ):
                     snapshot = Snapshot(
                         self._backends,
                         self._in_flight,
@@ -550,18 +590,24 @@ class Dispatcher:
                     decision = decide(route, snapshot, wanted, tried=tried, rng=self._rng)
                     if decision is not None:
                         self._turn += 1
+                        self._charge_backend(decision.backend, tokens, now)
                         return decision, i > 0
             remaining_s = (job.deadline_ms - _now_ms()) / 1000
             if remaining_s <= 0:
                 targets = dict.fromkeys(t.backend for r in routes for t in r.targets)
                 down = [b for b in targets if b in unroutable]
-                why = self._health.describe(down, now) if down else "all at their concurrency limit"
+                why = (
+                    self._health.describe(down, now)
+                    if down
+                    else "all at their concurrency or rate limits"
+                )
                 raise DeadlineExceeded(
                     f"no backend of route {job.route_name!r} could serve before the deadline: "
                     f"{why}; retry later or with a longer timeout_ms",
                     retry_after_ms=self._retry_hint_ms(bool(down)),
                 )
-            await self._wait_for_change(req.priority, remaining_s)
+            # Capacity and health changes wake waiters; a refilling rate cap does not.
+            await self._wait_for_change(req.priority, min(remaining_s, refill_s))
 
     def _retry_hint_ms(self, health_bound: bool) -> int:
         """An honest guess of when a retry can succeed."""

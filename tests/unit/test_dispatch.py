@@ -271,3 +271,65 @@ async def test_a_record_delivered_twice_is_served_once():
     await d.submit(TP0, record(0), lambda: acks.append("late"))  # after it finished
     assert len(pub.replies) == 1 and d.redelivered == 2
     assert sorted(acks) == ["again", "first", "late"] and d.committable(TP0) == 1
+
+
+FALLBACK = cfg.loads(
+    """
+backends:
+  - {id: big, protocol: openai, base_url: "http://big", models: [large]}
+  - {id: small, protocol: openai, base_url: "http://small", models: [tiny]}
+routes:
+  smart: {targets: [{backend: big, model: large}], fallbacks: [cheap]}
+  cheap: {targets: [{backend: small, model: tiny}]}
+""",
+    env={},
+)
+
+
+async def test_with_no_healthy_target_a_fallback_route_serves_marked_degraded():
+    """An unhealthy primary sends the request to the route's fallback, marked degraded."""
+    pub = RecordingPublisher()
+    d = Dispatcher(settings=Settings(), config=FALLBACK, client=ScriptedBackendClient(),
+                   publisher=pub)
+    for _ in range(5):  # enough failures to mark "big" unhealthy
+        d._health.observe("big", False, 1.0, int(time.time() * 1000))
+    await d.submit(TP0, record(0, model="smart"), lambda: None)
+    await drain(d)
+    (_, reply), = pub.replies
+    assert reply.status == "ok" and reply.degraded and reply.backend == "small"
+
+
+CAPPED = cfg.loads(
+    """
+backends:
+  - {id: a, protocol: openai, base_url: "http://a", models: [echo], rate: {requests_per_s: 5}}
+  - {id: b, protocol: openai, base_url: "http://b", models: [echo]}
+routes:
+  default: {targets: [{backend: a, model: echo}, {backend: b, model: echo}], policy: first}
+""",
+    env={},
+)
+
+
+async def test_a_backend_rate_cap_moves_the_excess_to_other_targets():
+    """With 5 req/s (burst 5) on the preferred backend, the next requests go elsewhere."""
+    pub = RecordingPublisher()
+    d = Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
+                   publisher=pub)
+    for i in range(8):
+        await d.submit(TP0, record(i), lambda: None)
+    await drain(d)
+    backends = sorted(reply.backend for _, reply in pub.replies)
+    assert backends == ["a"] * 5 + ["b"] * 3
+
+
+async def test_a_workers_share_of_a_backend_rate_cap_follows_its_partitions():
+    """Owning half the partitions, a worker may use half of a backend's rate."""
+    pub = RecordingPublisher()
+    d = Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
+                   publisher=pub)
+    d.share_capacity(1, 2)
+    for i in range(8):
+        await d.submit(TP0, record(i), lambda: None)
+    await drain(d)
+    assert sum(1 for _, r in pub.replies if r.backend == "a") == 2  # burst of 2.5, whole calls
