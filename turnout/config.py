@@ -71,6 +71,17 @@ class Cost(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     output_per_mtok: float = 0.0
 
 
+class Probe(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the prober checks a backend: cheap, since a probe is a real request."""
+
+    every: Annotated[int, msgspec.Meta(ge=1)] = 1
+    """Probe on every Nth round only (a paid cloud backend: e.g. 12 = once a minute)."""
+    model: str | None = None
+    """The model to probe; default: the backend's first model."""
+    kind: Literal["chat", "embeddings"] = "chat"
+    """A one-token chat, or a one-word embedding for embedding-only servers."""
+
+
 class Rate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A backend's own caps; None means uncapped."""
 
@@ -93,6 +104,7 @@ class Backend(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """Free-form, e.g. chat, embeddings, vision, long-context; routes may ``require`` them."""
     cost: Cost = Cost()
     rate: Rate = Rate()
+    probe: Probe = Probe()
     embed_endpoint: Literal["embed", "embeddings"] = "embed"
     """Ollama only: ``/api/embed`` (batch, current) or ``/api/embeddings`` (older servers)."""
 
@@ -115,6 +127,9 @@ class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Other routes, in order, tried when this one cannot serve (degraded mode)."""
     require: list[str] = []
     """Capabilities a backend must have to be a candidate."""
+    retry_budget: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    """Retries of calls that reached a backend may add at most this share of the
+    route's requests (plus a reserve of 10), so retries cannot multiply an overload."""
 
 
 class Match(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

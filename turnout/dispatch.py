@@ -31,6 +31,7 @@ from turnout import logs
 from turnout.admission import Admitted, Record, Rejected, admit, charge
 from turnout.backends import BackendClient
 from turnout.backends.streaming import accumulate
+from turnout.budget import RetryBudget
 from turnout.config import Config
 from turnout.errors import (
     BackendError,
@@ -84,6 +85,7 @@ class Dispatcher:
         self._waiter_seq = 0
         self._config_backends = dict(self._backends)
         self._rate_limits: dict[str, ClientLimits] = {}
+        self._budgets: dict[str, RetryBudget] = {}
         self._rate_state: dict[str, ClientState | None] = {}
         self._apply_share(1.0)
         self._health = (
@@ -338,6 +340,8 @@ class Dispatcher:
                 self._in_flight[backend.id] -= 1
                 self.wake()
             self._observe(backend.id, call_error, took_ms)
+            if attempts == 1:
+                self._budget(job).deposit()
             if call_error is None:
                 self._observe_latency(backend.id, took_ms)
                 error = None
@@ -361,6 +365,12 @@ class Dispatcher:
             if not isinstance(error, BackendUnavailable):
                 reached += 1
             if not error.retryable or reached >= job.route.max_attempts:
+                break
+            if not isinstance(error, BackendUnavailable) and not self._budget(job).withdraw():
+                error = error.with_message(
+                    f"{error.message}; not retried: route {job.route_name!r} has spent its "
+                    "retry budget (its backends are failing many requests)"
+                )
                 break
             tried.add(backend.id)
             await asyncio.sleep(min(retry_delay_s(attempts, self._rng), remaining_ms / 1000))
@@ -426,6 +436,12 @@ class Dispatcher:
             offset=record.offset,
             **fields,
         )
+
+    def _budget(self, job: Admitted) -> RetryBudget:
+        budget = self._budgets.get(job.route_name)
+        if budget is None:
+            budget = self._budgets[job.route_name] = RetryBudget(ratio=job.route.retry_budget)
+        return budget
 
     def _observe_latency(self, backend_id: str, took_ms: float, alpha: float = 0.2) -> None:
         """Keep an exponentially weighted moving average of each backend's latency."""

@@ -32,7 +32,10 @@ from turnout.publisher import Publisher
 
 log = logs.get("turnout.health")
 
-PROBE_BODY = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+PROBE_BODIES = {
+    "chat": {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1},
+    "embeddings": {"input": "ping"},
+}
 
 
 def _now_ms() -> int:
@@ -54,18 +57,22 @@ class Prober:
         self._client = client
         self._book = book
         self._publisher = publisher
+        self._rounds = 0
 
     async def round(self) -> None:
-        await asyncio.gather(*(self._probe(b) for b in self._config.backends))
+        """Probe every backend due this round (see ``probe.every`` in the config)."""
+        due = [b for b in self._config.backends if self._rounds % b.probe.every == 0]
+        self._rounds += 1
+        await asyncio.gather(*(self._probe(b) for b in due))
 
     async def _probe(self, backend: Backend) -> None:
         started = time.monotonic()
         try:
             await self._client.call(
                 backend,
-                kind="chat",
-                model=backend.models[0],
-                body=PROBE_BODY,
+                kind=backend.probe.kind,
+                model=backend.probe.model or backend.models[0],
+                body=PROBE_BODIES[backend.probe.kind],
                 timeout_s=self._settings.probe_timeout_s,
             )
             ok, error = True, None

@@ -333,3 +333,37 @@ async def test_a_workers_share_of_a_backend_rate_cap_follows_its_partitions():
         await d.submit(TP0, record(i), lambda: None)
     await drain(d)
     assert sum(1 for _, r in pub.replies if r.backend == "a") == 2  # burst of 2.5, whole calls
+
+
+async def test_a_route_retries_only_within_its_retry_budget():
+    """With a zero ratio, only the reserve of 10 retries is spent; then failures stand."""
+    from turnout.health.book import HealthBook
+    from turnout.health.stats import HealthPolicy
+
+    config = cfg.loads(
+        """
+backends:
+  - {id: a, protocol: openai, base_url: "http://a", models: [echo]}
+  - {id: b, protocol: openai, base_url: "http://b", models: [echo]}
+routes:
+  default:
+    targets: [{backend: a, model: echo}, {backend: b, model: echo}]
+    policy: first
+    max_attempts: 3
+    retry_budget: 0
+""",
+        env={},
+    )
+    failing = ScriptedBackendClient(
+        {"a": lambda call: BackendStatusError("overloaded", backend="a", status=503)}
+    )
+    blind = HealthBook(["a", "b"], now_ms=0, policy=HealthPolicy(min_samples=10_000))
+    pub = RecordingPublisher()
+    d = Dispatcher(settings=Settings(), config=config, client=failing, publisher=pub,
+                   health=blind)
+    for i in range(15):
+        await d.submit(TP0, record(i), lambda: None)
+        await drain(d)
+    statuses = [reply.status for _, reply in pub.replies]
+    assert statuses == ["ok"] * 10 + ["error"] * 5
+    assert "retry budget" in pub.replies[-1][1].error.message
