@@ -14,13 +14,11 @@ dropped: the new owner reads those requests again (a repeat carries the same id)
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 
-import msgspec
 import orjson
 from faust.types import TP
 
@@ -31,11 +29,10 @@ from turnout import logs
 from turnout.admission import Admitted, Record, Rejected, admit, charge
 from turnout.backends import BackendClient
 from turnout.backends.streaming import accumulate
-from turnout.budget import RetryBudget
+from turnout.chooser import Chooser
 from turnout.config import Config
 from turnout.errors import (
     BackendError,
-    BackendStatusError,
     BackendUnavailable,
     DeadlineExceeded,
     TurnoutError,
@@ -44,9 +41,7 @@ from turnout.health.book import HealthBook
 from turnout.metrics import Metrics
 from turnout.offsets import OffsetTracker
 from turnout.publisher import Publisher, PublishFailed
-from turnout.ratelimit import ClientLimits, ClientState
-from turnout.routing import Decision, RouteRequest, Snapshot, decide, retry_delay_s
-from turnout.tokens import estimate_completion_tokens
+from turnout.routing import Decision, retry_delay_s
 
 log = logs.get("turnout.request")
 
@@ -75,29 +70,24 @@ class Dispatcher:
         self._publisher = publisher
         self._done: Mapping[bytes, bytes] = {} if done is None else done
         self._buckets: MutableMapping[bytes, bytes] = {} if buckets is None else buckets
-        self._rng = rng or random.Random()
-        self._backends = {b.id: b for b in config.backends}
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._trackers: dict[TP, OffsetTracker] = {}
         self._tasks: dict[TP, set[asyncio.Task[None]]] = defaultdict(set)
-        self._in_flight: dict[str, int] = defaultdict(int)
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._waiter_seq = 0
-        self._config_backends = dict(self._backends)
-        self._rate_limits: dict[str, ClientLimits] = {}
-        self._budgets: dict[str, RetryBudget] = {}
-        self._rate_state: dict[str, ClientState | None] = {}
-        self._apply_share(1.0)
-        self._health = (
-            health if health is not None else HealthBook(self._backends, now_ms=_now_ms())
-        )
-        self._turn = 0
-        self._latency_ms: dict[str, float] = {}
         self.metrics = metrics or Metrics.from_config(config, settings.request_topic)
+        self.chooser = Chooser(
+            settings=settings, config=config, health=health, metrics=self.metrics, rng=rng
+        )
+        self._rng = rng or random.Random()
         self.skipped = 0
         self.redelivered = 0
 
     # -- offsets ---------------------------------------------------------------
+
+    def wake(self) -> None:
+        self.chooser.wake()
+
+    def share_capacity(self, assigned: int, total: int) -> None:
+        self.chooser.share_capacity(assigned, total)
 
     def committable(self, tp: TP) -> int | None:
         tracker = self._trackers.get(tp)
@@ -306,17 +296,17 @@ class Dispatcher:
         error: TurnoutError | None = None
         while True:
             try:
-                decision, fell_back = await self._choose(job, frozenset(tried))
+                decision, fell_back = await self.chooser.choose(job, frozenset(tried))
             except TurnoutError as exc:
                 error = exc
                 break
             degraded = degraded or fell_back
-            backend = self._backends[decision.backend]
+            backend = self.chooser.backends[decision.backend]
             remaining_s = (job.deadline_ms - _now_ms()) / 1000
             attempts += 1
             if first_call_ms is None:
                 first_call_ms = _now_ms()
-            self._in_flight[backend.id] += 1
+            self.chooser.started(backend.id)
             started = time.monotonic()
             call_error: BackendError | None = None
             timeout_s = max(0.001, min(remaining_s, backend.timeout_ms / 1000))
@@ -337,13 +327,11 @@ class Dispatcher:
             finally:
                 took_ms = (time.monotonic() - started) * 1000
                 backend_ms += took_ms
-                self._in_flight[backend.id] -= 1
-                self.wake()
-            self._observe(backend.id, call_error, took_ms)
+                self.chooser.finished(backend.id)
+            self.chooser.observe(backend.id, call_error, took_ms)
             if attempts == 1:
-                self._budget(job).deposit()
+                self.chooser.budget(job).deposit()
             if call_error is None:
-                self._observe_latency(backend.id, took_ms)
                 error = None
                 break
             error = call_error
@@ -366,7 +354,10 @@ class Dispatcher:
                 reached += 1
             if not error.retryable or reached >= job.route.max_attempts:
                 break
-            if not isinstance(error, BackendUnavailable) and not self._budget(job).withdraw():
+            if (
+                not isinstance(error, BackendUnavailable)
+                and not self.chooser.budget(job).withdraw()
+            ):
                 error = error.with_message(
                     f"{error.message}; not retried: route {job.route_name!r} has spent its "
                     "retry budget (its backends are failing many requests)"
@@ -437,17 +428,6 @@ class Dispatcher:
             **fields,
         )
 
-    def _budget(self, job: Admitted) -> RetryBudget:
-        budget = self._budgets.get(job.route_name)
-        if budget is None:
-            budget = self._budgets[job.route_name] = RetryBudget(ratio=job.route.retry_budget)
-        return budget
-
-    def _observe_latency(self, backend_id: str, took_ms: float, alpha: float = 0.2) -> None:
-        """Keep an exponentially weighted moving average of each backend's latency."""
-        prev = self._latency_ms.get(backend_id)
-        self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
-
     async def _reply(self, topic: str, reply: Reply) -> None:
         """Publish the final reply; if the broker refuses it for good, say so instead.
 
@@ -490,7 +470,7 @@ class Dispatcher:
         req = job.request
         chunks = []
         async for delta in self._client.stream(
-            self._backends[decision.backend],
+            self.chooser.backends[decision.backend],
             kind=req.kind,
             model=decision.model,
             body=req.body,
@@ -501,165 +481,6 @@ class Dispatcher:
             relayed[0] += 1
             chunks.append(delta)
         return accumulate(req.kind, chunks)
-
-    def wake(self) -> None:
-        """Capacity or health changed: waiting requests look again, highest priority first.
-
-        Each waiter has its own future; resolving them in priority order makes the
-        event loop run them in that order, so the first to take freed capacity is the
-        most urgent request, then the oldest.
-        """
-        waiters, self._waiters = self._waiters, []
-        for _, _, fut in sorted(waiters, key=lambda w: (w[0], w[1])):
-            if not fut.done():
-                fut.set_result(None)
-
-    async def _wait_for_change(self, priority: int, timeout_s: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiter_seq += 1
-        self._waiters.append((-priority, self._waiter_seq, fut))
-        try:
-            await asyncio.wait_for(fut, timeout_s)
-        except TimeoutError:
-            pass
-
-    def share_capacity(self, assigned: int, total: int) -> None:
-        """Give this worker its share of every backend's concurrency cap.
-
-        Caps in the config are for the whole deployment. A worker owning ``assigned``
-        of the request topic's ``total`` partitions may use that fraction of each cap
-        (at least one call), so the workers together never exceed it. It is an upper
-        bound, not a pool: a worker whose partitions are quiet leaves its share unused.
-        """
-        self._apply_share(assigned / total if total else 1.0)
-        self.wake()
-
-    def _apply_share(self, share: float) -> None:
-        """Scale every backend's concurrency cap and rate caps to this worker's share."""
-        self._backends = {
-            b.id: msgspec.structs.replace(b, max_concurrency=max(1, int(b.max_concurrency * share)))
-            for b in self._config_backends.values()
-        }
-        self._rate_limits = {}
-        for b in self._config_backends.values():
-            rps, tpm = b.rate.requests_per_s, b.rate.tokens_per_min
-            if rps is None and tpm is None:
-                continue
-            self._rate_limits[b.id] = ClientLimits(
-                requests_per_s=None if rps is None else rps * share,
-                burst=max(1.0, (rps or 0) * share),
-                tokens_per_min=None if tpm is None else tpm * share,
-            )
-
-    def _rate_blocked(self, tokens: int, now_ms: int) -> tuple[frozenset[str], float]:
-        """Backends over their own rate caps now, and the soonest one frees up (seconds)."""
-        blocked, soonest = set(), math.inf
-        for bid, limits in self._rate_limits.items():
-            verdict = limits.check(self._rate_state.get(bid), tokens=tokens, now_ms=now_ms)
-            if not verdict.allowed:
-                blocked.add(bid)
-                soonest = min(soonest, verdict.retry_after_ms / 1000)
-        return frozenset(blocked), soonest
-
-    def _charge_backend(self, backend_id: str, tokens: int, now_ms: int) -> None:
-        limits = self._rate_limits.get(backend_id)
-        if limits is not None:
-            state = self._rate_state.get(backend_id)
-            self._rate_state[backend_id] = limits.check(state, tokens=tokens, now_ms=now_ms).state
-
-    async def _choose(self, job: Admitted, tried: frozenset[str]) -> tuple[Decision, bool]:
-        """Decide a backend, or a fallback route's (degraded), waiting while none can serve.
-
-        Waiting is bounded by the request's deadline; Kafka buffers whatever does not
-        fit in the worker's in-flight slots meanwhile.
-        """
-        req = job.request
-        fallbacks = (self._config.route(f) for f in job.route.fallbacks)
-        routes = [job.route, *(r for r in fallbacks if r is not None)]
-        while True:
-            now = _now_ms()
-            unroutable = self._health.unroutable(now)
-            tokens = job.prompt_tokens + estimate_completion_tokens(req.body, kind=req.kind)
-            rate_blocked, refill_s = self._rate_blocked(tokens, now)
-            wanted = RouteRequest(
-                kind=req.kind,
-                client_id=req.client_id,
-                priority=req.priority,
-                metadata=req.metadata,
-                prompt_tokens=job.prompt_tokens,
-                remaining_ms=job.deadline_ms - now,
-                tiers=job.tiers,
-            )
-            for i, route in enumerate(routes):
-                # Probation backends get a trickle; if nothing else can serve, they serve.
-                for excluded in (
-                    unroutable | rate_blocked | self._health.held_back(self._rng),
-                    unroutable | rate_blocked,
-                ):
-                    snapshot = Snapshot(
-                        self._backends,
-                        self._in_flight,
-                        excluded=excluded,
-                        turn=self._turn,
-                        latency_ms=self._latency_ms,
-                    )
-                    decision = decide(route, snapshot, wanted, tried=tried, rng=self._rng)
-                    if decision is not None:
-                        self._turn += 1
-                        self._charge_backend(decision.backend, tokens, now)
-                        return decision, i > 0
-            remaining_s = (job.deadline_ms - _now_ms()) / 1000
-            if remaining_s <= 0:
-                targets = dict.fromkeys(t.backend for r in routes for t in r.targets)
-                down = [b for b in targets if b in unroutable]
-                why = (
-                    self._health.describe(down, now)
-                    if down
-                    else "all at their concurrency or rate limits"
-                )
-                raise DeadlineExceeded(
-                    f"no backend of route {job.route_name!r} could serve before the deadline: "
-                    f"{why}; retry later or with a longer timeout_ms",
-                    retry_after_ms=self._retry_hint_ms(bool(down)),
-                )
-            # Capacity and health changes wake waiters; a refilling rate cap does not.
-            await self._wait_for_change(req.priority, min(remaining_s, refill_s))
-
-    def _retry_hint_ms(self, health_bound: bool) -> int:
-        """An honest guess of when a retry can succeed."""
-        if not health_bound:
-            return 1000
-        probes = self._settings.probation_probes + 2
-        return int(self._settings.probe_interval_s * 1000 * probes)
-
-    def _observe(self, backend_id: str, error: BackendError | None, took_ms: float) -> None:
-        """Feed a call's outcome to the backend's health: the passive signal."""
-        now = _now_ms()
-        if isinstance(error, BackendStatusError) and error.status == 429:
-            until = now + (error.retry_after_ms or 1000)
-            self._health.cool_down(backend_id, until, now)
-            log.info("backend_cooling_down", backend=backend_id, until_ms=until)
-            return
-        if isinstance(error, BackendStatusError) and not error.retryable:
-            return  # the request's fault (4xx), not the backend's
-        if self._health.observe(backend_id, error is None, took_ms, now):
-            report_transitions(self._health, self.metrics)
-            self.wake()
-
-
-def report_transitions(book: HealthBook, metrics: Metrics | None = None) -> None:
-    """One log line per backend state change: the operator's record of health."""
-    for t in book.drain_transitions():
-        if metrics is not None:
-            metrics.backend_state(t.backend, t.new)
-        log.info(
-            "backend_state_changed",
-            backend=t.backend,
-            old=t.old.name,
-            new=t.new.name,
-            reason=t.reason,
-            signal=t.signal,
-        )
 
 
 def _broken_stream(error: BackendError, relayed: int) -> BackendError:

@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.settings import Settings
 from turnout import logs
 from turnout.backends import BackendClient
+from turnout.chooser import report_transitions
 from turnout.client import ensure_topics
 from turnout.config import Backend, Config
-from turnout.dispatch import report_transitions
 from turnout.errors import BackendError
 from turnout.health.book import HealthBook
 from turnout.health.machine import HealthRecord, InvalidHealthRecord

@@ -292,7 +292,7 @@ async def test_with_no_healthy_target_a_fallback_route_serves_marked_degraded():
     d = Dispatcher(settings=Settings(), config=FALLBACK, client=ScriptedBackendClient(),
                    publisher=pub)
     for _ in range(5):  # enough failures to mark "big" unhealthy
-        d._health.observe("big", False, 1.0, int(time.time() * 1000))
+        d.chooser.health.observe("big", False, 1.0, int(time.time() * 1000))
     await d.submit(TP0, record(0, model="smart"), lambda: None)
     await drain(d)
     (_, reply), = pub.replies
