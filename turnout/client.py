@@ -6,6 +6,7 @@ languages do the same with the JSON Schema files in ``schemas/``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
 
@@ -36,7 +37,15 @@ async def ensure_topics(
                 await admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass
-        described = await admin.describe_topics(sorted(names))
+        # A new topic's partitions have no leader for a moment; readers and writers
+        # that arrive then only log errors and retry. Return once every one has one.
+        for _ in range(100):
+            described = await admin.describe_topics(sorted(names))
+            if all(p["leader"] >= 0 for d in described for p in d["partitions"]) and all(
+                d["partitions"] for d in described
+            ):
+                break
+            await asyncio.sleep(0.1)
         return {d["topic"]: len(d["partitions"]) for d in described}
     finally:
         await admin.close()
