@@ -206,3 +206,26 @@ rules:
     untagged = [got[r.id].backend for r in reqs if not r.metadata]
     assert set(tagged) == {"local"}
     assert set(untagged) == {"local", "cloud"}
+
+
+async def test_a_backend_cap_holds_across_two_workers(spawn, names):
+    """max_concurrency 8 across two workers: the backend never sees more than 8 calls at once."""
+    slow = spawn.backend("--latency-ms", "300")
+    clients = await prepare(names, n_clients=8)
+    config = f"""backends:
+{backend_line("slow", slow.url, conc=8)}
+routes:
+  default: {{targets: [{{backend: slow, model: echo}}]}}
+"""
+    for i in range(2):
+        spawn.worker(config, app_id=names.app_id, request_topic=names.request_topic,
+                     name=f"w{i}")
+    await asyncio.sleep(8)  # both workers in the group, partitions shared
+    reqs = [chat_request(f"r{i}-{c}", c, "x") for i in range(20) for c in clients]
+    await publish(names.request_topic, reqs)
+    for c in clients:
+        got = await replies(c, [r.id for r in reqs if r.client_id == c])
+        assert all(r.status == "ok" for r in got.values())
+    peak = slow.stats()["max_in_flight"]
+    print(f"backend cap 8 across two workers: peak {peak} calls at once")
+    assert 4 <= peak <= 8
