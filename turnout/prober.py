@@ -60,8 +60,19 @@ class Prober:
         self._rounds = 0
 
     async def round(self) -> None:
-        """Probe every backend due this round (see ``probe.every`` in the config)."""
-        due = [b for b in self._config.backends if self._rounds % b.probe.every == 0]
+        """Probe every backend due this round (see ``probe.every`` in the config).
+
+        A healthy backend that served real traffic since the last round is skipped:
+        that traffic is fresher evidence than a probe, and free. So probes cost
+        nothing under load and never add a call on top of a busy backend's cap;
+        unhealthy backends get no traffic and are always probed.
+        """
+        since = _now_ms() - int(self._settings.probe_interval_s * 1000)
+        due = [
+            b
+            for b in self._config.backends
+            if self._rounds % b.probe.every == 0 and not self._book.serving_well(b.id, since)
+        ]
         self._rounds += 1
         await asyncio.gather(*(self._probe(b) for b in due))
 

@@ -71,3 +71,14 @@ async def test_each_probe_result_is_published_with_the_backend_record():
     by_backend = {r.backend: r for r in pub.records}
     assert by_backend["local"].probe_ok is False and by_backend["cloud"].probe_ok is True
     assert all(r.probe_at_ms is not None for r in pub.records)
+
+
+async def test_a_backend_busy_with_real_traffic_is_not_probed():
+    """Recent successful traffic on a healthy backend makes its probe unnecessary."""
+    import time
+
+    client = ScriptedBackendClient()
+    p, _ = prober(client)
+    p._book.observe("local", True, 5.0, int(time.time() * 1000))
+    await p.round()
+    assert client.calls_to("local") == [] and len(client.calls_to("embedder")) == 1

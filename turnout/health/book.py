@@ -39,6 +39,7 @@ class HealthBook:
         self.version = 0
         """Advances on every change of a state or cooldown, so waiters know to look again."""
         self._transitions: list[Transition] = []
+        self._last_served: dict[str, int] = {}
 
     def __repr__(self) -> str:
         states = ", ".join(f"{b}={m.state.name}" for b, m in self.machines.items())
@@ -49,7 +50,18 @@ class HealthBook:
         m = self.machines[backend_id]
         before = m.state
         m.observe(ok, latency_ms, now_ms)
+        if ok:
+            self._last_served[backend_id] = now_ms
         return self._changed(m, before, "traffic")
+
+    def serving_well(self, backend_id: str, since_ms: int) -> bool:
+        """Healthy and answered real traffic since ``since_ms``: a probe would add nothing."""
+        m = self.machines.get(backend_id)
+        return (
+            m is not None
+            and m.state is State.HEALTHY
+            and self._last_served.get(backend_id, -1) >= since_ms
+        )
 
     def probe(self, backend_id: str, ok: bool, latency_ms: float, now_ms: int) -> bool:
         m = self.machines.get(backend_id)
