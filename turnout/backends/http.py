@@ -9,7 +9,6 @@ messages that name the backend id and never its URL or key.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -18,15 +17,10 @@ import orjson
 
 from schemas.types import Kind
 from turnout.backends import anthropic, ollama, openai
+from turnout.backends.failures import translate
 from turnout.backends.http_call import HttpAnswer, HttpCall, join_url
 from turnout.backends.streaming import stream_call
 from turnout.config import Backend, Secret
-from turnout.errors import (
-    BackendError,
-    BackendProtocolError,
-    BackendTimeout,
-    BackendUnavailable,
-)
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -61,7 +55,12 @@ class HttpBackendClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream from ``backend``; see ``turnout.backends.BackendClient.stream``."""
         return stream_call(
-            self._session, backend, self._keys, kind=kind, model=model, body=body,
+            self._session,
+            backend,
+            self._keys,
+            kind=kind,
+            model=model,
+            body=body,
             timeout_s=timeout_s,
         )
 
@@ -78,26 +77,8 @@ class HttpBackendClient:
         try:
             async with asyncio.timeout(timeout_s):
                 return await self._exchange(backend, kind, model, body, timeout_s)
-        except BackendError:
-            raise
-        except (TimeoutError, aiohttp.ServerTimeoutError):  # before OSError: a subclass of it
-            raise BackendTimeout(
-                f"backend {backend.id!r} did not answer within {timeout_s:g} s; "
-                "it may be overloaded, or the timeout too short for this request",
-                backend=backend.id,
-            ) from None
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise BackendUnavailable(
-                f"backend {backend.id!r} could not be reached ({_cause(exc)}); "
-                "check that it is running and that its base_url is right",
-                backend=backend.id,
-            ) from None
         except Exception as exc:
-            raise BackendProtocolError(
-                f"backend {backend.id!r} call failed unexpectedly ({type(exc).__name__}); "
-                "the answer could not be read",
-                backend=backend.id,
-            ) from None
+            raise translate(exc, backend.id, timeout_s, streaming=False) from None
 
     async def close(self) -> None:
         await self._session.close()
@@ -134,10 +115,3 @@ class HttpBackendClient:
         ) as response:
             payload = await response.read()
             return HttpAnswer(response.status, payload, response.headers)
-
-
-def _cause(exc: BaseException) -> str:
-    """The exception's type and OS reason (e.g. "Connection refused"), never its text or URL."""
-    errno = getattr(getattr(exc, "os_error", exc), "errno", None)
-    # os.strerror, not the exception's text: that may carry the host and port.
-    return f"{type(exc).__name__}: {os.strerror(errno)}" if errno else type(exc).__name__

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
@@ -32,14 +31,12 @@ import orjson
 
 from schemas.types import Kind
 from turnout.backends import anthropic, ollama, openai
+from turnout.backends.failures import translate
 from turnout.backends.http_call import HttpAnswer, check_status, describe, join_url
 from turnout.config import Backend, Secret
 from turnout.errors import (
-    BackendError,
     BackendProtocolError,
     BackendStatusError,
-    BackendTimeout,
-    BackendUnavailable,
 )
 
 
@@ -94,25 +91,8 @@ async def stream_call(
                 yield chunk
         finally:
             response.release()
-    except BackendError:
-        raise
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise BackendTimeout(
-            f"backend {backend.id!r} did not finish streaming within {timeout_s:g} s; "
-            "it may be overloaded, or the timeout too short for this request",
-            backend=backend.id,
-        ) from None
-    except (aiohttp.ClientConnectionError, OSError) as exc:
-        raise BackendUnavailable(
-            f"backend {backend.id!r} could not be reached or dropped the stream ({_cause(exc)}); "
-            "check that it is running and that its base_url is right",
-            backend=backend.id,
-        ) from None
     except Exception as exc:
-        raise BackendProtocolError(
-            f"backend {backend.id!r} stream could not be read ({type(exc).__name__})",
-            backend=backend.id,
-        ) from None
+        raise translate(exc, backend.id, timeout_s, streaming=True) from None
 
 
 def _request(
@@ -457,8 +437,3 @@ def _cut_short(backend_id: str, expected: str) -> BackendProtocolError:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _cause(exc: BaseException) -> str:
-    errno = getattr(getattr(exc, "os_error", exc), "errno", None)
-    return f"{type(exc).__name__}: {os.strerror(errno)}" if errno else type(exc).__name__
