@@ -68,13 +68,20 @@ class Prober:
         unhealthy backends get no traffic and are always probed.
         """
         since = _now_ms() - int(self._settings.probe_interval_s * 1000)
-        due = [
-            b
-            for b in self._config.backends
-            if self._rounds % b.probe.every == 0 and not self._book.serving_well(b.id, since)
-        ]
+        due, busy = [], []
+        for b in self._config.backends:
+            if self._book.serving_well(b.id, since):
+                busy.append(b)
+            elif self._rounds % b.probe.every == 0:
+                due.append(b)
         self._rounds += 1
-        await asyncio.gather(*(self._probe(b) for b in due))
+        # Busy backends still get their record published (no probe result in it), so
+        # `turnout backends` and the status page list every backend.
+        await asyncio.gather(*(self._probe(b) for b in due), *(self._publish(b) for b in busy))
+
+    async def _publish(self, backend: Backend) -> None:
+        record = self._book.machines[backend.id].record()
+        await self._publisher.publish(self._settings.health_topic, record.key, record.to_wire(), ())
 
     async def _probe(self, backend: Backend) -> None:
         started = time.monotonic()
@@ -196,7 +203,7 @@ def format_health(records: dict[str, HealthRecord], now_ms: int) -> str:
         since = f"{(now_ms - r.since_ms) / 1000:.0f}s ago"
         ci = f"{r.success_low:.0%}-{r.success_high:.0%}"
         lat = "/".join("-" if v is None else f"{v:.0f}" for v in (r.p50_ms, r.p95_ms, r.p99_ms))
-        probe = "-" if r.probe_ok is None else ("ok" if r.probe_ok else "FAILED")
+        probe = "traffic" if r.probe_ok is None else ("ok" if r.probe_ok else "FAILED")
         rows.append((b, r.state.name, since, ci, str(r.n), lat, probe, r.reason))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(

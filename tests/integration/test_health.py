@@ -85,7 +85,8 @@ async def test_a_killed_backend_is_excluded_and_clients_see_no_errors(spawn, nam
     shown = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
     rows = {line.split()[0]: line for line in shown.splitlines()[1:]}
     assert "UNHEALTHY" in rows["a"] and "FAILED" in rows["a"]
-    assert "HEALTHY" in rows["b"] and " ok " in rows["b"]
+    # b kept serving, so its evidence is its traffic, not a probe.
+    assert "HEALTHY" in rows["b"] and ("traffic" in rows["b"] or " ok " in rows["b"])
 
 
 async def test_a_backend_failing_5_percent_stays_in_the_pool(spawn, names):

@@ -82,3 +82,5 @@ async def test_a_backend_busy_with_real_traffic_is_not_probed():
     p._book.observe("local", True, 5.0, int(time.time() * 1000))
     await p.round()
     assert client.calls_to("local") == [] and len(client.calls_to("embedder")) == 1
+    published = {r.backend: r for r in p._publisher.records}
+    assert published["local"].probe_ok is None  # still listed, evidence from traffic
