@@ -374,15 +374,19 @@ async def wait_healthy(topic: str, backend: str, since_ms: int, timeout_s: float
 async def served_calls(backend: MockBackend, health_topic: str, timeout_s: float = 20) -> int:
     """Chat calls the mock served for requests, not probes: read just after a probe round.
 
-    Probes are chat calls too; each one is followed by one record on the health topic.
-    Reading right after a new record leaves a whole probe interval before the next one.
+    Probes are chat calls too; each one is followed by one record with a probe result
+    on the health topic (a backend busy with traffic gets a record without a probe).
+    Reading right after a new probe record leaves a whole interval before the next one.
     """
     import asyncio
 
-    before = len(await health_records(health_topic))
+    async def probe_records() -> int:
+        return sum(1 for r in await health_records(health_topic) if r.probe_ok is not None)
+
+    before = await probe_records()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        probes = len(await health_records(health_topic))
+        probes = await probe_records()
         if probes > before:
             calls = backend.stats()["by_route"].get("/v1/chat/completions", 0)
             return calls - probes
