@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import pathlib
+from typing import Any
 
 import msgspec
 import orjson
@@ -13,13 +15,25 @@ HERE = pathlib.Path(__file__).parent
 
 
 def render(name: str) -> bytes:
-    schema = msgspec.json.schema(WIRE_TYPES[name])
+    schema = _clean(msgspec.json.schema(WIRE_TYPES[name]))
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://turnout.dev/schemas/{name}.schema.json",
         **schema,
     }
     return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def _clean(node: Any) -> Any:
+    """Dedent docstring descriptions: msgspec 0.23 does, older releases did not."""
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _clean(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean(v) for v in node]
+    return node
 
 
 def main() -> None:
