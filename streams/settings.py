@@ -121,9 +121,9 @@ class Settings:
             )
 
     @property
-    def outcome_topic(self) -> str:
-        """Where dispatch reports requests answered ok; co-partitioned with requests."""
-        return f"{self.request_topic}.outcomes"
+    def done_changelog_topic(self) -> str:
+        """The ``done`` table's changelog (faust names it): one record per request answered ok."""
+        return f"{self.app_id}-done-changelog"
 
     def reply_topic_for(self, client_id: str) -> str:
         return f"{self.reply_prefix}{client_id}"

@@ -7,7 +7,8 @@ makes the limits exact across any number of workers without Redis.
 
 - ``client_buckets``: client id → rate-limit buckets (written by the request agent).
 - ``done``: client id + request id → when it was answered ok (written by the
-  outcomes agent). A request already answered ok is not served again: a replay,
+  request's dispatch task, in the request's own partition: see
+  ``Dispatcher._record_done``). A request already answered ok is not served again: a replay,
   or a repeat after a crash that got as far as recording the outcome.
 """
 

@@ -12,7 +12,6 @@ from streams.settings import Settings
 @dataclasses.dataclass(frozen=True)
 class Topics:
     requests: faust.TopicT
-    outcomes: faust.TopicT
     dead_letter: faust.TopicT
 
 
@@ -20,12 +19,6 @@ def declare(app: faust.App, settings: Settings) -> Topics:
     return Topics(
         requests=app.topic(
             settings.request_topic,
-            partitions=settings.request_partitions,
-            key_type=bytes,
-            value_type=bytes,
-        ),
-        outcomes=app.topic(
-            settings.outcome_topic,
             partitions=settings.request_partitions,
             key_type=bytes,
             value_type=bytes,

@@ -102,32 +102,49 @@ def _config_check(path: str) -> int:
 
 
 def _worker(settings: Settings) -> int:
+    import dataclasses
+
     import faust
 
     from turnout.client import ensure_topics
     from turnout.config import ConfigError
     from turnout.runtime import build
 
+    # faust subscribes to source topics but does not create them. The tables must have
+    # exactly the request topic's partition count (each table partition has the one
+    # writer of its request partition), so an existing topic's count wins.
+    counts = asyncio.run(
+        ensure_topics(settings.bootstrap, [settings.request_topic], settings.request_partitions)
+    )
+    partitions = counts[settings.request_topic]
+    if partitions != settings.request_partitions:
+        logs.get("turnout.worker").warning(
+            "request_partitions_differ",
+            topic=settings.request_topic,
+            partitions=partitions,
+            setting=settings.request_partitions,
+            using=partitions,
+        )
+        settings = dataclasses.replace(settings, request_partitions=partitions)
     try:
         app = build(settings)
     except ConfigError as exc:
         print(f"turnout: refusing to start: {exc}", file=sys.stderr)
         return 2
-    # faust subscribes to source topics but does not create them; and a table whose
-    # changelog is not in the metadata yet fails its first write (PartitionsMismatch).
-    sources = [settings.request_topic, settings.outcome_topic]
-    asyncio.run(ensure_topics(settings.bootstrap, sources, settings.request_partitions))
+    # A table whose changelog is not in the metadata yet fails its first write.
     for table in app.tables.values():
         changelog = table.changelog_topic
+        name = changelog.get_topic_name()
         configs = {"cleanup.policy": "compact", **(changelog.config or {})}
-        asyncio.run(
-            ensure_topics(
-                settings.bootstrap,
-                [changelog.get_topic_name()],
-                settings.request_partitions,
-                configs,
+        counts = asyncio.run(ensure_topics(settings.bootstrap, [name], partitions, configs))
+        if counts[name] != partitions:
+            print(
+                f"turnout: refusing to start: {name} has {counts[name]} partitions but "
+                f"{settings.request_topic} has {partitions}; they must match (delete the "
+                "changelog to rebuild it, or use a new TURNOUT_APP_ID)",
+                file=sys.stderr,
             )
-        )
+            return 2
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     # faust's terminal spinner sets the root logger to DEBUG (so every aiokafka debug

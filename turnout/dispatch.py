@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 
 import orjson
 from faust.types import TP
@@ -58,7 +58,7 @@ class Dispatcher:
         config: Config,
         client: BackendClient,
         publisher: Publisher,
-        done: Mapping[bytes, bytes] | None = None,
+        done: MutableMapping[bytes, bytes] | None = None,
         buckets: MutableMapping[bytes, bytes] | None = None,
         health: HealthBook | None = None,
         metrics: Metrics | None = None,
@@ -68,7 +68,7 @@ class Dispatcher:
         self._config = config
         self._client = client
         self._publisher = publisher
-        self._done: Mapping[bytes, bytes] = {} if done is None else done
+        self._done: MutableMapping[bytes, bytes] = {} if done is None else done
         self._buckets: MutableMapping[bytes, bytes] = {} if buckets is None else buckets
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._trackers: dict[TP, OffsetTracker] = {}
@@ -388,9 +388,7 @@ class Dispatcher:
         )
         await self._reply(job.reply_to, reply)
         if error is None:
-            await self._publisher.outcome(
-                self._settings.outcome_topic,
-                record.partition,
+            self._record_done(
                 done_key(req.client_id, req.id),
                 orjson.dumps({"at_ms": now, "backend": reply.backend, "replay": record.replay}),
             )
@@ -427,6 +425,21 @@ class Dispatcher:
             offset=record.offset,
             **fields,
         )
+
+    def _record_done(self, key: bytes, value: bytes) -> None:
+        """Remember a request answered ok, after its reply is on the broker.
+
+        This runs in the request's own task, which asyncio started with a copy of
+        the agent's context: faust's current event is this request's record, so the
+        write lands in the ``done`` partition of the request's own partition (the
+        single writer of it). faust buffers the changelog record and flushes it
+        before the next commit. A failure here costs dedupe of one request, never
+        the request: it must not leave the offset unfinished.
+        """
+        try:
+            self._done[key] = value
+        except Exception:
+            log.exception("done_unrecorded", key=key.decode("utf-8", "replace"))
 
     async def _reply(self, topic: str, reply: Reply) -> None:
         """Publish the final reply; if the broker refuses it for good, say so instead.

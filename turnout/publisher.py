@@ -48,10 +48,6 @@ class Publisher:
         key = record.client_id.encode() if record.client_id else None
         await self.publish(self._settings.dead_letter_topic, key, record.to_wire(), headers)
 
-    async def outcome(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
-        # The worker creates the outcomes topic at start; no declaration needed.
-        await self.publish(topic, key, value, (), partition=partition, declare=False)
-
     async def publish(
         self,
         topic: str,

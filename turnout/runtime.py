@@ -176,7 +176,7 @@ class Runtime:
 
 
 def build(settings: Settings) -> faust.App:
-    from agents import health, outcomes, router
+    from agents import health, router
 
     config = config_mod.load(settings.config_path)
     os.makedirs(settings.data_dir, exist_ok=True)
@@ -186,7 +186,6 @@ def build(settings: Settings) -> faust.App:
     runtime = Runtime(app, settings, config, tables)
     consumer.install(app, frozenset({settings.request_topic}), runtime.committable)
     router.register(app, topics.requests, runtime)
-    outcomes.register(app, topics.outcomes, tables.done)
     health.register(app, settings.probe_interval_s, runtime)
     app.on_partitions_revoked.connect(runtime.on_revoked)
     app.on_partitions_assigned.connect(runtime.on_assigned)

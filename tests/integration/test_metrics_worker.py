@@ -74,7 +74,7 @@ async def test_worker_metrics_match_the_traffic_sent(spawn, names):
         got = await collect_replies(expect, 60)
         assert sum(len(v) for v in got.values()) == 23
         for _ in range(100):  # outcomes recorded before the repeats come
-            if await record_count(f"{names.request_topic}.outcomes") >= 20:
+            if await record_count(f"{names.app_id}-done-changelog") >= 20:
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)

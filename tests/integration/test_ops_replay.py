@@ -71,9 +71,9 @@ class Traffic:
         return {i: rs for t in got.values() for i, rs in t.items() if i in wanted}
 
     async def outcomes_recorded(self, n: int) -> None:
-        """Wait until ``n`` requests answered ok are on the outcomes topic (and recorded)."""
+        """Wait until ``n`` requests answered ok are in the done table (its changelog)."""
         for _ in range(200):
-            if await record_count(f"{self.names.request_topic}.outcomes") >= n:
+            if await record_count(f"{self.names.app_id}-done-changelog") >= n:
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)

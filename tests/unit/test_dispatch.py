@@ -34,16 +34,12 @@ class RecordingPublisher:
     def __init__(self):
         self.replies: list[tuple[str, Reply]] = []
         self.dead_letters = []
-        self.outcomes = []
 
     async def reply(self, topic, reply):
         self.replies.append((topic, reply))
 
     async def dead_letter(self, record):
         self.dead_letters.append(record)
-
-    async def outcome(self, topic, partition, key, value):
-        self.outcomes.append((partition, key))
 
 
 def record(offset, model="default", priority=5, rid=None):
@@ -367,3 +363,38 @@ routes:
     statuses = [reply.status for _, reply in pub.replies]
     assert statuses == ["ok"] * 10 + ["error"] * 5
     assert "retry budget" in pub.replies[-1][1].error.message
+
+
+class RefusingTable(dict):
+    """A done table whose writes fail, as a faust table does outside an agent's context."""
+
+    def __setitem__(self, key, value):
+        raise TypeError("Cannot modify table key from outside of stream iteration")
+
+
+async def test_only_requests_answered_ok_are_recorded_done():
+    client = ScriptedBackendClient({"a": [BackendStatusError("bad", backend="a", status=400)]})
+    done = {}
+    pub = RecordingPublisher()
+    d = Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub, done=done)
+    await d.submit(TP0, record(0, model="only-a", rid="fails"), lambda: None)
+    await d.submit(TP0, record(1, rid="works"), lambda: None)
+    await drain(d)
+    assert {r.id: r.status for _, r in pub.replies} == {"fails": "error", "works": "ok"}
+    assert list(done) == [b"c\x00works"]
+    assert orjson.loads(done[b"c\x00works"])["backend"] in {"a", "b"}
+
+
+async def test_a_failed_done_write_still_finishes_the_offset():
+    """Dedupe of one request may be lost; the partition must never stop committing."""
+    d = Dispatcher(
+        settings=Settings(),
+        config=CONFIG,
+        client=ScriptedBackendClient(),
+        publisher=RecordingPublisher(),
+        done=RefusingTable(),
+    )
+    acked = []
+    await d.submit(TP0, record(7), lambda: acked.append(7))
+    await drain(d)
+    assert acked == [7] and d.committable(TP0) == 8
