@@ -14,8 +14,10 @@ import contextlib
 import os
 import pathlib
 import platform
+import secrets
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,14 +29,14 @@ from typing import Any
 
 import orjson
 
-from turnout import bench_load
+from turnout import bench_http, bench_load
 from turnout.bench_load import report
 from turnout.client import ensure_topics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PY = sys.executable
 CLK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ("instant", "slow", "two-workers", "priorities")
+SCENARIOS = ("instant", "slow", "two-workers", "priorities", "gateway")
 
 
 # -- processes and /proc ------------------------------------------------------------------------
@@ -144,6 +146,41 @@ class System:
         self.pids = {k: p.pid for k, p in procs.items()}
 
 
+class HttpTarget:
+    """One target of the HTTP path: its base URL, the model it expects, its processes."""
+
+    def __init__(self, name: str, url: str, model: str, procs: dict[str, subprocess.Popen[bytes]],
+                 key: str = "") -> None:
+        self.name, self.url, self.model, self.procs, self.key = name, url, model, procs, key
+        self.pids = {k: p.pid for k, p in procs.items()}
+        self.rss: dict[str, float | None] = {}
+        self.result: dict[str, Any] = {"steps": [], "max_sustainable_rps": None,
+                                       "limited_by": "not reached (the ramp's top rate passed)"}
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"<HttpTarget {self.name} {self.url}>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until ``url`` answers 200 (RuntimeError if ``proc`` exits or time runs out)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[3:5]} exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready in {timeout} s")
+
+
 # -- one benchmark run ----------------------------------------------------------------------------
 
 
@@ -168,8 +205,9 @@ class Bench:
             str(latency_ms)], pipe=True)
         return proc, wait_line(proc, b"listening on", 30).split()[-1]
 
-    def turnout(self, name: str, workers: int = 1, latency_ms: float = 0.0) -> System:
-        mock, url = self.mock(latency_ms)
+    def turnout(self, name: str, workers: int = 1, latency_ms: float = 0.0,
+                mock: tuple[subprocess.Popen[bytes], str] | None = None) -> System:
+        mock, url = mock or self.mock(latency_ms)
         app_id, topic = f"bench-{self.run}-{name}", f"bench-{self.run}.requests.{name}"
         config = self.dir / f"{name}.yaml"
         config.write_text(f"backends:\n  - {{id: mock-openai, protocol: openai, base_url: '{url}'"
@@ -325,9 +363,11 @@ class Bench:
         res: dict[str, Any] = {"run": self.run, "settings": {k: v for k, v in vars(a).items()},
                                "machine": self.machine, "scenarios": {}}
         sc, started, top = res["scenarios"], time.time(), max(a.rates)
-        floor = self.floor()
-        fl: dict[str, Any] = {"warmup": self.warm(floor), "steps": []}
-        sc["floor"] = fl
+        kafka = bool(scen - {"gateway"}) or a.profile
+        if kafka:  # the floor of the Kafka-path scenarios
+            floor = self.floor()
+            fl: dict[str, Any] = {"warmup": self.warm(floor), "steps": []}
+            sc["floor"] = fl
         if scen & {"instant", "priorities"} or a.profile:
             print("one worker, instant mock backend (each step: floor, then turnout):")
             t = self.turnout("instant")
@@ -366,9 +406,171 @@ class Bench:
             out["steps"] = [self.step(t, "slow", a.slow_rate, a.slow_duration, latency_s=lat,
                                       grace=15)]
             sc["slow"] = self.finish(t, out)
-        self.finish(floor, fl)
+        if "gateway" in scen:
+            print("HTTP path, instant mock backend: direct, LiteLLM proxy, turnout gateway:")
+            sc["gateway"] = self.gateway()
+        if kafka:
+            self.finish(floor, fl)
         res["elapsed_s"] = round(time.time() - started, 1)
         return res
+
+    # the HTTP path: the gateway scenario
+    def gateway(self) -> dict[str, Any]:
+        """The mock called directly, LiteLLM's proxy and turnout's gateway (+ 1 worker), all on
+        one instant mock: a fixed rate, then a ramp that each target leaves at its first failing
+        step (bench_http.verdict). Each rate is measured for every target still in, back to back."""
+        a = self.args
+        mock = self.mock(0.0)
+        targets = [HttpTarget(bench_http.DIRECT, mock[1], "echo", {"mock": mock[0]})]
+        out: dict[str, Any] = {"rate": a.http_rate, "ramp_rates": a.http_ramp, "targets": {},
+                               "litellm": {"version": bench_http.LITELLM_VERSION}}
+        targets.append(self.http_turnout(mock))
+        lite = self.http_litellm(mock[1], out["litellm"])
+        if isinstance(lite, str):
+            print(f"  LiteLLM {lite}", flush=True)
+            out["targets"][bench_http.LITELLM] = {"not_measured": lite}
+        else:
+            targets.insert(1, lite)
+        live = {t.name: t for t in targets}
+        for t in targets:
+            self.http_ready(t)
+            t.result["warmup"] = self.http_step(t, "warmup", 20, 2, live)
+        for t in targets:
+            t.result["fixed"] = self.http_judge(
+                t, self.http_step(t, "fixed", a.http_rate, a.http_duration, live), live)
+        for rate in sorted(r for r in a.http_ramp if r > a.http_rate):
+            for t in list(live.values()):
+                m = self.http_step(t, "ramp", rate, a.http_ramp_duration, live)
+                t.result["steps"].append(self.http_judge(t, m, live))
+        for t in list(live.values()):
+            self.http_stop(t, live)
+        with urllib.request.urlopen(mock[1] + "/stats", timeout=5) as r:
+            out["mock_stats"] = orjson.loads(r.read())
+        self.procs.stop(mock[0])
+        for t in targets:
+            out["targets"][t.name] = {"label": bench_http.LABELS[t.name], **t.result}
+        out["summary"] = bench_http.targets_met(out["targets"])
+        out["peak_rss_mb"] = {k: v for t in targets for k, v in t.rss.items()}
+        out["worker_log"] = [bench_load.scan_log(self.dir / "http-worker0.log", self.run)]
+        out["gateway_log"] = bench_load.scan_log(self.dir / "http-gateway.log", self.run)
+        out["dead_letters"] = asyncio.run(count_records(self.args.bootstrap, self.dead_letters))
+        return out
+
+    def http_turnout(self, mock: tuple[subprocess.Popen[bytes], str]) -> HttpTarget:
+        worker = self.turnout("http", mock=mock)
+        key, port = secrets.token_hex(16), free_port()
+        env = {"KAFKA_BOOTSTRAP": self.args.bootstrap,
+               "TURNOUT_CONFIG": str(self.dir / "http.yaml"), "TURNOUT_REQUEST_TOPIC": worker.topic,
+               "TURNOUT_REQUEST_PARTITIONS": str(self.args.partitions),
+               "TURNOUT_GATEWAY_ID": f"bench-{self.run}",
+               "TURNOUT_GATEWAY_KEYS": f"{key}=bench-{self.run}-http",  # env only, never logged
+               "TURNOUT_GATEWAY_TIMEOUT_S": "30", "TURNOUT_LOG_FORMAT": "json"}
+        gw = self.procs.start("http-gateway", [PY, "-m", "turnout.cli", "gateway", "--port",
+                                               str(port)], env)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/readyz", gw, 60)
+        return HttpTarget(bench_http.TURNOUT, url, "default",
+                          {"gateway": gw, "worker0": worker.procs["worker0"]}, key)
+
+    def http_litellm(self, mock_url: str, info: dict[str, Any]) -> HttpTarget | str:
+        """LiteLLM's proxy, one worker, on the mock; a reason instead if it cannot run."""
+        venv, version = bench_http.litellm_venv(), bench_http.LITELLM_VERSION
+        if bench_http.installed_version(venv) != version:
+            print(f"  installing litellm[proxy]=={version} into {venv} (once)", flush=True)
+        exe, detail = bench_http.ensure_litellm(venv, version, self.dir / "litellm-install.log")
+        if exe is None:
+            return f"not measured: {detail}"
+        key, port = "sk-bench-" + secrets.token_hex(16), free_port()
+        config = self.dir / "litellm.yaml"
+        config.write_text(bench_http.litellm_config(mock_url))
+        env = bench_http.litellm_env(key)
+        info.update(venv=str(venv), config=config.read_text(), command=f"litellm --config "
+                    f"litellm.yaml --host 127.0.0.1 --port {port} --num_workers 1",
+                    env={k: v for k, v in env.items() if k != bench_http.LITELLM_KEY_ENV})
+        proc = self.procs.start("litellm", [str(exe), "--config", str(config), "--host",
+                                            "127.0.0.1", "--port", str(port), "--num_workers",
+                                            "1"], env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(url + "/health/liveliness", proc, 120)
+        except RuntimeError as exc:
+            self.procs.stop(proc)
+            return f"not measured: {exc} (see {self.dir}/litellm.log)"
+        return HttpTarget(bench_http.LITELLM, url, bench_http.LITELLM_MODEL, {"litellm": proc},
+                          key)
+
+    def http_ready(self, t: HttpTarget, timeout: float = 90) -> None:
+        """Wait until one chat completion is answered (a worker may still be joining)."""
+        req = urllib.request.Request(t.url + "/v1/chat/completions", method="POST",
+                                     data=bench_http.chat_body(t.model, "ready", 0), headers={
+                                         "Content-Type": "application/json",
+                                         **({"Authorization": f"Bearer {t.key}"} if t.key else {})})
+        deadline, why = time.time() + timeout, ""
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(req, timeout=35) as r:
+                    if r.status == 200:
+                        return
+            except OSError as exc:
+                why = str(exc)
+            time.sleep(0.5)
+        raise RuntimeError(f"{t.name} answered no request in {timeout} s ({why}); see {self.dir}")
+
+    def http_step(self, t: HttpTarget, label: str, rate: float, duration: float,
+                  live: dict[str, HttpTarget]) -> dict[str, Any]:
+        self.steps += 1
+        tag = f"{self.run}.{self.steps:02d}.{t.name}.{label}"
+        pids = {k: v for x in live.values() for k, v in x.pids.items()}
+        if self.broker_pid:
+            pids["broker"] = self.broker_pid
+        idle = self.wait_quiet(pids)
+        timeout = self.args.http_timeout_s
+        load = self.procs.start(f"{tag}.load", [
+            PY, "-m", "turnout.bench_http", "load", "--url", t.url, "--model", t.model,
+            "--rate", str(rate), "--duration", str(duration), "--timeout-s", str(timeout),
+            "--tag", tag, "--key-env", "BENCH_HTTP_KEY", "--out", str(self.dir / f"{tag}.json")],
+            {"BENCH_HTTP_KEY": t.key}, pipe=True)
+        sampler = CpuSampler({**pids, "load": load.pid})
+        sampler.start()
+        try:
+            stdout, _ = load.communicate(timeout=duration + timeout + 60)
+        finally:
+            sampler.done.set()
+            sampler.join()
+            self.procs.stop(load)
+        if load.returncode:
+            raise RuntimeError(f"{tag}: load generator exited with {load.returncode}; "
+                               f"see {self.dir}")
+        m: dict[str, Any] = orjson.loads(stdout.strip().splitlines()[-1])
+        m["cores"] = sampler.cores(m["t0"] + 0.5, m["t0"] + duration)
+        a, b = sampler.samples[0][1], sampler.samples[-1][1]
+        m["cpu_ms_per_ok"] = {k: round((b[k] - a[k]) * 1000 / max(1, m["ok"]), 3)
+                              for k in pids if k in a and k in b}
+        m.update(system=t.name, label=label, tag=tag, duration_s=duration, idle_cores_before=idle)
+        print(f"  {t.name:<8} {label:<7} {rate:>5.0f}/s  ok/s {m['throughput_rps']:>6}  p50 "
+              f"{m['e2e_ms']['p50']!s:>7} p99 {m['e2e_ms']['p99']!s:>8} ms  errors {m['errors']}"
+              f" no answer {m['lost']}  cores: {m['cores']}", flush=True)
+        return m
+
+    def http_judge(self, t: HttpTarget, m: dict[str, Any],
+                   live: dict[str, HttpTarget]) -> dict[str, Any]:
+        """Record ``m``'s verdict; a target whose step failed leaves the ramp (and stops)."""
+        if why := bench_http.verdict(m):
+            m["failed"] = why
+            t.result["limited_by"] = f"{', '.join(why)} at {m['offered_rps']:g}/s"
+            self.http_stop(t, live)
+        else:
+            t.result["max_sustainable_rps"] = m["offered_rps"]
+        return m
+
+    def http_stop(self, t: HttpTarget, live: dict[str, HttpTarget]) -> None:
+        """Take ``t`` out of the ramp; stop its processes (not the shared mock) so that a
+        backlog it still works on does not load the steps of the others."""
+        live.pop(t.name, None)
+        t.rss = {k: status_mb(p) for k, p in t.pids.items()}
+        for name, proc in t.procs.items():
+            if name != "mock":
+                self.procs.stop(proc)
 
     def cleanup(self) -> None:
         self.procs.stop_all()
@@ -458,6 +660,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--slow-latency-ms", type=float, default=2000)
     p.add_argument("--slow-rate", type=float, default=1000)
     p.add_argument("--slow-duration", type=float, default=6)
+    p.add_argument("--http-rate", type=float, default=50,
+                   help="gateway scenario: the fixed rate (req/s), also the ramp's first step")
+    p.add_argument("--http-duration", type=float, default=10, help="seconds at --http-rate")
+    p.add_argument("--http-ramp", type=rates, default=[100, 200, 400, 800, 1200],
+                   help="gateway scenario: the ramp's rates above --http-rate")
+    p.add_argument("--http-ramp-duration", type=float, default=6)
+    p.add_argument("--http-timeout-s", type=float, default=10,
+                   help="a request with no answer by then counts as not answered")
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--partitions", type=int, default=8, help="of the request topics")
     p.add_argument("--profile", action="store_true", help="py-spy the worker in an extra step")

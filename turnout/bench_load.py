@@ -334,7 +334,7 @@ def _x(a: float | None, b: float | None) -> str:
 
 def tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
     sc, out = res["scenarios"], []
-    floor = {m["tag"]: m for m in sc["floor"]["steps"]}
+    floor = {m["tag"]: m for m in sc.get("floor", {}).get("steps", [])}
     for name in ("instant", "two-workers"):
         for m in sc.get(name, {}).get("search", {}).get("floor", {}).get("steps", []):
             floor[m["tag"]] = m
@@ -346,10 +346,10 @@ def tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
                 rows += [_row("floor", f, None)] * (f is not prev) + [_row(
                     f"turnout ({m['label']})", m, f)]
                 prev = f
-    out.append(("Instant backend: turnout vs the Kafka floor, each pair measured back to back", [
+    out += [("Instant backend: turnout vs the Kafka floor, each pair measured back to back", [
         "offered/s", "system", "replies/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "p50 / floor",
         "p99 / floor", "router-added p50 / p99 ms", "peak in flight", "cores: worker(s)/echo",
-        "mock", "broker", "load gen", "other", "CPU ms/reply", "lost/dup/err"], rows))
+        "mock", "broker", "load gen", "other", "CPU ms/reply", "lost/dup/err"], rows)] * bool(rows)
     search = sc.get("instant", {}).get("search")
     if search:
         out.append(("Max sustainable rate (ramp; a step fails at p99 > 1 s, any loss, or < 95% "
@@ -380,15 +380,15 @@ def tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
                     [[p, v["n"], v["p50"], v["p90"], v["p99"], v["max"]]
                      for p, v in pr["by_priority"].items()]))
     rows = []
-    for name in ("instant", "two-workers", "slow"):
+    for name in ("instant", "two-workers", "slow", "gateway"):
         for i, log in enumerate(sc.get(name, {}).get("worker_log", [])):
             rows.append([name, i, sc[name]["peak_rss_mb"].get(f"worker{i}"),
                          sum(log["completed"].values()), log["not_ok"],
                          ", ".join(f"{k} x{v}" for k, v in sorted(log["events"].items())),
                          len(log["other"]), sc[name]["dead_letters"]])
-    out.append(("Workers: memory and logs", ["scenario", "worker", "peak RSS MB (VmHWM)",
-                "requests logged", "not ok", "other log events", "non-JSON lines",
-                "dead letters"], rows))
+    out += [("Workers: memory and logs", ["scenario", "worker", "peak RSS MB (VmHWM)",
+             "requests logged", "not ok", "other log events", "non-JSON lines",
+             "dead letters"], rows)] * bool(rows)
     return out
 
 

@@ -234,10 +234,6 @@ class Chooser:
         prev = self._latency_ms.get(backend_id)
         self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
 
-    def _observe_latency(self, backend_id: str, took_ms: float, alpha: float = 0.2) -> None:
-        """Keep an exponentially weighted moving average of each backend's latency."""
-        prev = self._latency_ms.get(backend_id)
-        self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
 
 
 def report_transitions(book: HealthBook, metrics: Metrics | None = None) -> None:

@@ -73,7 +73,9 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._trackers: dict[TP, OffsetTracker] = {}
         self._tasks: dict[TP, set[asyncio.Task[None]]] = defaultdict(set)
+        self._running = 0
         self.metrics = metrics or Metrics.from_config(config, settings.request_topic)
+        self.metrics.count_in_flight(lambda: self._running)
         self.chooser = Chooser(
             settings=settings, config=config, health=health, metrics=self.metrics, rng=rng
         )
@@ -115,7 +117,7 @@ class Dispatcher:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(ts) for ts in self._tasks.values())
+        return self._running
 
     def __repr__(self) -> str:
         return f"<Dispatcher in_flight={self.in_flight} partitions={len(self._trackers)}>"
@@ -151,8 +153,11 @@ class Dispatcher:
         tasks = self._tasks[tp]
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        task.add_done_callback(lambda _: self.metrics.in_flight(self.in_flight))
-        self.metrics.in_flight(self.in_flight)
+        task.add_done_callback(self._task_done)
+        self._running += 1
+
+    def _task_done(self, _: object) -> None:
+        self._running -= 1
 
     def _admit(
         self, tracker: OffsetTracker, record: Record, ack: Callable[[], object]
@@ -162,7 +167,10 @@ class Dispatcher:
         if isinstance(outcome, Rejected):
             return outcome, 0
         if not record.force:
-            answered = self._done.get(done_key(outcome.request.client_id, outcome.request.id))
+            key = done_key(outcome.request.client_id, outcome.request.id)
+            # ``in`` first: a faust table's ``get`` raises and catches KeyError for the
+            # usual case, a request not seen before.
+            answered = self._done[key] if key in self._done else None
             if answered is not None:
                 self._skip(tracker, record, outcome, answered, ack)
                 return None, 0

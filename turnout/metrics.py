@@ -128,8 +128,9 @@ class Metrics:
         self.history = history or History()
         self._backends: dict[str, _BackendView] = {b: _BackendView() for b in backends}
         self._lag: dict[int, int] = {}
-        self._in_flight = 0
+        self._in_flight: Callable[[], int] = lambda: 0
         self._totals: Counter[str] = Counter()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = PCounter(
             "turnout_requests", "Final replies published.",
@@ -194,7 +195,7 @@ class Metrics:
     def __repr__(self) -> str:
         return (
             f"<Metrics ok={self._totals['ok']} error={self._totals['error']} "
-            f"skipped={self._totals['skipped']} in_flight={self._in_flight}>"
+            f"skipped={self._totals['skipped']} in_flight={self._in_flight()}>"
         )
 
     # -- what the dispatcher and runtime report ---------------------------------------
@@ -213,15 +214,15 @@ class Metrics:
         """A final reply is on the broker. ``usage`` is the reply body's ``usage`` object."""
         route_l = route or NONE
         backend_l = backend or NONE
-        self.requests.labels(route_l, backend_l, status, code or "").inc()
-        self.queue_seconds.labels(route_l).observe(max(queue_ms, 0.0) / 1000)
-        self.total_seconds.labels(route_l).observe(max(total_ms, 0.0) / 1000)
+        self._child(self.requests, route_l, backend_l, status, code or "").inc()
+        self._child(self.queue_seconds, route_l).observe(max(queue_ms, 0.0) / 1000)
+        self._child(self.total_seconds, route_l).observe(max(total_ms, 0.0) / 1000)
         ok = status == "ok"
         key = "ok" if ok else "error"
         self._totals[key] += 1
         counts = {key: 1}
         if backend is not None:
-            self.backend_seconds.labels(backend_l).observe(max(backend_ms, 0.0) / 1000)
+            self._child(self.backend_seconds, backend_l).observe(max(backend_ms, 0.0) / 1000)
             view = self._backends.setdefault(backend, _BackendView())
             view.requests += 1
             view.errors += 0 if ok else 1
@@ -241,6 +242,14 @@ class Metrics:
                 self.cost.labels(backend_l).inc(price.cost(prompt, completion))
         self.history.add(self._clock(), **counts)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: prometheus_client validates on every call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def dead_lettered(self, code: str) -> None:
         self.dead_letters.labels(code).inc()
         self._totals["dead_lettered"] += 1
@@ -257,9 +266,10 @@ class Metrics:
         self._totals["rate_limited"] += 1
         self.history.add(self._clock(), rate_limited=1)
 
-    def in_flight(self, n: int) -> None:
-        self._in_flight = n
-        self.in_flight_gauge.set(n)
+    def count_in_flight(self, count: Callable[[], int]) -> None:
+        """Read the in-flight count from ``count`` when asked (a scrape), not per request."""
+        self._in_flight = count
+        self.in_flight_gauge.set_function(count)
 
     def backend_state(self, backend: str, state: Any) -> None:
         """The backend's health state: a ``turnout.health.State`` or its value (``"healthy"``)."""
@@ -301,7 +311,7 @@ class Metrics:
         return {
             "now_ms": int(now * 1000),
             "request_topic": self._topic,
-            "in_flight": self._in_flight,
+            "in_flight": self._in_flight(),
             "totals": {k: self._totals[k] for k in _TOTALS},
             "lag": {str(p): n for p, n in sorted(self._lag.items())},
             "lag_total": sum(self._lag.values()),

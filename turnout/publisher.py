@@ -81,6 +81,8 @@ class Publisher:
     async def _ensure_topic(self, topic: str) -> None:
         """Create a reply topic once; concurrent first publishes share one declaration."""
         task = self._declared.get(topic)
+        if task is not None and task.done() and not task.cancelled() and not task.exception():
+            return
         if task is None:
             declaring = self._app.topic(
                 topic, partitions=self._settings.reply_partitions, value_type=bytes

@@ -103,11 +103,14 @@ def test_the_other_events_are_counted():
     m.skipped()
     m.skipped()
     m.rate_limited("tokens_per_min")
-    m.in_flight(7)
+    running = [7]
+    m.count_in_flight(lambda: running[0])
+    assert value(m, "turnout_in_flight") == 7
+    running[0] = 3  # read at scrape time, not when a request starts or ends
     assert value(m, "turnout_dead_letters_total", code="invalid_request") == 1
     assert value(m, "turnout_skipped_total") == 2
     assert value(m, "turnout_rate_limited_total", limit="tokens_per_min") == 1
-    assert value(m, "turnout_in_flight") == 7
+    assert value(m, "turnout_in_flight") == 3
 
 
 def test_backend_state_marks_exactly_one_state():

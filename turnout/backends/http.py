@@ -22,6 +22,8 @@ from turnout.backends.http_call import HttpAnswer, HttpCall, join_url
 from turnout.backends.streaming import stream_call
 from turnout.config import Backend, Secret
 
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
+
 
 def new_session() -> aiohttp.ClientSession:
     """A session with no connection limit (thousands of calls in flight) and orjson encoding.
@@ -76,7 +78,7 @@ class HttpBackendClient:
         """Call ``backend``; see ``turnout.backends.BackendClient.call``."""
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._exchange(backend, kind, model, body, timeout_s)
+                return await self._exchange(backend, kind, model, body)
         except Exception as exc:
             raise translate(exc, backend.id, timeout_s, streaming=False) from None
 
@@ -84,23 +86,23 @@ class HttpBackendClient:
         await self._session.close()
 
     async def _exchange(
-        self, backend: Backend, kind: Kind, model: str, body: Mapping[str, Any], timeout_s: float
+        self, backend: Backend, kind: Kind, model: str, body: Mapping[str, Any]
     ) -> dict[str, Any]:
         if backend.protocol == "openai":
-            answer = await self._post(backend, openai.build(kind, model, body), timeout_s)
+            answer = await self._post(backend, openai.build(kind, model, body))
             return openai.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
         if backend.protocol == "anthropic":
             call = anthropic.build(kind, model, body, backend_id=backend.id)
-            answer = await self._post(backend, call, timeout_s)
+            answer = await self._post(backend, call)
             return anthropic.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
         if kind == "embeddings" and backend.embed_endpoint == "embeddings":
             calls = ollama.build_legacy_embeddings(model, body)
-            answers = [await self._post(backend, call, timeout_s) for call in calls]
+            answers = [await self._post(backend, call) for call in calls]
             return ollama.parse_legacy_embeddings(backend.id, model, answers)
-        answer = await self._post(backend, ollama.build(kind, model, body), timeout_s)
+        answer = await self._post(backend, ollama.build(kind, model, body))
         return ollama.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
 
-    async def _post(self, backend: Backend, call: HttpCall, timeout_s: float) -> HttpAnswer:
+    async def _post(self, backend: Backend, call: HttpCall) -> HttpAnswer:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = self._keys.get(backend.id)
         if backend.protocol == "anthropic":
@@ -111,7 +113,9 @@ class HttpBackendClient:
             join_url(backend.base_url, call.path),
             data=orjson.dumps(call.json),
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            # ``call`` bounds the whole exchange with asyncio.timeout; a second
+            # aiohttp timer per call would only cost a timer handle.
+            timeout=_NO_TIMEOUT,
         ) as response:
             payload = await response.read()
             return HttpAnswer(response.status, payload, response.headers)
