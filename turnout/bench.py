@@ -1,4 +1,6 @@
-"""Benchmarks on the real broker: turnout against a plain-aiokafka floor, in the same run.
+"""Benchmarks on the real broker: turnout against a plain-aiokafka floor, in the same run; on the
+HTTP path (scenario ``gateway``), turnout's gateway against the mock called directly and LiteLLM's
+proxy (turnout.bench_http).
 
 Every process is separate: the broker, the worker(s), the mock backend, the floor's echo and
 the load generator (turnout.bench_load). Topics, client ids and app ids are unique per run and
@@ -422,13 +424,12 @@ class Bench:
         a = self.args
         mock = self.mock(0.0)
         targets = [HttpTarget(bench_http.DIRECT, mock[1], "echo", {"mock": mock[0]})]
-        out: dict[str, Any] = {"rate": a.http_rate, "ramp_rates": a.http_ramp, "targets": {},
+        out: dict[str, Any] = {"rate": a.http_rate, "ramp_rates": a.http_ramp,
                                "litellm": {"version": bench_http.LITELLM_VERSION}}
         targets.append(self.http_turnout(mock))
         lite = self.http_litellm(mock[1], out["litellm"])
         if isinstance(lite, str):
             print(f"  LiteLLM {lite}", flush=True)
-            out["targets"][bench_http.LITELLM] = {"not_measured": lite}
         else:
             targets.insert(1, lite)
         live = {t.name: t for t in targets}
@@ -447,8 +448,11 @@ class Bench:
         with urllib.request.urlopen(mock[1] + "/stats", timeout=5) as r:
             out["mock_stats"] = orjson.loads(r.read())
         self.procs.stop(mock[0])
-        for t in targets:
-            out["targets"][t.name] = {"label": bench_http.LABELS[t.name], **t.result}
+        done = {t.name: {"label": bench_http.LABELS[t.name], **t.result,
+                         "processes": [k for k in t.procs if k != "mock"]} for t in targets}
+        out["targets"] = {k: done.get(k) or {"label": bench_http.LABELS[k], "not_measured": lite}
+                          for k in bench_http.LABELS}
+        bench_http.annotate(out["targets"])
         out["summary"] = bench_http.targets_met(out["targets"])
         out["peak_rss_mb"] = {k: v for t in targets for k, v in t.rss.items()}
         out["worker_log"] = [bench_load.scan_log(self.dir / "http-worker0.log", self.run)]

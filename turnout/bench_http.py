@@ -164,6 +164,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
 
+def annotate(targets: dict[str, Any]) -> None:
+    """Add ``added_ms`` (over the direct call at the same rate) to every measured step."""
+    direct = targets.get(DIRECT, {})
+    by_rate = {m["offered_rps"]: m for m in [direct.get("fixed"), *direct.get("steps", [])] if m}
+    for t in targets.values():
+        for m in [t.get("fixed"), *t.get("steps", [])]:
+            if m:
+                m["added_ms"] = added(m, by_rate.get(m["offered_rps"]))
+
+
 def targets_met(targets: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's two targets for the HTTP path, turnout against LiteLLM, measured here."""
     t, lite, direct = (targets.get(k, {}) for k in (TURNOUT, LITELLM, DIRECT))

@@ -322,6 +322,123 @@ def _frame(f: str) -> str:
     return f"{name} ({'/'.join(where.rsplit(':', 1)[0].split('/')[-2:])})" if where else f
 
 
+# -- the HTTP path (gateway scenario) -------------------------------------------------------------
+
+HSTART, HEND = "<!-- bench:http:start -->", "<!-- bench:http:end -->"
+
+
+def http_tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    g = res["scenarios"].get("gateway")
+    if not g:
+        return []
+    targets, lite = g["targets"], g["targets"].get("litellm", {})
+    lite_p50 = (lite.get("fixed") or {}).get("added_ms", {}).get("p50")
+    fixed, ramp = [], []
+    for name, t in targets.items():
+        if "not_measured" in t:
+            fixed.append([t["label"], t["not_measured"], *["-"] * 14])
+            ramp.append([t["label"], "-", t["not_measured"], "-", "-", "-"])
+            continue
+        m, own = t["fixed"], t["processes"]
+        c, add = m["cores"], m["added_ms"]
+        cpu = sum(v for k, v in m["cpu_ms_per_ok"].items() if k in own or (not own and k == "mock"))
+        fixed.append([t["label"], m["throughput_rps"], *(m["e2e_ms"][q] for q in QS),
+                      f"{add['p50']} / {add['p99']}",
+                      _x(add["p50"], lite_p50) if name == "turnout" else "-",
+                      m["reported_backend_ms"]["p50"] or "-",
+                      "+".join(str(c.get(k)) for k in own) or "-", c.get("mock"), c.get("broker"),
+                      c.get("loadgen"), c.get("other"), round(cpu, 2),
+                      f"{m['errors']}/{m['lost']}"])
+        steps = [m, *t["steps"]]
+        ramp.append([t["label"], t["max_sustainable_rps"], t["limited_by"],
+                     max(s["throughput_rps"] for s in steps), "; ".join(
+                         f"{s['offered_rps']:g}: {s['throughput_rps']}, {s['e2e_ms']['p50']}/"
+                         f"{s['e2e_ms']['p99']}" for s in steps),
+                     max(s["generator_lag_ms"]["p99"] or 0 for s in steps)])
+    rate = g["rate"]
+    out = [(f"HTTP path at {rate:g} req/s, instant mock backend: latency and what each target adds "
+            "over the direct call (measured in the same run)",
+            ["target", "ok replies/s", "p50 ms", "p90 ms", "p99 ms", "max ms",
+             "added p50 / p99 ms", "added p50 / LiteLLM's", "backend p50 ms (target's own)",
+             "cores: target", "mock", "broker", "load gen", "other", "CPU ms/reply (target)",
+             "errors / no answer"], fixed),
+           ("HTTP path: saturation (ramp; a step fails at p99 > 1 s, any error or missing "
+            "answer, or < 95% of the offered rate answered ok)",
+            ["target", "max sustainable/s", "stopped by", "peak ok replies/s",
+             "steps (offered/s: ok/s, p50/p99 ms)", "generator lag p99 ms"], ramp),
+           ("Issue 6 targets on the HTTP path: turnout (gateway + 1 worker) vs LiteLLM (1 worker)",
+            ["target", "turnout", "LiteLLM", "turnout / LiteLLM", "met"],
+            [[r["target"], r["turnout"], r["litellm"], r["ratio"],
+              {True: "yes", False: "**no**", None: "-"}[r["met"]]] for r in g["summary"]])]
+    logs = [[k, g["peak_rss_mb"].get(k), sum(log["completed"].values()), log["not_ok"],
+             ", ".join(f"{e} x{v}" for e, v in sorted(log["events"].items())), len(log["other"])]
+            for k, log in (("worker0", g["worker_log"][0]), ("gateway", g["gateway_log"]))]
+    out.append(("HTTP path: turnout's processes, memory and logs", [
+        "process", "peak RSS MB (VmHWM)", "requests logged", "not ok", "other log events",
+        "non-JSON lines"], logs))
+    return out
+
+
+QS = ("p50", "p90", "p99", "max")
+
+
+def http_header(res: dict[str, Any]) -> list[str]:
+    g = res["scenarios"]["gateway"]
+    lite = g["litellm"]
+    env = ", ".join(f"`{k}={v}`" for k, v in lite.get("env", {}).items())
+    how = (f"`{lite['command']}` from its own virtualenv (`{lite['venv']}`), {env}; config "
+           "below" if "command" in lite else "**not measured**: "
+           + str(g["targets"].get("litellm", {}).get("not_measured")))
+    return [f"- LiteLLM {lite['version']} (`litellm[proxy]` from PyPI): {how}",
+            f"- the mock backend served {g['mock_stats'].get('requests')} requests, at most "
+            f"{g['mock_stats'].get('max_in_flight')} at once; RSS MB: "
+            + ", ".join(f"{k} {v}" for k, v in g["peak_rss_mb"].items()),
+            "- the issue's LiteLLM figures for this machine class: saturates around 100 req/s, "
+            "about 11 ms added at 50 req/s"]
+
+
+def plot_http(res: dict[str, Any], path: Any) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    targets = res["scenarios"]["gateway"]["targets"]
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4.5))
+    rates: set[float] = set()
+    colors = {"direct": "tab:gray", "litellm": "tab:orange", "turnout": "tab:blue"}
+    for name, t in targets.items():
+        if "not_measured" in t:
+            continue
+        color = colors.get(name, "tab:green")
+        steps = sorted((s for s in [t["fixed"], *t["steps"]] if s["e2e_ms"]["p50"] is not None),
+                       key=lambda s: s["offered_rps"])
+        x = [s["offered_rps"] for s in steps]
+        rates.update(x)
+        for q, style in (("p50", "-o"), ("p99", "--s")):
+            lat.plot(x, [s["e2e_ms"][q] for s in steps], style, color=color,
+                     label=f"{t['label']} {q}")
+        thr.plot(x, [s["throughput_rps"] for s in steps], "-o", color=color, label=t["label"])
+    thr.plot(sorted(rates), sorted(rates), ":", color="black", label="offered")
+    lat.set(xscale="log", yscale="log", xlabel="offered rate (requests/s)",
+            ylabel="latency from scheduled send (ms)", title="HTTP path, instant backend")
+    thr.set(xscale="log", yscale="log", xlabel="offered rate (requests/s)",
+            ylabel="ok replies/s (steady window)", title=f"run {res['run']}")
+    thr.set_yticks(sorted(rates), [f"{x:g}" for x in sorted(rates)])
+    thr.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for ax in (lat, thr):
+        ax.set_xticks(sorted(rates), [f"{x:g}" for x in sorted(rates)])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 # -- report: stdout tables, docs/bench-results.json, docs/benchmarks.md, a plot -----------------
 
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
@@ -380,7 +497,7 @@ def tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
                     [[p, v["n"], v["p50"], v["p90"], v["p99"], v["max"]]
                      for p, v in pr["by_priority"].items()]))
     rows = []
-    for name in ("instant", "two-workers", "slow", "gateway"):
+    for name in ("instant", "two-workers", "slow"):
         for i, log in enumerate(sc.get(name, {}).get("worker_log", [])):
             rows.append([name, i, sc[name]["peak_rss_mb"].get(f"worker{i}"),
                          sum(log["completed"].values()), log["not_ok"],
@@ -456,29 +573,41 @@ def plot(res: dict[str, Any], path: Any) -> bool:
 
 
 def report(res: dict[str, Any], root: Any, args: Any) -> None:
-    ts = tables(res)
-    print("".join(_text(*t) for t in ts))
-    (root / args.json).write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2
-                                                | orjson.OPT_NON_STR_KEYS))
+    ts, hs = tables(res), http_tables(res)
+    print("".join(_text(*t) for t in ts + hs))
+    out = root / args.json
+    out.write_bytes(orjson.dumps(_merged(res, out), option=orjson.OPT_INDENT_2
+                                 | orjson.OPT_NON_STR_KEYS))
     print(f"\nresults: {args.json}")
     if not args.docs:
         return
     docs, m = root / args.docs, res["machine"]
-    png = docs.parent / "bench-latency.png"
-    section = "\n".join([
-        START, f"\n_Generated by `{args.command}` (run `{res['run']}`, {res['elapsed_s']} s, "
-        f"turnout at {m['git']})._\n",
-        f"- machine: {m['nproc']} cores ({m['cpu']}), {m['mem_mb']} MB RAM, Linux {m['kernel']};"
-        " the broker, worker(s), mock backend and load generator all share these cores",
-        f"- Python {m['python']}, aiokafka {m['aiokafka']}, faust-streaming "
-        f"{m['faust-streaming']}; {m['broker']}",
-        "- LiteLLM baseline: **not measured yet** (a later task)",
-        *(_md(*t) for t in ts),
-        f"\n![latency vs offered rate]({png.name})\n" if plot(res, png) else
-        "\n(no plot: matplotlib is not installed in .venv; `pip install matplotlib` for one)\n",
-        END])
+    head = [f"\n_Generated by `{args.command}` (run `{res['run']}`, {res['elapsed_s']} s, "
+            f"turnout at {m['git']})._\n",
+            f"- machine: {m['nproc']} cores ({m['cpu']}), {m['mem_mb']} MB RAM, Linux "
+            f"{m['kernel']}; the broker, worker(s), mock backend and load generator all share "
+            "these cores",
+            f"- Python {m['python']}, aiokafka {m['aiokafka']}, faust-streaming "
+            f"{m['faust-streaming']}; {m['broker']}"]
     text = docs.read_text() if docs.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
-    text = _splice(text, START, END, section)
+    if "floor" in res["scenarios"]:  # the Kafka path was measured: its section is this run's
+        png = docs.parent / "bench-latency.png"
+        text = _splice(text, START, END, "\n".join([
+            START, *head, "- LiteLLM baseline: on the HTTP path (the `gateway` scenario below)",
+            *(_md(*t) for t in ts),
+            f"\n![latency vs offered rate]({png.name})\n" if plot(res, png) else
+            "\n(no plot: matplotlib is not installed in .venv; `pip install matplotlib` for one)\n",
+            END]))
+    if hs:
+        png, lite = docs.parent / "bench-http.png", res["scenarios"]["gateway"]["litellm"]
+        text = _splice(text, HSTART, HEND, "\n".join([
+            HSTART, "\n#### HTTP path: the `gateway` scenario", *head, *http_header(res),
+            *(_md(*t) for t in hs),
+            f"\nLiteLLM's config (`litellm.yaml`):\n\n```yaml\n{lite['config']}```\n"
+            if "config" in lite else "",
+            f"\n![HTTP path: latency and throughput vs offered rate]({png.name})\n"
+            if plot_http(res, png) else "\n(no plot: matplotlib is not installed in .venv)\n",
+            HEND]), after=END)
     prof = res["scenarios"].get("instant", {}).get("profile", {}).get("extra")
     if prof and "self" in prof:
         rows = [[i + 1, f"`{a[0]}`", a[1], f"`{b[0]}`", b[1]]
@@ -491,7 +620,30 @@ def report(res: dict[str, Any], root: Any, args: Any) -> None:
     print(f"docs: {args.docs}")
 
 
-def _splice(text: str, start: str, end: str, section: str) -> str:
+def _merged(res: dict[str, Any], path: Any) -> dict[str, Any]:
+    """This run's results plus, from the file's earlier results, the scenarios of the path
+    (Kafka or HTTP) this run did not measure, each marked ``from_run``: a gateway-only run keeps
+    the Kafka results and the other way round, as the docs do."""
+    try:
+        old = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return res
+
+    def kind(k: str) -> str:
+        return "http" if k == "gateway" else "kafka"
+
+    measured = {kind(k) for k in res["scenarios"]}
+    keep = {k: {"from_run": old.get("run"), **v} for k, v in old.get("scenarios", {}).items()
+            if kind(k) not in measured}
+    return {**res, "scenarios": {**keep, **res["scenarios"]}}
+
+
+def _splice(text: str, start: str, end: str, section: str, after: str = "") -> str:
+    """Replace the text from ``start`` to ``end``; without them, put ``section`` just after
+    the ``after`` marker if there is one, else at the end."""
     if start in text and end in text:
         return text.split(start)[0] + section + text.split(end, 1)[1]
+    if after and after in text:
+        head, tail = text.split(after, 1)
+        return f"{head}{after}\n\n{section}{tail}"
     return text.rstrip() + "\n\n" + section + "\n"
