@@ -24,7 +24,7 @@ from faust.types import TP
 
 from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Source, Timings
 from streams.settings import Settings
-from streams.tables import done_key
+from streams.tables import DoneLog, MemoryDone, done_key
 from turnout import logs
 from turnout.admission import Admitted, Record, Rejected, admit, charge
 from turnout.backends import BackendClient
@@ -58,7 +58,7 @@ class Dispatcher:
         config: Config,
         client: BackendClient,
         publisher: Publisher,
-        done: MutableMapping[bytes, bytes] | None = None,
+        done: DoneLog | None = None,
         buckets: MutableMapping[bytes, bytes] | None = None,
         health: HealthBook | None = None,
         metrics: Metrics | None = None,
@@ -68,7 +68,7 @@ class Dispatcher:
         self._config = config
         self._client = client
         self._publisher = publisher
-        self._done: MutableMapping[bytes, bytes] = {} if done is None else done
+        self._done: DoneLog = MemoryDone() if done is None else done
         self._buckets: MutableMapping[bytes, bytes] = {} if buckets is None else buckets
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._trackers: dict[TP, OffsetTracker] = {}
@@ -167,10 +167,7 @@ class Dispatcher:
         if isinstance(outcome, Rejected):
             return outcome, 0
         if not record.force:
-            key = done_key(outcome.request.client_id, outcome.request.id)
-            # ``in`` first: a faust table's ``get`` raises and catches KeyError for the
-            # usual case, a request not seen before.
-            answered = self._done[key] if key in self._done else None
+            answered = self._done.get(done_key(outcome.request.client_id, outcome.request.id))
             if answered is not None:
                 self._skip(tracker, record, outcome, answered, ack)
                 return None, 0
@@ -396,7 +393,8 @@ class Dispatcher:
         )
         await self._reply(job.reply_to, reply)
         if error is None:
-            self._record_done(
+            await self._record_done(
+                record.partition,
                 done_key(req.client_id, req.id),
                 orjson.dumps({"at_ms": now, "backend": reply.backend, "replay": record.replay}),
             )
@@ -434,18 +432,18 @@ class Dispatcher:
             **fields,
         )
 
-    def _record_done(self, key: bytes, value: bytes) -> None:
+    async def _record_done(self, partition: int, key: bytes, value: bytes) -> None:
         """Remember a request answered ok, after its reply is on the broker.
 
         This runs in the request's own task, which asyncio started with a copy of
         the agent's context: faust's current event is this request's record, so the
         write lands in the ``done`` partition of the request's own partition (the
-        single writer of it). faust buffers the changelog record and flushes it
-        before the next commit. A failure here costs dedupe of one request, never
-        the request: it must not leave the offset unfinished.
+        single writer of it). The changelog record is flushed before the next
+        commit. A failure here costs dedupe of one request, never the request: it
+        must not leave the offset unfinished.
         """
         try:
-            self._done[key] = value
+            await self._done.record(partition, key, value)
         except Exception:
             log.exception("done_unrecorded", key=key.decode("utf-8", "replace"))
 

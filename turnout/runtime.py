@@ -20,7 +20,7 @@ from streams import consumer
 from streams import tables as tables_mod
 from streams.app import create_app
 from streams.settings import Settings
-from streams.tables import Tables
+from streams.tables import DoneTable, Tables
 from streams.topics import declare
 from turnout import config as config_mod
 from turnout import logs
@@ -81,7 +81,7 @@ class Runtime:
             config=self._config,
             client=self._client,
             publisher=publisher,
-            done=self._tables.done,
+            done=DoneTable(self._tables.done, self._app),
             buckets=self._tables.client_buckets,
             metrics=self.metrics,
             health=self.health,
