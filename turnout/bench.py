@@ -309,7 +309,25 @@ class Bench:
               f" dup {m['duplicates']} err {m['errors']}  cores: {m['cores']}", flush=True)
         return m
 
+    def wait_assigned(self, system: System, timeout: float = 90) -> None:
+        """Wait until every worker of ``system`` holds request partitions: a worker that
+        joins the group mid-step would make the step measure a rebalance."""
+        logs = [self.dir / f"{system.name}-{k}.log" for k in system.pids if k.startswith("worker")]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            held = []
+            for path in logs:
+                last = [ln for ln in (path.read_bytes().splitlines() if path.exists() else [])
+                        if b'"partitions_assigned"' in ln]
+                held.append(bool(last) and orjson.loads(last[-1]).get("request_partitions", 0) > 0)
+            if all(held):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{system.name}: not every worker got partitions; logs in {self.dir}")
+
     def warm(self, system: System, latency_s: float = 0.0) -> dict[str, Any]:
+        if any(k.startswith("worker") for k in system.pids):
+            self.wait_assigned(system)
         m = self.step(system, "warmup", 50, 2, grace=60, latency_s=latency_s)
         if m["lost"]:
             raise RuntimeError(f"warm-up lost {m['lost']} of {m['sent']}; logs in {self.dir}")
@@ -659,7 +677,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
                    help="ramp to find the max sustainable rate (instant scenario)")
     p.add_argument("--search-rates", type=rates,
-                   default=[150, 200, 300, 400, 600, 750, 1000, 1500, 2000, 3000])
+                   default=[150, 200, 300, 400, 600, 750, 850, 1000, 1250, 1500, 2000, 3000])
     p.add_argument("--search-duration", type=float, default=6)
     p.add_argument("--slow-latency-ms", type=float, default=2000)
     p.add_argument("--slow-rate", type=float, default=1000)
@@ -667,7 +685,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--http-rate", type=float, default=50,
                    help="gateway scenario: the fixed rate (req/s), also the ramp's first step")
     p.add_argument("--http-duration", type=float, default=10, help="seconds at --http-rate")
-    p.add_argument("--http-ramp", type=rates, default=[100, 200, 400, 800, 1200],
+    p.add_argument("--http-ramp", type=rates,
+                   default=[75, 100, 150, 200, 400, 600, 800, 1000, 1200],
                    help="gateway scenario: the ramp's rates above --http-rate")
     p.add_argument("--http-ramp-duration", type=float, default=6)
     p.add_argument("--http-timeout-s", type=float, default=10,
