@@ -7,7 +7,7 @@ makes the limits exact across any number of workers without Redis.
 
 - ``client_buckets``: client id → rate-limit buckets (written by the request agent).
 - ``done``: client id + request id → when it was answered ok (written by the
-  request's dispatch task, in the request's own partition: see ``DoneTable``).
+  request's dispatch task, in the request's own partition: see ``ChangelogTable``).
   A request already answered ok is not served again: a replay, or a repeat after
   a crash that got as far as recording the outcome.
 """
@@ -58,31 +58,34 @@ def done_key(client_id: str, request_id: str) -> bytes:
     return f"{client_id}\x00{request_id}".encode()
 
 
-class DoneLog(Protocol):
-    """What the dispatcher needs of the ``done`` table."""
+class StateTable(Protocol):
+    """What the dispatcher needs of a table: read a key, write one in a partition."""
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    async def record(self, partition: int, key: bytes, value: bytes) -> None: ...
+    async def put(self, partition: int, key: bytes, value: bytes) -> None: ...
 
 
-class MemoryDone(dict[bytes, bytes]):
-    """A ``DoneLog`` in a dict: for the dispatcher's unit tests and tools without Kafka."""
+class MemoryTable(dict[bytes, bytes]):
+    """A ``StateTable`` in a dict: for the dispatcher's unit tests and tools without Kafka."""
 
-    async def record(self, partition: int, key: bytes, value: bytes) -> None:
+    async def put(self, partition: int, key: bytes, value: bytes) -> None:
         self[key] = value
 
 
-class DoneTable:
-    """The faust ``done`` table, read and written around faust's per-message send buffer.
+class ChangelogTable:
+    """A faust table, read and written around faust's per-message send buffer.
 
     ``table[key] = value`` puts the changelog record in faust's producer buffer. One
     task drains that buffer a record per event-loop turn, and every message any agent
     reads waits while it holds more than 100 records (``ProducerBuffer.wait_until_ebb``):
     under load, when a loop turn is long, intake slowed down to the buffer's pace and
-    the worker fell behind with idle CPU. So the value goes into the table's store
-    directly and its changelog record straight to the producer, which batches it like
-    any reply; faust flushes the producer before every commit.
+    the worker fell behind with idle CPU. So ``put`` writes the value into the table's
+    store directly and sends its changelog record straight to the producer, which
+    batches it like any reply (waiting only if the producer itself is full); faust
+    flushes the producer before every commit. A record the producer refuses (the
+    broker is away) is logged and dropped: the value is in memory, and what it costs
+    is that state after a crash or a rebalance, never a request.
 
     Both calls must run in a context whose faust current event is a record of the same
     partition (the agent's iteration, or a task it started): the store of a partition is
@@ -98,13 +101,17 @@ class DoneTable:
         # ``in`` first: a lookup of a missing key raises and catches KeyError in faust.
         return store[key] if key in store else None
 
-    async def record(self, partition: int, key: bytes, value: bytes) -> None:
+    async def put(self, partition: int, key: bytes, value: bytes) -> None:
         self._table.data[key] = value
         topic = self._table.changelog_topic.get_topic_name()
-        sent = await self._app.producer.send(topic, key, value, partition, None, None)
+        try:
+            sent = await self._app.producer.send(topic, key, value, partition, None, None)
+        except Exception as exc:  # the broker is away: the worker keeps serving from memory
+            log.warning("changelog_unsent", topic=topic, error=type(exc).__name__)
+            return
         sent.add_done_callback(_log_unsent)
 
 
 def _log_unsent(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
-        log.warning("done_changelog_unsent", error=type(fut.exception()).__name__)
+        log.warning("changelog_unsent", error=type(fut.exception()).__name__)

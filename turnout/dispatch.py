@@ -17,14 +17,14 @@ import asyncio
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 
 import orjson
 from faust.types import TP
 
 from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Source, Timings
 from streams.settings import Settings
-from streams.tables import DoneLog, MemoryDone, done_key
+from streams.tables import MemoryTable, StateTable, done_key
 from turnout import logs
 from turnout.admission import Admitted, Record, Rejected, admit, charge
 from turnout.backends import BackendClient
@@ -58,8 +58,8 @@ class Dispatcher:
         config: Config,
         client: BackendClient,
         publisher: Publisher,
-        done: DoneLog | None = None,
-        buckets: MutableMapping[bytes, bytes] | None = None,
+        done: StateTable | None = None,
+        buckets: StateTable | None = None,
         health: HealthBook | None = None,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
@@ -68,8 +68,8 @@ class Dispatcher:
         self._config = config
         self._client = client
         self._publisher = publisher
-        self._done: DoneLog = MemoryDone() if done is None else done
-        self._buckets: MutableMapping[bytes, bytes] = {} if buckets is None else buckets
+        self._done: StateTable = MemoryTable() if done is None else done
+        self._buckets: StateTable = MemoryTable() if buckets is None else buckets
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._trackers: dict[TP, OffsetTracker] = {}
         self._tasks: dict[TP, set[asyncio.Task[None]]] = defaultdict(set)
@@ -140,7 +140,7 @@ class Dispatcher:
             self.redelivered += 1
             return
         try:
-            outcome, hold_ms = self._admit(tracker, record, ack)
+            outcome, hold_ms = await self._admit(tracker, record, ack)
         except Exception:
             self._slots.release()
             log.exception(
@@ -159,7 +159,7 @@ class Dispatcher:
     def _task_done(self, _: object) -> None:
         self._running -= 1
 
-    def _admit(
+    async def _admit(
         self, tracker: OffsetTracker, record: Record, ack: Callable[[], object]
     ) -> tuple[Admitted | Rejected | None, int]:
         """Admission, dedupe and rate limits; (None, 0) when the record needs no work."""
@@ -182,7 +182,7 @@ class Dispatcher:
         if isinstance(charged, Rejected):
             return charged, 0
         if charged.state is not None:
-            self._buckets[key] = charged.state
+            await self._buckets.put(record.partition, key, charged.state)
         return outcome, record.timestamp_ms + charged.wait_ms - _now_ms()
 
     def _skip(
@@ -443,7 +443,7 @@ class Dispatcher:
         must not leave the offset unfinished.
         """
         try:
-            await self._done.record(partition, key, value)
+            await self._done.put(partition, key, value)
         except Exception:
             log.exception("done_unrecorded", key=key.decode("utf-8", "replace"))
 

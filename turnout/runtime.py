@@ -20,7 +20,7 @@ from streams import consumer
 from streams import tables as tables_mod
 from streams.app import create_app
 from streams.settings import Settings
-from streams.tables import DoneTable, Tables
+from streams.tables import ChangelogTable, Tables
 from streams.topics import declare
 from turnout import config as config_mod
 from turnout import logs
@@ -81,8 +81,8 @@ class Runtime:
             config=self._config,
             client=self._client,
             publisher=publisher,
-            done=DoneTable(self._tables.done, self._app),
-            buckets=self._tables.client_buckets,
+            done=ChangelogTable(self._tables.done, self._app),
+            buckets=ChangelogTable(self._tables.client_buckets, self._app),
             metrics=self.metrics,
             health=self.health,
         )

@@ -9,7 +9,7 @@ from faust.types import TP
 
 from schemas.types import Reply, Request
 from streams.settings import Settings
-from streams.tables import MemoryDone
+from streams.tables import MemoryTable
 from turnout import config as cfg
 from turnout.admission import Record
 from turnout.backends.fake import ScriptedBackendClient
@@ -366,16 +366,16 @@ routes:
     assert "retry budget" in pub.replies[-1][1].error.message
 
 
-class RefusingTable(MemoryDone):
+class RefusingTable(MemoryTable):
     """A done table whose writes fail, as a faust table does outside an agent's context."""
 
-    async def record(self, partition, key, value):
+    async def put(self, partition, key, value):
         raise TypeError("Cannot modify table key from outside of stream iteration")
 
 
 async def test_only_requests_answered_ok_are_recorded_done():
     client = ScriptedBackendClient({"a": [BackendStatusError("bad", backend="a", status=400)]})
-    done = MemoryDone()
+    done = MemoryTable()
     pub = RecordingPublisher()
     d = Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub, done=done)
     await d.submit(TP0, record(0, model="only-a", rid="fails"), lambda: None)
