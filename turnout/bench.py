@@ -194,6 +194,7 @@ class Bench:
         self.dir.mkdir(parents=True)
         self.procs = Procs(self.dir)
         self.clients = [f"bench-{self.run}-c{i:02d}" for i in range(args.clients)]
+        self.nice = ["nice", "-n", str(args.loadgen_nice)] if args.loadgen_nice else []
         self.reply_topics = [bench_load.REPLY_PREFIX + c for c in self.clients]
         self.dead_letters = f"bench-{self.run}.dead-letter"
         self.machine = machine(args.bootstrap)
@@ -270,7 +271,7 @@ class Bench:
         pids = {**system.pids, **({"broker": self.broker_pid} if self.broker_pid else {})}
         idle = self.wait_quiet(pids)
         out_c, out_p = self.dir / f"{tag}.consume.json", self.dir / f"{tag}.produce.json"
-        common = [PY, "-m", "turnout.bench"]
+        common = [*self.nice, PY, "-m", "turnout.bench"]
         cons = self.procs.start(f"{tag}.consume", [
             *common, "load-consume", "--bootstrap", self.args.bootstrap, "--tag", tag,
             "--topics", ",".join(self.reply_topics), "--n", str(n), "--out", str(out_c),
@@ -548,7 +549,7 @@ class Bench:
         idle = self.wait_quiet(pids)
         timeout = self.args.http_timeout_s
         load = self.procs.start(f"{tag}.load", [
-            PY, "-m", "turnout.bench_http", "load", "--url", t.url, "--model", t.model,
+            *self.nice, PY, "-m", "turnout.bench_http", "load", "--url", t.url, "--model", t.model,
             "--rate", str(rate), "--duration", str(duration), "--timeout-s", str(timeout),
             "--tag", tag, "--key-env", "BENCH_HTTP_KEY", "--out", str(self.dir / f"{tag}.json")],
             {"BENCH_HTTP_KEY": t.key}, pipe=True)
@@ -684,6 +685,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--slow-duration", type=float, default=6)
     p.add_argument("--http-rate", type=float, default=50,
                    help="gateway scenario: the fixed rate (req/s), also the ramp's first step")
+    p.add_argument("--loadgen-nice", type=int, default=10,
+                   help="nice value of the load generators: the system measured gets the CPU "
+                   "first, as when the load comes from other machines (0: same priority)")
     p.add_argument("--http-duration", type=float, default=10, help="seconds at --http-rate")
     p.add_argument("--http-ramp", type=rates,
                    default=[75, 100, 150, 200, 400, 600, 800, 1000, 1200],
