@@ -64,6 +64,12 @@ class Settings:
     commit_interval_s: float = setting(
         "TURNOUT_COMMIT_INTERVAL_S", 1.0, "How often consumed offsets are committed."
     )
+    fetch_wait_ms: int = setting(
+        "TURNOUT_FETCH_WAIT_MS",
+        10,
+        "Longest the broker holds a fetch with no new data (faust: 1500). Short keeps "
+        "intake flowing under load; an idle worker fetches more often.",
+    )
     session_timeout_s: float = setting(
         "TURNOUT_SESSION_TIMEOUT_S",
         10.0,

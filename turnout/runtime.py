@@ -184,7 +184,12 @@ def build(settings: Settings) -> faust.App:
     topics = declare(app, settings)
     tables = tables_mod.declare(app, settings)
     runtime = Runtime(app, settings, config, tables)
-    consumer.install(app, frozenset({settings.request_topic}), runtime.committable)
+    consumer.install(
+        app,
+        frozenset({settings.request_topic}),
+        runtime.committable,
+        settings.fetch_wait_ms,
+    )
     router.register(app, topics.requests, runtime)
     health.register(app, settings.probe_interval_s, runtime)
     app.on_partitions_revoked.connect(runtime.on_revoked)
