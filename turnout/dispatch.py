@@ -134,11 +134,21 @@ class Dispatcher:
         """
         await self._slots.acquire()
         tracker = self._trackers.setdefault(tp, OffsetTracker())
+        missing = tracker.missing
         if not tracker.begin(record.offset):
             self._slots.release()
             ack()
             self.redelivered += 1
             return
+        if tracker.missing > missing:
+            # faust skipped offsets: they hold this partition's commits from now on,
+            # so those requests stay in Kafka for the partition's next owner.
+            log.warning(
+                "offsets_skipped_by_consumer",
+                partition=record.partition,
+                offset=record.offset,
+                skipped=tracker.missing - missing,
+            )
         try:
             outcome, hold_ms = await self._admit(tracker, record, ack)
         except Exception:
