@@ -258,7 +258,16 @@ class GatewayKafka:
                     await admin.create_topics(new)
                 except TopicAlreadyExistsError:
                     pass
-            described = await admin.describe_topics(sorted(wanted))
+            # A topic just created can be described with no partitions, or partitions
+            # without a leader, for a moment; reading it then fails. Wait for both.
+            for _ in range(100):
+                described = await admin.describe_topics(sorted(wanted))
+                if all(
+                    d["partitions"] and all(p["leader"] >= 0 for p in d["partitions"])
+                    for d in described
+                ):
+                    break
+                await asyncio.sleep(0.1)
             return {d["topic"]: len(d["partitions"]) for d in described}
         finally:
             await admin.close()
