@@ -126,11 +126,6 @@ class Settings:
                 f"TURNOUT_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}"
             )
 
-    @property
-    def done_changelog_topic(self) -> str:
-        """The ``done`` table's changelog (faust names it): one record per request answered ok."""
-        return f"{self.app_id}-done-changelog"
-
     def reply_topic_for(self, client_id: str) -> str:
         return f"{self.reply_prefix}{client_id}"
 

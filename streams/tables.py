@@ -95,6 +95,7 @@ class ChangelogTable:
     def __init__(self, table: faust.Table[bytes, bytes], app: faust.App) -> None:
         self._table = table
         self._app = app
+        self._topic = table.changelog_topic.get_topic_name()
 
     def get(self, key: bytes) -> bytes | None:
         store = self._table.data
@@ -103,11 +104,10 @@ class ChangelogTable:
 
     async def put(self, partition: int, key: bytes, value: bytes) -> None:
         self._table.data[key] = value
-        topic = self._table.changelog_topic.get_topic_name()
         try:
-            sent = await self._app.producer.send(topic, key, value, partition, None, None)
+            sent = await self._app.producer.send(self._topic, key, value, partition, None, None)
         except Exception as exc:  # the broker is away: the worker keeps serving from memory
-            log.warning("changelog_unsent", topic=topic, error=type(exc).__name__)
+            log.warning("changelog_unsent", topic=self._topic, error=type(exc).__name__)
             return
         sent.add_done_callback(_log_unsent)
 

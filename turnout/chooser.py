@@ -235,7 +235,6 @@ class Chooser:
         self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
 
 
-
 def report_transitions(book: HealthBook, metrics: Metrics | None = None) -> None:
     """One log line per backend state change: the operator's record of health."""
     for t in book.drain_transitions():

@@ -145,10 +145,6 @@ def _worker(settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 2
-    import os
-    if os.environ.get("X_UVLOOP"):
-        import uvloop
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     # faust's terminal spinner sets the root logger to DEBUG (so every aiokafka debug

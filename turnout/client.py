@@ -37,18 +37,25 @@ async def ensure_topics(
                 await admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass
-        # A new topic's partitions have no leader for a moment; readers and writers
-        # that arrive then only log errors and retry. Return once every one has one.
-        for _ in range(100):
-            described = await admin.describe_topics(sorted(names))
-            if all(p["leader"] >= 0 for d in described for p in d["partitions"]) and all(
-                d["partitions"] for d in described
-            ):
-                break
-            await asyncio.sleep(0.1)
-        return {d["topic"]: len(d["partitions"]) for d in described}
+        return await partition_counts(admin, names)
     finally:
         await admin.close()
+
+
+async def partition_counts(admin: AIOKafkaAdminClient, names: Iterable[str]) -> dict[str, int]:
+    """Every named topic's partition count, once each partition has a leader.
+
+    A topic just created is described with no partitions, or partitions without a
+    leader, for a moment; readers and writers that arrive then fail or retry.
+    """
+    for _ in range(100):
+        described = await admin.describe_topics(sorted(names))
+        if all(
+            d["partitions"] and all(p["leader"] >= 0 for p in d["partitions"]) for d in described
+        ):
+            break
+        await asyncio.sleep(0.1)
+    return {d["topic"]: len(d["partitions"]) for d in described}
 
 
 class ReplyReader:

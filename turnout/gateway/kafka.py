@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from schemas.types import Reply, ReplyChunk, Request, decode_reply_message
 from streams.settings import Settings
 from turnout import logs
+from turnout.client import partition_counts
 from turnout.gateway import GatewaySettings
 
 log = logs.get("turnout.gateway")
@@ -258,17 +259,7 @@ class GatewayKafka:
                     await admin.create_topics(new)
                 except TopicAlreadyExistsError:
                     pass
-            # A topic just created can be described with no partitions, or partitions
-            # without a leader, for a moment; reading it then fails. Wait for both.
-            for _ in range(100):
-                described = await admin.describe_topics(sorted(wanted))
-                if all(
-                    d["partitions"] and all(p["leader"] >= 0 for p in d["partitions"])
-                    for d in described
-                ):
-                    break
-                await asyncio.sleep(0.1)
-            return {d["topic"]: len(d["partitions"]) for d in described}
+            return await partition_counts(admin, wanted)
         finally:
             await admin.close()
 
