@@ -8,15 +8,23 @@ buffered messages it skipped without processing. For the topics turnout tracks,
 this subclass ignores faust's acked list and commits exactly what the dispatcher's
 ``OffsetTracker`` for that partition calls committable. Other topics (faust's own
 changelogs) keep faust's logic.
+
+It also replaces faust's fetch loop (``_drain_messages``) so that request records
+reach the agent without a race of four tasks per record, and a record whose
+hand-over a rebalance abandoned is not marked read; and it shortens the fetch
+wait (``ShortWaitConsumerThread``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
-from faust.types import TP
+from faust.types import TP, Message
+from mode import Service, ServiceT
 
 CommittableFn = Callable[[TP], "int | None"]
 
@@ -48,6 +56,92 @@ class TrackedConsumer(Consumer):
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _can_deliver_now(self, tp: TP) -> bool:
+        """True if handing a record of ``tp`` to its streams cannot wait.
+
+        faust's per-partition handler (``ConductorCompiler.build``) waits only while
+        flow is suspended (a rebalance), while its producer buffer is over its limit,
+        while the conductor re-indexes its topics, or while a stream's queue is full;
+        otherwise it decodes (raw bytes here) and puts without suspending.
+        """
+        if tp.topic not in self.tracked_topics:
+            return False
+        app = self.app
+        if self.suspend_flow.is_set() or not app.flow_control.is_active():
+            return False
+        buffer = app.producer.buffer
+        if buffer.size > buffer.max_messages:
+            return False
+        conductor = app.topics
+        if conductor._tp_to_callback_lock.locked():
+            return False
+        return all(not channel.queue.full() for channel in conductor._tp_index.get(tp, ()))
+
+    async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
+        """faust's fetch loop (``Consumer._drain_messages``), with two changes.
+
+        - A request record that can be handed over without waiting is handed over
+          with a plain ``await``. faust races every record against ``suspend_flow``
+          with ``Service.wait_first``: four tasks and an ``asyncio.wait`` per record,
+          so under load each record cost several turns of a busy event loop and
+          intake fell behind.
+        - A record whose hand-over was abandoned (flow suspended for a rebalance) does
+          not move the read offset: faust marked it read, so the same record fetched
+          again after the rebalance was dropped as already seen.
+
+        It runs as faust's Fetcher service, with faust's own stop conditions.
+        """
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = cast(Service, self)._stopped.is_set
+        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+        read_offset = self._read_offset
+        can_deliver_now = self._can_deliver_now
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
+        since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                ait = cast(AsyncIterator[tuple[TP, Message]], getmany(timeout=1.0))
+                await asyncio.sleep(0)
+                if self.should_stop:
+                    continue
+                async for tp, message in ait:
+                    since_yield += 1
+                    if since_yield > 100:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    offset = message.offset
+                    r_offset = read_offset[tp]
+                    if r_offset is not None and offset < r_offset:
+                        continue  # read before: faust drops it as well
+                    if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    if can_deliver_now(tp):
+                        await callback(message)
+                    else:
+                        delivery = callback(message)
+                        waited = await self.wait_first(delivery, self.suspend_flow.wait())
+                        if delivery not in waited.done:
+                            continue  # abandoned: read it again after the rebalance
+                    read_offset[tp] = offset
+                unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
 
     def _new_offset(self, tp: TP) -> int | None:
         if tp.topic not in self.tracked_topics or self.committable is None:
