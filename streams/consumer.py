@@ -26,6 +26,11 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
 from faust.types import TP, Message
 from mode import Service, ServiceT
 
+from turnout import logs
+from turnout.batching import FetchBatching
+
+log = logs.get("turnout.consumer")
+
 CommittableFn = Callable[[TP], "int | None"]
 
 
@@ -53,6 +58,7 @@ class TrackedConsumer(Consumer):
     tracked_topics: frozenset[str] = frozenset()
     committable: CommittableFn | None = None
     fetch_wait_ms: int | None = None
+    fetch_batching: FetchBatching | None = None
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -78,6 +84,20 @@ class TrackedConsumer(Consumer):
             return False
         return all(not channel.queue.full() for channel in conductor._tp_index.get(tp, ()))
 
+    def _batch_fetches(self, records: int, now_s: float) -> None:
+        """Feed the intake rate to ``fetch_batching``; apply its fetch size when it changes."""
+        if self.fetch_batching is None:
+            return
+        min_bytes = self.fetch_batching.update(records, now_s)
+        if min_bytes is None:
+            return
+        # aiokafka reads it whenever it builds the next fetch request (in the consumer
+        # thread; an int attribute is safe to set from here).
+        fetcher = getattr(self._thread._consumer, "_fetcher", None)
+        if fetcher is not None:
+            fetcher._fetch_min_bytes = min_bytes
+            log.info("fetch_batching", on=min_bytes > 1, min_bytes=min_bytes)
+
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
         """faust's fetch loop (``Consumer._drain_messages``), with two changes.
 
@@ -101,6 +121,8 @@ class TrackedConsumer(Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
+        tracked = self.tracked_topics
+        batch_fetches, clock = self._batch_fetches, asyncio.get_running_loop().time
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -109,7 +131,9 @@ class TrackedConsumer(Consumer):
                 await asyncio.sleep(0)
                 if self.should_stop:
                     continue
+                records = 0
                 async for tp, message in ait:
+                    records += tp.topic in tracked
                     since_yield += 1
                     if since_yield > 100:
                         await asyncio.sleep(0)
@@ -131,6 +155,7 @@ class TrackedConsumer(Consumer):
                         if delivery not in waited.done:
                             continue  # abandoned: read it again after the rebalance
                     read_offset[tp] = offset
+                batch_fetches(records, clock())
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -157,6 +182,7 @@ def install(
     topics: frozenset[str],
     committable: CommittableFn,
     fetch_wait_ms: int | None = None,
+    fetch_batching: FetchBatching | None = None,
 ) -> None:
     """Make ``app`` create a TrackedConsumer; call before the app starts."""
     transport = app.transport  # type: ignore[attr-defined]
@@ -167,6 +193,7 @@ def install(
             "tracked_topics": topics,
             "committable": staticmethod(committable),
             "fetch_wait_ms": fetch_wait_ms,
+            "fetch_batching": fetch_batching,
         },
     )
     transport.Consumer = consumer_cls

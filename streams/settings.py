@@ -70,6 +70,13 @@ class Settings:
         "Longest the broker holds a fetch with no new data (faust: 1500). Short keeps "
         "intake flowing under load; an idle worker fetches more often.",
     )
+    fetch_batch_above_rps: float = setting(
+        "TURNOUT_FETCH_BATCH_ABOVE_RPS",
+        200.0,
+        "Above this many requests/s the broker holds each fetch for up to "
+        "TURNOUT_FETCH_WAIT_MS to batch records (less CPU, that much more latency); "
+        "off again below half of it. 0: never batch.",
+    )
     session_timeout_s: float = setting(
         "TURNOUT_SESSION_TIMEOUT_S",
         10.0,

@@ -25,6 +25,7 @@ from streams.topics import declare
 from turnout import config as config_mod
 from turnout import logs
 from turnout.backends.http import HttpBackendClient, new_session
+from turnout.batching import FetchBatching
 from turnout.config import Config, Secret
 from turnout.dispatch import Dispatcher
 from turnout.health.book import HealthBook
@@ -189,6 +190,7 @@ def build(settings: Settings) -> faust.App:
         frozenset({settings.request_topic}),
         runtime.committable,
         settings.fetch_wait_ms,
+        FetchBatching(above_rps=settings.fetch_batch_above_rps),
     )
     router.register(app, topics.requests, runtime)
     health.register(app, settings.probe_interval_s, runtime)

@@ -14,6 +14,7 @@ import pytest
 from faust.types import TP
 
 from streams import consumer
+from turnout.batching import BATCHED, FetchBatching
 
 REQUESTS = TP("requests", 0)
 
@@ -74,3 +75,20 @@ def test_not_while_fausts_producer_buffer_is_over_its_limit(app: faust.App) -> N
     for _ in range(buffer.max_messages + 1):
         buffer.pending.put_nowait(object())
     assert not app.consumer._can_deliver_now(REQUESTS)
+
+
+def test_fetch_batching_sets_the_fetchers_min_bytes(app: faust.App) -> None:
+    class Fetcher:
+        _fetch_min_bytes = 1
+
+    class AIOKafkaConsumer:
+        _fetcher = Fetcher()
+
+    cons = app.consumer
+    cons.fetch_batching = FetchBatching(above_rps=100, window_s=0.5)
+    cons._thread._consumer = AIOKafkaConsumer()
+    cons._batch_fetches(0, 0.0)
+    cons._batch_fetches(500, 1.0)  # 500/s
+    assert AIOKafkaConsumer._fetcher._fetch_min_bytes == BATCHED
+    cons._batch_fetches(0, 2.0)
+    assert AIOKafkaConsumer._fetcher._fetch_min_bytes == 1
