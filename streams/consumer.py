@@ -27,7 +27,7 @@ from faust.types import TP, Message
 from mode import Service, ServiceT
 
 from turnout import logs
-from turnout.batching import FetchBatching
+from turnout.batching import FetchBatching, set_fetch
 
 log = logs.get("turnout.consumer")
 
@@ -91,11 +91,7 @@ class TrackedConsumer(Consumer):
         min_bytes = self.fetch_batching.update(records, now_s)
         if min_bytes is None:
             return
-        # aiokafka reads it whenever it builds the next fetch request (in the consumer
-        # thread; an int attribute is safe to set from here).
-        fetcher = getattr(self._thread._consumer, "_fetcher", None)
-        if fetcher is not None:
-            fetcher._fetch_min_bytes = min_bytes
+        if set_fetch(self._thread._consumer, min_bytes):
             log.info("fetch_batching", on=min_bytes > 1, min_bytes=min_bytes)
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover

@@ -57,3 +57,19 @@ class FetchBatching:
     @property
     def min_bytes(self) -> int:
         return BATCHED if self.batching else UNBATCHED
+
+
+def set_fetch(consumer: object, min_bytes: int, max_wait_ms: int | None = None) -> bool:
+    """Set the fetch size (and wait) of a started ``AIOKafkaConsumer``; False if not started.
+
+    aiokafka 0.14 reads both from its fetcher whenever it builds the next fetch request,
+    so a change applies from the next fetch on. Plain attribute writes: safe from the
+    thread that owns the consumer or, under the GIL, from another.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None:
+        return False
+    fetcher._fetch_min_bytes = min_bytes
+    if max_wait_ms is not None:
+        fetcher._fetch_max_wait_ms = max_wait_ms
+    return True

@@ -78,6 +78,15 @@ class FakeProducer:
     async def stop(self) -> None:
         return None
 
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None
+    ) -> asyncio.Future[None]:
+        """Like aiokafka: a future for the broker's ack (here: acked at once)."""
+        await self.send_and_wait(topic, value, key)
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        return acked
+
     async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         if topic == self.kafka.gw.status_topic:
             self.kafka.status_writes.append(orjson.loads(value))

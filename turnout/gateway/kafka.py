@@ -1,10 +1,12 @@
 """The gateway's Kafka side: publish requests, read replies, keep every request's status.
 
-    HTTP call ──► status "queued" written ──► Request published (key client_id,
-                  (compacted status topic)     reply_to turnout.replies.gateway-<id>)
+    HTTP call ──► status "queued" (compacted status topic) and the Request (key
+                  client_id, reply_to turnout.replies.gateway-<id>), sent together
+                  and both acked before the call goes on waiting
     reply topic ──► ReplyChunk: to the waiting stream, if any (never stored)
                 └─► Reply: status "done"/"failed" written, waiter woken, webhook sent;
-                    the offset is committed only after the status write is acked
+                    the offset is committed (every TURNOUT_COMMIT_INTERVAL_S) only
+                    after the status write is acked
 
 Durability: the status topic ``turnout.gateway-status.<id>`` (compacted, key
 request id) is read whole into memory at start, and the reply consumer resumes
@@ -23,6 +25,7 @@ to it by hand (no rebalance wait on restart), committing under the group
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
@@ -38,12 +41,14 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from schemas.types import Reply, ReplyChunk, Request, decode_reply_message
 from streams.settings import Settings
 from turnout import logs
+from turnout.batching import FetchBatching, set_fetch
 from turnout.client import partition_counts
 from turnout.gateway import GatewaySettings
 
 log = logs.get("turnout.gateway")
 
 Status = Literal["queued", "running", "done", "failed"]
+_FETCH_WAIT_MS = 500  # aiokafka's default, while fetches are not batched
 _RANK = {"queued": 0, "running": 1, "done": 2, "failed": 2}
 
 
@@ -324,10 +329,15 @@ class GatewayKafka:
             updated_ms=now,
             webhook_url=webhook_url,
         )
-        await self.record(request.id, rec)
-        await self.producer.send_and_wait(
-            self.base.request_topic, request.to_wire(), key=request.client_id.encode()
-        )
+        # Both records go out together, in one round trip (usually one produce request);
+        # the status is sent first, so on its partition it comes before the reply's.
+        sent = []
+        if self.store.put(request.id, rec):
+            key = request.id.encode()
+            sent.append(await self.producer.send(self.gw.status_topic, rec.to_wire(), key=key))
+        key = request.client_id.encode()
+        sent.append(await self.producer.send(self.base.request_topic, request.to_wire(), key=key))
+        await asyncio.gather(*sent)
         return rec
 
     def lookup(self, request_id: str) -> StatusRecord | None:
@@ -358,23 +368,45 @@ class GatewayKafka:
     # -- replies --------------------------------------------------------------------------------
 
     async def _consume(self) -> None:
-        assert self._consumer is not None
+        """Route replies; commit what is recorded every ``commit_interval_s``.
+
+        A reply is committed only after its status write is on the broker. Between
+        commits a restart reads some replies again: the status store keeps the first.
+        Under load fetches are batched (``turnout.batching``), as in the worker.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        clock = asyncio.get_running_loop().time
+        batching = FetchBatching(above_rps=self.base.fetch_batch_above_rps)
+        commits: dict[TopicPartition, int] = {}
+        committed_at = clock()
         while True:
             try:
-                batches = await self._consumer.getmany(timeout_ms=500, max_records=500)
+                batches = await consumer.getmany(timeout_ms=500, max_records=500)
                 writes: list[Awaitable[None]] = []
-                commits: dict[TopicPartition, int] = {}
+                read: dict[TopicPartition, int] = {}
                 for tp, recs in batches.items():
                     for rec in recs:
                         write = self._on_message(rec.value)
                         if write is not None:
                             writes.append(write)
                     if recs:
-                        commits[tp] = recs[-1].offset + 1
+                        read[tp] = recs[-1].offset + 1
                 await asyncio.gather(*writes)
-                if commits:
-                    await self._consumer.commit(commits)
+                commits.update(read)  # recorded: safe to commit
+                now = clock()
+                if commits and now - committed_at >= self.base.commit_interval_s:
+                    await consumer.commit(commits)
+                    commits, committed_at = {}, now
+                min_bytes = batching.update(sum(len(r) for r in batches.values()), now)
+                if min_bytes is not None:
+                    # batched: the broker holds a fetch for the worker's short wait
+                    wait = self.base.fetch_wait_ms if batching.batching else _FETCH_WAIT_MS
+                    set_fetch(consumer, min_bytes, wait)
             except asyncio.CancelledError:
+                if commits:
+                    with contextlib.suppress(KafkaError):
+                        await consumer.commit(commits)
                 raise
             except KafkaError as exc:
                 log.warning("gateway_replies_retry", error=type(exc).__name__)
