@@ -23,7 +23,7 @@ from streams.settings import Settings
 from streams.tables import ChangelogTable, Tables
 from streams.topics import declare
 from turnout import config as config_mod
-from turnout import logs
+from turnout import gcfreeze, logs
 from turnout.backends.http import HttpBackendClient, new_session
 from turnout.batching import FetchBatching
 from turnout.config import Config, Secret
@@ -107,6 +107,7 @@ class Runtime:
             backends=[b.id for b in self._config.backends],
             max_in_flight=self._settings.max_in_flight,
         )
+        gcfreeze.freeze("worker_started")
 
     async def _start_web(self) -> None:
         """/metrics, /status.json and the status page, when TURNOUT_WEB_PORT is set."""
@@ -161,12 +162,15 @@ class Runtime:
 
     async def on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         mine = sum(1 for tp in assigned if tp.topic == self._settings.request_topic)
+        first = self._assigned is None
         self._assigned = mine
         if self._dispatcher is not None:
             self._dispatcher.share_capacity(mine, self._settings.request_partitions)
         log.info(
             "partitions_assigned", request_partitions=mine, of=self._settings.request_partitions
         )
+        if first:
+            gcfreeze.freeze("first_assignment")
 
     async def on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         if self._dispatcher is not None:

@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.types import Kind, ReplyChunk, Request
 from streams.settings import Settings
-from turnout import logs
+from turnout import gcfreeze, logs
 from turnout.config import Config, ConfigError, load
 from turnout.errors import InvalidRequest
 from turnout.gateway import ApiKeys, GatewaySettings, load_keys, webhook_secret
@@ -448,6 +448,7 @@ async def serve(gateway: Gateway, host: str, port: int) -> None:
         await web.TCPSite(runner, host, port, backlog=2048).start()
         log.info("gateway_listening", host=host, port=port, gateway_id=gateway.gw.gateway_id)
         print(f"gateway listening on http://{host}:{port}", flush=True)
+        gcfreeze.freeze("gateway_listening")
         await stop.wait()
     finally:
         await runner.cleanup()
