@@ -9,9 +9,10 @@ this subclass ignores faust's acked list and commits exactly what the dispatcher
 ``OffsetTracker`` for that partition calls committable. Other topics (faust's own
 changelogs) keep faust's logic.
 
-It also replaces faust's fetch loop (``_drain_messages``) to batch fetches under
-load and to not mark read a record whose hand-over a rebalance abandoned; and it
-shortens the fetch wait (``ShortWaitConsumerThread``).
+It also replaces faust's fetch loop (``_drain_messages``): request records reach
+the agent without a race of four tasks per record (outside rebalances), a record
+whose hand-over a rebalance abandoned is not marked read, and fetches are
+batched under load; and it shortens the fetch wait (``ShortWaitConsumerThread``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,32 @@ class TrackedConsumer(Consumer):
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def _can_deliver_now(self, tp: TP) -> bool:
+        """True if handing a record of ``tp`` to its streams cannot wait or be undone.
+
+        faust's per-partition handler (``ConductorCompiler.build``) waits only while
+        flow is suspended, while its producer buffer is over its limit, while the
+        conductor re-indexes its topics, or while a stream's queue is full; otherwise
+        it decodes (raw bytes here) and puts without suspending. Never during a
+        rebalance or table recovery: records handed over right after an assignment,
+        before faust's recovery had resumed the streams, never reached the agent
+        (the kill -9 test lost requests in 4 runs of 6 until this check).
+        """
+        if tp.topic not in self.tracked_topics:
+            return False
+        app = self.app
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            return False
+        if self.suspend_flow.is_set() or not app.flow_control.is_active():
+            return False
+        buffer = app.producer.buffer
+        if buffer.size > buffer.max_messages:
+            return False
+        conductor = app.topics
+        if conductor._tp_to_callback_lock.locked():
+            return False
+        return all(not channel.queue.full() for channel in conductor._tp_index.get(tp, ()))
+
     def _batch_fetches(self, records: int, now_s: float) -> None:
         """Feed the intake rate to ``fetch_batching``; apply its fetch size when it changes."""
         if self.fetch_batching is None:
@@ -73,18 +100,17 @@ class TrackedConsumer(Consumer):
             log.info("fetch_batching", on=min_bytes > 1, min_bytes=min_bytes)
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
-        """faust's fetch loop (``Consumer._drain_messages``), with two changes.
+        """faust's fetch loop (``Consumer._drain_messages``), with three changes.
 
-        - It counts request records for ``fetch_batching`` (batched fetches under load).
+        - A request record that can be handed over without waiting, outside
+          rebalances and recovery, is handed over with a plain ``await``. faust
+          races every record against ``suspend_flow`` with ``Service.wait_first``:
+          four tasks and an ``asyncio.wait`` per record, so under load each record
+          cost several turns of a busy event loop. Otherwise faust's race runs.
         - A record whose hand-over was abandoned (flow suspended for a rebalance) does
           not move the read offset: faust marked it read, so the same record fetched
           again after the rebalance was dropped as already seen.
-
-        Every record is still handed over inside faust's race against
-        ``suspend_flow``. Handing it over with a plain ``await`` when faust's handler
-        could not wait cut CPU per reply by about 8%, but with it the kill -9 test
-        lost requests in 4 runs of 6 (records of some partitions never reached the
-        agent after the restart); the cause was not found, so it is not used.
+        - It counts request records for ``fetch_batching`` (batched fetches under load).
 
         It runs as faust's Fetcher service, with faust's own stop conditions.
         """
@@ -97,6 +123,7 @@ class TrackedConsumer(Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
         tracked = self.tracked_topics
+        can_deliver_now = self._can_deliver_now
         batch_fetches, clock = self._batch_fetches, asyncio.get_running_loop().time
         since_yield = 0
         try:
@@ -122,10 +149,13 @@ class TrackedConsumer(Consumer):
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    delivery = callback(message)
-                    waited = await self.wait_first(delivery, self.suspend_flow.wait())
-                    if delivery not in waited.done:
-                        continue  # abandoned: read it again after the rebalance
+                    if can_deliver_now(tp):
+                        await callback(message)
+                    else:
+                        delivery = callback(message)
+                        waited = await self.wait_first(delivery, self.suspend_flow.wait())
+                        if delivery not in waited.done:
+                            continue  # abandoned: read it again after the rebalance
                     read_offset[tp] = offset
                 batch_fetches(records, clock())
                 unset_flag(CONSUMER_FETCHING)

@@ -1,4 +1,10 @@
-"""TrackedConsumer: installed on the app, and fetch batching reaches aiokafka's fetcher."""
+"""The fetch loop's fast hand-over, and fetch batching reaching aiokafka's fetcher.
+
+``TrackedConsumer._can_deliver_now`` reads faust internals (rebalance and recovery
+flags, flow control, the producer buffer, the conductor's index and stream
+queues). These tests pin that those internals still exist and mean what the fast
+path assumes; no broker needed.
+"""
 
 from __future__ import annotations
 
@@ -37,9 +43,51 @@ def app() -> Iterator[faust.App]:
     yield app
 
 
-def test_the_worker_gets_the_tracked_consumer(app: faust.App) -> None:
+def test_a_request_record_goes_straight_to_its_stream(app: faust.App) -> None:
     assert isinstance(app.consumer, consumer.TrackedConsumer)
-    assert app.consumer.tracked_topics == frozenset({REQUESTS.topic})
+    assert app.consumer._can_deliver_now(REQUESTS)
+
+
+def test_other_topics_keep_fausts_hand_over(app: faust.App) -> None:
+    assert not app.consumer._can_deliver_now(TP("turnout-done-changelog", 0))
+
+
+def test_not_during_a_rebalance(app: faust.App) -> None:
+    app.rebalancing = True
+    assert not app.consumer._can_deliver_now(REQUESTS)
+    app.rebalancing = False
+    assert app.consumer._can_deliver_now(REQUESTS)
+
+
+def test_not_during_table_recovery(app: faust.App) -> None:
+    app.in_recovery = True
+    assert not app.consumer._can_deliver_now(REQUESTS)
+
+
+def test_not_while_the_consumer_suspends_flow_for_a_rebalance(app: faust.App) -> None:
+    app.consumer.stop_flow()
+    assert not app.consumer._can_deliver_now(REQUESTS)
+    app.consumer.resume_flow()
+    assert app.consumer._can_deliver_now(REQUESTS)
+
+
+def test_not_while_the_streams_flow_control_is_suspended(app: faust.App) -> None:
+    app.flow_control.suspend()
+    assert not app.consumer._can_deliver_now(REQUESTS)
+
+
+def test_not_while_a_stream_queue_is_full(app: faust.App) -> None:
+    (channel,) = app.topics._tp_index[REQUESTS]
+    while not channel.queue.full():
+        channel.queue.put_nowait(object())
+    assert not app.consumer._can_deliver_now(REQUESTS)
+
+
+def test_not_while_fausts_producer_buffer_is_over_its_limit(app: faust.App) -> None:
+    buffer = app.producer.buffer
+    for _ in range(buffer.max_messages + 1):
+        buffer.pending.put_nowait(object())
+    assert not app.consumer._can_deliver_now(REQUESTS)
 
 
 def test_fetch_batching_sets_the_fetchers_min_bytes(app: faust.App) -> None:
