@@ -13,7 +13,7 @@ load, so ``FetchBatching`` turns batching on when the intake rate passes
     batching = FetchBatching(above_rps=200)
     new = batching.update(records_since_last_call, now_s)
     if new is not None:
-        fetcher.min_bytes = new
+        set_fetch(aiokafka_consumer, new)
 """
 
 from __future__ import annotations
