@@ -7,8 +7,15 @@ reading and faust pauses fetching), registers the offset with its partition's
 offset only after the final reply (or dead letter) is on the broker, so a crash
 at any point leaves the request in Kafka, to be read again.
 
-On a rebalance the tasks of revoked partitions are cancelled and their trackers
-dropped: the new owner reads those requests again (a repeat carries the same id).
+Rebalances. Each partition's tracker is anchored at its committed offset when the
+partition is (re)assigned (``anchor``, called once faust has sought to the committed
+offsets), so no commit can pass a request this assignment has not finished. Kafka's
+rebalance revokes every partition, then assigns; faust's assignor is sticky, so most
+come back. Requests of a partition that comes back keep running, with their tracker:
+only requests of partitions that moved to another worker are cancelled (``assigned``),
+and their new owner serves them again (a repeat carries the same id). A record that
+reaches ``submit`` for a partition this worker no longer tracks is dropped unserved:
+it was read under an earlier assignment, and its partition's owner reads it again.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import asyncio
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import orjson
 from faust.types import TP
@@ -39,7 +46,7 @@ from turnout.errors import (
 )
 from turnout.health.book import HealthBook
 from turnout.metrics import Metrics
-from turnout.offsets import OffsetTracker
+from turnout.offsets import OffsetTracker, Trackers
 from turnout.publisher import Publisher, PublishFailed
 from turnout.routing import Decision, retry_delay_s
 
@@ -71,7 +78,7 @@ class Dispatcher:
         self._done: StateTable = MemoryTable() if done is None else done
         self._buckets: StateTable = MemoryTable() if buckets is None else buckets
         self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._trackers: dict[TP, OffsetTracker] = {}
+        self._trackers = Trackers()
         self._tasks: dict[TP, set[asyncio.Task[None]]] = defaultdict(set)
         self._running = 0
         self.metrics = metrics or Metrics.from_config(config, settings.request_topic)
@@ -82,6 +89,8 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self.skipped = 0
         self.redelivered = 0
+        self.stale = 0
+        """Records dropped because their partition was not tracked (moved, or not anchored)."""
 
     # -- offsets ---------------------------------------------------------------
 
@@ -92,19 +101,37 @@ class Dispatcher:
         self.chooser.share_capacity(assigned, total)
 
     def committable(self, tp: TP) -> int | None:
-        tracker = self._trackers.get(tp)
-        return None if tracker is None else tracker.committable
+        return self._trackers.committable(tp)
 
     def pin(self, tp: TP, offset: int) -> None:
         """Hold ``offset`` unfinished: its partition commits no further until reassigned."""
-        self._trackers.setdefault(tp, OffsetTracker()).begin(offset)
+        tracker = self._trackers.get(tp)
+        if tracker is not None:
+            tracker.begin(offset)
 
-    def revoke(self, tps: Iterable[TP]) -> None:
-        """Forget revoked partitions: cancel their requests, drop their trackers."""
-        for tp in tps:
-            self._trackers.pop(tp, None)
-            for task in self._tasks.pop(tp, set()):
-                task.cancel()
+    def anchor(self, positions: Mapping[TP, int]) -> None:
+        """Partitions will be read from these (committed) offsets: track each from there.
+
+        A tracker replaced here was one another owner committed past: its requests
+        were served elsewhere, so they are cancelled.
+        """
+        for tp in self._trackers.anchor(positions):
+            log.warning("tracker_replaced", partition=tp.partition, committed=positions[tp])
+            self._cancel(tp)
+
+    def assigned(self, tps: Iterable[TP]) -> int:
+        """This worker now owns ``tps``: cancel requests of partitions that moved away.
+
+        Returns how many requests were cancelled; their partitions' new owners serve
+        them again.
+        """
+        return sum(self._cancel(tp) for tp in self._trackers.assigned(tps))
+
+    def _cancel(self, tp: TP) -> int:
+        tasks = self._tasks.pop(tp, set())
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Let in-flight requests finish for ``grace_s``, then cancel the rest."""
@@ -133,7 +160,15 @@ class Dispatcher:
         partition commits no further, so the request is read again after a restart.
         """
         await self._slots.acquire()
-        tracker = self._trackers.setdefault(tp, OffsetTracker())
+        tracker = self._trackers.get(tp)
+        if tracker is None:
+            # Read under an earlier assignment (it waited for a slot across a
+            # rebalance), and its partition is not this worker's now: its owner reads
+            # it again from the committed offset. Serving it here could commit nothing.
+            self._slots.release()
+            self.stale += 1
+            log.info("record_not_owned", partition=record.partition, offset=record.offset)
+            return
         missing = tracker.missing
         if not tracker.begin(record.offset):
             self._slots.release()

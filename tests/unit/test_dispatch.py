@@ -63,9 +63,17 @@ def record(offset, model="default", priority=5, rid=None):
     )
 
 
-def make(client, **settings):
+def own(d, anchor=0):
+    """``d`` owns TP0, read from offset ``anchor`` (its committed offset)."""
+    d.assigned({TP0})
+    d.anchor({TP0: anchor})
+    return d
+
+
+def make(client, anchor=0, **settings):
     pub = RecordingPublisher()
     d = Dispatcher(settings=Settings(**settings), config=CONFIG, client=client, publisher=pub)
+    own(d, anchor)
     return d, pub
 
 
@@ -109,7 +117,7 @@ async def test_refused_connections_do_not_use_up_attempts():
 async def test_the_offset_is_committable_only_after_the_reply_is_published():
     """A slow request holds back the commit point; finishing it releases everything after it."""
     client = ScriptedBackendClient(delay_s={"a": 0.3, "b": 0.0})
-    d, pub = make(client)
+    d, pub = make(client, anchor=10)
     acked = []
     await d.submit(TP0, record(10), lambda: acked.append(10))  # goes to a: slow
     await d.submit(TP0, record(11), lambda: acked.append(11))  # a full: b, fast
@@ -201,7 +209,7 @@ def stream_record(offset, model="default"):
 
 def streaming(client):
     pub = RecordingChunks()
-    return Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub), pub
+    return own(Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub)), pub
 
 
 async def test_a_streamed_answer_is_relayed_in_order_then_replied_whole():
@@ -248,8 +256,8 @@ class RefusesBigReplies(RecordingPublisher):
 async def test_a_reply_the_broker_refuses_becomes_an_error_reply():
     """A reply Kafka can never take is replaced by an error reply, so the request finishes."""
     pub = RefusesBigReplies()
-    d = Dispatcher(settings=Settings(), config=CONFIG, client=ScriptedBackendClient(),
-                   publisher=pub)
+    d = own(Dispatcher(settings=Settings(), config=CONFIG, client=ScriptedBackendClient(),
+                   publisher=pub))
     acked = []
     await d.submit(TP0, record(0), lambda: acked.append(0))
     await drain(d)
@@ -286,8 +294,8 @@ routes:
 async def test_with_no_healthy_target_a_fallback_route_serves_marked_degraded():
     """An unhealthy primary sends the request to the route's fallback, marked degraded."""
     pub = RecordingPublisher()
-    d = Dispatcher(settings=Settings(), config=FALLBACK, client=ScriptedBackendClient(),
-                   publisher=pub)
+    d = own(Dispatcher(settings=Settings(), config=FALLBACK, client=ScriptedBackendClient(),
+                   publisher=pub))
     for _ in range(5):  # enough failures to mark "big" unhealthy
         d.chooser.health.observe("big", False, 1.0, int(time.time() * 1000))
     await d.submit(TP0, record(0, model="smart"), lambda: None)
@@ -311,8 +319,8 @@ routes:
 async def test_a_backend_rate_cap_moves_the_excess_to_other_targets():
     """With 5 req/s (burst 5) on the preferred backend, the next requests go elsewhere."""
     pub = RecordingPublisher()
-    d = Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
-                   publisher=pub)
+    d = own(Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
+                   publisher=pub))
     for i in range(8):
         await d.submit(TP0, record(i), lambda: None)
     await drain(d)
@@ -323,8 +331,8 @@ async def test_a_backend_rate_cap_moves_the_excess_to_other_targets():
 async def test_a_workers_share_of_a_backend_rate_cap_follows_its_partitions():
     """Owning half the partitions, a worker may use half of a backend's rate."""
     pub = RecordingPublisher()
-    d = Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
-                   publisher=pub)
+    d = own(Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
+                   publisher=pub))
     d.share_capacity(1, 2)
     for i in range(8):
         await d.submit(TP0, record(i), lambda: None)
@@ -356,8 +364,8 @@ routes:
     )
     blind = HealthBook(["a", "b"], now_ms=0, policy=HealthPolicy(min_samples=10_000))
     pub = RecordingPublisher()
-    d = Dispatcher(settings=Settings(), config=config, client=failing, publisher=pub,
-                   health=blind)
+    d = own(Dispatcher(settings=Settings(), config=config, client=failing, publisher=pub,
+                   health=blind))
     for i in range(15):
         await d.submit(TP0, record(i), lambda: None)
         await drain(d)
@@ -377,7 +385,7 @@ async def test_only_requests_answered_ok_are_recorded_done():
     client = ScriptedBackendClient({"a": [BackendStatusError("bad", backend="a", status=400)]})
     done = MemoryTable()
     pub = RecordingPublisher()
-    d = Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub, done=done)
+    d = own(Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub, done=done))
     await d.submit(TP0, record(0, model="only-a", rid="fails"), lambda: None)
     await d.submit(TP0, record(1, rid="works"), lambda: None)
     await drain(d)
@@ -388,13 +396,13 @@ async def test_only_requests_answered_ok_are_recorded_done():
 
 async def test_a_failed_done_write_still_finishes_the_offset():
     """Dedupe of one request may be lost; the partition must never stop committing."""
-    d = Dispatcher(
+    d = own(Dispatcher(
         settings=Settings(),
         config=CONFIG,
         client=ScriptedBackendClient(),
         publisher=RecordingPublisher(),
         done=RefusingTable(),
-    )
+    ), anchor=7)
     acked = []
     await d.submit(TP0, record(7), lambda: acked.append(7))
     await drain(d)
