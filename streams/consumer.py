@@ -172,6 +172,31 @@ class TrackedConsumer(Consumer):
         finally:
             unset_flag(CONSUMER_FETCHING)
 
+    _refetching: dict[TP, asyncio.Future[None]] | None = None
+
+    def refetch(self, tp: TP, offset: int) -> None:
+        """Read ``tp`` again from ``offset``: records of it were skipped on their way.
+
+        One seek per partition at a time; none during a rebalance, which seeks every
+        partition to its committed offset anyway. faust's read offset moves back with
+        the seek, so the records come again instead of being dropped as read.
+        """
+        if self._refetching is None:
+            self._refetching = {}
+        if tp in self._refetching or self.app.rebalancing or tp not in self.assignment():
+            return
+
+        async def seek() -> None:
+            try:
+                await self.seek_wait({tp: offset})
+            except Exception as exc:  # the next rebalance or restart reads it again
+                log.warning("refetch_failed", partition=tp.partition, error=repr(exc))
+            finally:
+                assert self._refetching is not None
+                self._refetching.pop(tp, None)
+
+        self._refetching[tp] = asyncio.ensure_future(seek())
+
     async def perform_seek(self) -> None:
         """faust's seek to the committed offsets, then anchor the tracked partitions there.
 

@@ -70,8 +70,11 @@ class Dispatcher:
         health: HealthBook | None = None,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
+        refetch: Callable[[TP, int], None] | None = None,
     ) -> None:
+        """``refetch(tp, offset)`` reads ``tp`` again from ``offset`` (a consumer seek)."""
         self._settings = settings
+        self._refetch = refetch
         self._config = config
         self._client = client
         self._publisher = publisher
@@ -176,14 +179,20 @@ class Dispatcher:
             self.redelivered += 1
             return
         if tracker.missing > missing:
-            # faust skipped offsets: they hold this partition's commits from now on,
-            # so those requests stay in Kafka for the partition's next owner.
+            # The delivery skipped offsets (records handed over before the seek that
+            # follows an assignment, or cancelled by faust during a recovery). They
+            # hold this partition's commits, and the partition is read again from the
+            # first of them; records that come again are ignored by the tracker.
+            first = tracker.first_missing
             log.warning(
                 "offsets_skipped_by_consumer",
                 partition=record.partition,
                 offset=record.offset,
                 skipped=tracker.missing - missing,
+                refetch_from=first,
             )
+            if self._refetch is not None and first is not None:
+                self._refetch(tp, first)
         try:
             outcome, hold_ms = await self._admit(tracker, record, ack)
         except Exception:

@@ -130,6 +130,11 @@ class OffsetTracker:
         return len(self._pending) - len(self._pending_done) - len(self._missing)
 
     @property
+    def first_missing(self) -> int | None:
+        """The lowest offset skipped by the delivery: where to read the partition again."""
+        return min(self._missing) if self._missing else None
+
+    @property
     def missing(self) -> int:
         """Offsets skipped by the delivery between two delivered ones; they hold commits."""
         return len(self._missing)

@@ -90,6 +90,7 @@ class Runtime:
             buckets=ChangelogTable(self._tables.client_buckets, self._app),
             metrics=self.metrics,
             health=self.health,
+            refetch=self._refetch,
         )
         self._prober = Prober(
             settings=self._settings,
@@ -167,8 +168,15 @@ class Runtime:
     def committable(self, tp: TP) -> int | None:
         return None if self._dispatcher is None else self._dispatcher.committable(tp)
 
+    def _refetch(self, tp: TP, offset: int) -> None:
+        refetch = getattr(self._app.consumer, "refetch", None)
+        if refetch is not None:
+            refetch(tp, offset)
+
     def anchor(self, positions: Mapping[TP, int]) -> None:
         """faust sought these request partitions to their committed offsets."""
+        offsets = {str(tp.partition): o for tp, o in positions.items()}
+        log.info("partitions_anchored", offsets=offsets)
         if self._dispatcher is None:
             self._anchors.update(positions)
         else:
