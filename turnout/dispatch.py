@@ -104,7 +104,19 @@ class Dispatcher:
         self.chooser.share_capacity(assigned, total)
 
     def committable(self, tp: TP) -> int | None:
-        return self._trackers.committable(tp)
+        """The offset to commit for ``tp`` (faust asks before every commit).
+
+        While offsets the delivery skipped hold the commit, each ask also asks the
+        consumer to read them again (it ignores the ask during a rebalance or while a
+        read-again of the partition is under way).
+        """
+        tracker = self._trackers.get(tp)
+        if tracker is None:
+            return None
+        first = tracker.first_missing
+        if first is not None and self._refetch is not None:
+            self._refetch(tp, first)
+        return tracker.committable
 
     def pin(self, tp: TP, offset: int) -> None:
         """Hold ``offset`` unfinished: its partition commits no further until reassigned."""
