@@ -188,14 +188,16 @@ class Runtime:
         self._assigned = len(owned)
         self._owned = owned
         self._anchors = {tp: o for tp, o in self._anchors.items() if tp in owned}
-        cancelled = 0
+        cancelled = in_flight = 0
         if self._dispatcher is not None:
+            in_flight = self._dispatcher.in_flight
             self._dispatcher.share_capacity(len(owned), self._settings.request_partitions)
             cancelled = self._dispatcher.assigned(owned)
         log.info(
             "partitions_assigned",
             request_partitions=len(owned),
             of=self._settings.request_partitions,
+            in_flight=in_flight,
             moved_requests_cancelled=cancelled,
         )
         if first:
