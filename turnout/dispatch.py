@@ -215,6 +215,12 @@ class Dispatcher:
             return
         if outcome is None:
             return
+        if hold_ms > 0:
+            # A rate-limit reservation waits for its turn without an in-flight slot: a
+            # client far over its limit must not take the slots every other client
+            # (and the rest of its own partition) needs. Reservations are bounded by
+            # the client's own rate times its longest wait; past that it is refused.
+            self._slots.release()
         task = asyncio.create_task(self._run(tracker, record, outcome, ack, hold_ms))
         tasks = self._tasks[tp]
         tasks.add(task)
@@ -284,12 +290,15 @@ class Dispatcher:
         ack: Callable[[], object],
         hold_ms: int = 0,
     ) -> None:
+        holding = hold_ms <= 0  # a reservation takes its slot when its turn comes
         try:
             if isinstance(outcome, Rejected):
                 await self._reject(record, outcome)
             else:
-                if hold_ms > 0:  # a rate-limit reservation: its turn comes then
+                if not holding:
                     await asyncio.sleep(hold_ms / 1000)
+                    await self._slots.acquire()
+                    holding = True
                 await self._serve(record, outcome)
             tracker.finish(record.offset)
             ack()
@@ -302,7 +311,8 @@ class Dispatcher:
                 "request_failed_internally", offset=record.offset, partition=record.partition
             )
         finally:
-            self._slots.release()
+            if holding:
+                self._slots.release()
 
     async def _reject(self, record: Record, rejected: Rejected) -> None:
         err = rejected.error

@@ -407,3 +407,46 @@ async def test_a_failed_done_write_still_finishes_the_offset():
     await d.submit(TP0, record(7), lambda: acked.append(7))
     await drain(d)
     assert acked == [7] and d.committable(TP0) == 8
+
+
+LIMITED = cfg.loads(
+    """
+backends:
+  - {id: a, protocol: openai, base_url: "http://a", models: [echo]}
+routes:
+  default: {targets: [{backend: a, model: echo}]}
+clients:
+  noisy: {requests_per_s: 1, burst: 1}
+""",
+    env={},
+)
+
+
+def client_record(offset, client):
+    req = Request(
+        id=f"{client}-{offset}",
+        client_id=client,
+        kind="chat",
+        model="default",
+        timeout_ms=60_000,
+        body={"messages": [{"role": "user", "content": "hi"}]},
+    )
+    now = int(time.time() * 1000)
+    return Record(topic="turnout.requests", partition=0, offset=offset, timestamp_ms=now,
+                  key=client.encode(), value=req.to_wire())  # fmt: skip
+
+
+async def test_rate_limit_waits_hold_no_in_flight_slot():
+    """A client far over its limit waits for its turn without taking the slots others need."""
+    pub = RecordingPublisher()
+    d = own(Dispatcher(settings=Settings(max_in_flight=2), config=LIMITED,
+                       client=ScriptedBackendClient(), publisher=pub))  # fmt: skip
+    for i in range(6):  # 1 taken at once, 5 reservations of 1..5 s
+        await asyncio.wait_for(d.submit(TP0, client_record(i, "noisy"), lambda: None), 1)
+    # Same partition, another client: its submit does not wait behind the reservations.
+    await asyncio.wait_for(d.submit(TP0, client_record(6, "quiet"), lambda: None), 1)
+    await asyncio.sleep(0.2)
+    answered = {reply.id for _, reply in pub.replies}
+    assert {"noisy-0", "quiet-6"} <= answered and "noisy-1" not in answered
+    for task in [t for ts in d._tasks.values() for t in ts]:
+        task.cancel()
