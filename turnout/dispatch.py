@@ -80,7 +80,8 @@ class Dispatcher:
         self._publisher = publisher
         self._done: StateTable = MemoryTable() if done is None else done
         self._buckets: StateTable = MemoryTable() if buckets is None else buckets
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._pool = SlotPool(settings.max_in_flight, settings.max_waiting)
+        self._slots = self._pool.slots
         self._trackers = Trackers()
         self._tasks: dict[TP, set[asyncio.Task[None]]] = defaultdict(set)
         self._running = 0
@@ -215,13 +216,14 @@ class Dispatcher:
             return
         if outcome is None:
             return
+        lease = SlotLease(self._pool, held=True)
         if hold_ms > 0:
             # A rate-limit reservation waits for its turn without an in-flight slot: a
             # client far over its limit must not take the slots every other client
             # (and the rest of its own partition) needs. Reservations are bounded by
             # the client's own rate times its longest wait; past that it is refused.
-            self._slots.release()
-        task = asyncio.create_task(self._run(tracker, record, outcome, ack, hold_ms))
+            lease.release()
+        task = asyncio.create_task(self._run(tracker, record, outcome, ack, lease, hold_ms))
         tasks = self._tasks[tp]
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -288,18 +290,17 @@ class Dispatcher:
         record: Record,
         outcome: Admitted | Rejected,
         ack: Callable[[], object],
+        lease: SlotLease,
         hold_ms: int = 0,
     ) -> None:
-        holding = hold_ms <= 0  # a reservation takes its slot when its turn comes
         try:
             if isinstance(outcome, Rejected):
                 await self._reject(record, outcome)
             else:
-                if not holding:
+                if not lease.held:  # a reservation takes its slot when its turn comes
                     await asyncio.sleep(hold_ms / 1000)
-                    await self._slots.acquire()
-                    holding = True
-                await self._serve(record, outcome)
+                    await lease.acquire()
+                await self._serve(record, outcome, lease)
             tracker.finish(record.offset)
             ack()
         except asyncio.CancelledError:
@@ -311,8 +312,7 @@ class Dispatcher:
                 "request_failed_internally", offset=record.offset, partition=record.partition
             )
         finally:
-            if holding:
-                self._slots.release()
+            lease.release()
 
     async def _reject(self, record: Record, rejected: Rejected) -> None:
         err = rejected.error
@@ -364,7 +364,7 @@ class Dispatcher:
             offset=record.offset,
         )
 
-    async def _serve(self, record: Record, job: Admitted) -> None:
+    async def _serve(self, record: Record, job: Admitted, lease: SlotLease | None = None) -> None:
         req = job.request
         tried: set[str] = set()
         attempts = 0
@@ -377,7 +377,9 @@ class Dispatcher:
         error: TurnoutError | None = None
         while True:
             try:
-                decision, fell_back = await self.chooser.choose(job, frozenset(tried))
+                decision, fell_back = await self.chooser.choose(
+                    job, frozenset(tried), lease
+                )
             except TurnoutError as exc:
                 error = exc
                 break
@@ -576,6 +578,65 @@ class Dispatcher:
             relayed[0] += 1
             chunks.append(delta)
         return accumulate(req.kind, chunks)
+
+
+class SlotPool:
+    """The worker's in-flight slots, and how many requests may wait for capacity without one.
+
+    A request waiting for backend capacity parks: it gives back its slot. Otherwise
+    requests for one saturated backend would hold every slot while they wait, and
+    requests for idle backends (other routes, other clients) could not get in. At most
+    ``max_waiting`` park at once; past that a waiting request keeps its slot, and Kafka
+    buffers the rest, as before.
+    """
+
+    def __init__(self, max_in_flight: int, max_waiting: int) -> None:
+        self.slots = asyncio.Semaphore(max_in_flight)
+        self.free_parking = max_waiting
+        self.parked = 0
+
+    def __repr__(self) -> str:
+        return f"<SlotPool parked={self.parked} free_parking={self.free_parking}>"
+
+
+class SlotLease:
+    """One request's hold on a slot of a ``SlotPool``: given back exactly once."""
+
+    __slots__ = ("_parked", "_pool", "held")
+
+    def __init__(self, pool: SlotPool, *, held: bool) -> None:
+        self._pool = pool
+        self.held = held
+        self._parked = False
+
+    async def acquire(self) -> None:
+        await self._pool.slots.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._pool.slots.release()
+
+    def park(self) -> bool:
+        """Give the slot back while waiting for capacity, if parking has room."""
+        pool = self._pool
+        if not self.held or pool.free_parking <= 0:
+            return False
+        pool.free_parking -= 1
+        pool.parked += 1
+        self._parked = True
+        self.release()
+        return True
+
+    async def unpark(self) -> None:
+        try:
+            await self.acquire()
+        finally:
+            if self._parked:
+                self._parked = False
+                self._pool.free_parking += 1
+                self._pool.parked -= 1
 
 
 def _broken_stream(error: BackendError, relayed: int) -> BackendError:

@@ -450,3 +450,49 @@ async def test_rate_limit_waits_hold_no_in_flight_slot():
     assert {"noisy-0", "quiet-6"} <= answered and "noisy-1" not in answered
     for task in [t for ts in d._tasks.values() for t in ts]:
         task.cancel()
+
+
+TWO_ROUTES = cfg.loads(
+    """
+backends:
+  - {id: a, protocol: openai, base_url: "http://a", models: [echo], max_concurrency: 1}
+  - {id: b, protocol: openai, base_url: "http://b", models: [echo], max_concurrency: 8}
+routes:
+  default: {targets: [{backend: a, model: echo}]}
+  only-a: {targets: [{backend: a, model: echo}]}
+  only-b: {targets: [{backend: b, model: echo}]}
+""",
+    env={},
+)
+
+
+async def test_requests_waiting_for_a_full_backend_hold_no_in_flight_slot():
+    """A saturated backend's queue does not keep requests for an idle one out."""
+    client = ScriptedBackendClient(delay_s={"a": 0.5, "b": 0.0})
+    pub = RecordingPublisher()
+    d = own(Dispatcher(settings=Settings(max_in_flight=2), config=TWO_ROUTES, client=client,
+                       publisher=pub))  # fmt: skip
+    for i in range(4):  # a serves one at a time; three wait for it
+        await asyncio.wait_for(d.submit(TP0, record(i, model="only-a"), lambda: None), 1)
+    await asyncio.wait_for(d.submit(TP0, record(4, model="only-b"), lambda: None), 1)
+    await asyncio.sleep(0.2)
+    assert [r.id for _, r in pub.replies] == ["r4"]
+    await drain(d)
+    assert len(pub.replies) == 5 and d._pool.parked == 0
+
+
+async def test_parking_is_bounded_then_waiting_requests_keep_their_slot():
+    """Past TURNOUT_MAX_WAITING parked requests, a waiting request keeps its slot (backpressure)."""
+    client = ScriptedBackendClient(delay_s={"a": 0.3})
+    pub = RecordingPublisher()
+    d = own(Dispatcher(settings=Settings(max_in_flight=2, max_waiting=1), config=TWO_ROUTES,
+                       client=client, publisher=pub))  # fmt: skip
+    for i in range(3):  # calling, parked, waiting with its slot: every slot is taken
+        await asyncio.wait_for(d.submit(TP0, record(i, model="only-a"), lambda: None), 1)
+    blocked = asyncio.create_task(d.submit(TP0, record(3, model="only-b"), lambda: None))
+    await asyncio.sleep(0.1)
+    assert not blocked.done()
+    await drain(d)
+    await blocked
+    await drain(d)
+    assert len(pub.replies) == 4 and d._pool.parked == 0
