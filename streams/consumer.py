@@ -2,7 +2,7 @@
 
 faust decides what to commit from the offsets it was told are acked. Two of its
 behaviours lose requests when backend calls finish out of order (see
-``../shared/notes/kafka-and-faust.md`` and faust-streaming issue 606): it can
+``docs/faust-consumer.md`` and faust-streaming issue 606): it can
 commit one offset past a message still in flight, and after a rebalance it acks
 buffered messages it skipped without processing. For the topics turnout tracks,
 this subclass ignores faust's acked list and commits exactly what the dispatcher's
@@ -13,6 +13,10 @@ It also replaces faust's fetch loop (``_drain_messages``): request records reach
 the agent without a race of four tasks per record (outside rebalances), a record
 whose hand-over a rebalance abandoned is not marked read, and fetches are
 batched under load; and it shortens the fetch wait (``ShortWaitConsumerThread``).
+
+It leans on faust, mode and aiokafka internals: docs/faust-consumer.md lists the
+upstream code it copies, the private names it touches and the upgrade checklist,
+and tests/unit/test_faust_tripwire.py fails when any of them changes.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class TrackedConsumer(Consumer):
     anchor: AnchorFn | None = None
     fetch_wait_ms: int | None = None
     fetch_batching: FetchBatching | None = None
+    fast_handover: bool = True
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -76,10 +81,11 @@ class TrackedConsumer(Consumer):
         before faust's recovery had resumed the streams, never reached the agent
         (the kill -9 test lost requests in 4 runs of 6 until this check).
         """
-        if tp.topic not in self.tracked_topics:
+        if not self.fast_handover or tp.topic not in self.tracked_topics:
             return False
         app = self.app
-        if app.rebalancing or getattr(app, "in_recovery", False):
+        # Fails closed: an app without the flag is taken to be recovering.
+        if app.rebalancing or getattr(app, "in_recovery", True):
             return False
         if self.suspend_flow.is_set() or not app.flow_control.is_active():
             return False
@@ -241,6 +247,7 @@ def install(
     anchor: AnchorFn,
     fetch_wait_ms: int | None = None,
     fetch_batching: FetchBatching | None = None,
+    fast_handover: bool = True,
 ) -> None:
     """Make ``app`` create a TrackedConsumer; call before the app starts."""
     transport = app.transport  # type: ignore[attr-defined]
@@ -253,6 +260,7 @@ def install(
             "anchor": staticmethod(anchor),
             "fetch_wait_ms": fetch_wait_ms,
             "fetch_batching": fetch_batching,
+            "fast_handover": fast_handover,
         },
     )
     transport.Consumer = consumer_cls

@@ -76,6 +76,12 @@ class Settings:
         "Longest the broker holds a fetch with no new data (faust: 1500). Short keeps "
         "intake flowing under load; an idle worker fetches more often.",
     )
+    fast_handover: bool = setting(
+        "TURNOUT_FAST_HANDOVER",
+        True,
+        "Hand request records to the agent with a plain await when faust's handler cannot "
+        "wait (docs/faust-consumer.md); 0 keeps faust's own race for every record.",
+    )
     fetch_batch_above_rps: float = setting(
         "TURNOUT_FETCH_BATCH_ABOVE_RPS",
         200.0,

@@ -229,6 +229,7 @@ def build(settings: Settings) -> faust.App:
         runtime.anchor,
         settings.fetch_wait_ms,
         FetchBatching(above_rps=settings.fetch_batch_above_rps),
+        settings.fast_handover,
     )
     router.register(app, topics.requests, runtime)
     health.register(app, settings.probe_interval_s, runtime)

@@ -105,3 +105,26 @@ def test_fetch_batching_sets_the_fetchers_min_bytes(app: faust.App) -> None:
     assert AIOKafkaConsumer._fetcher._fetch_min_bytes == BATCHED
     cons._batch_fetches(0, 2.0)
     assert AIOKafkaConsumer._fetcher._fetch_min_bytes == 1
+
+
+def test_the_fast_hand_over_can_be_turned_off() -> None:
+    """TURNOUT_FAST_HANDOVER=0 keeps faust's own race for every record."""
+    app = faust.App("test-consumer-off", broker="kafka://127.0.0.1:1", store="memory://",
+                    value_serializer="raw")  # fmt: skip
+    consumer.install(app, frozenset({REQUESTS.topic}), lambda tp: None, lambda p: None,
+                     fast_handover=False)  # fmt: skip
+    app.finalize()
+    app.flow_control.resume()
+    assert not app.consumer._can_deliver_now(REQUESTS)
+
+
+def test_an_app_without_a_recovery_flag_counts_as_recovering(
+    app: faust.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery detection fails closed: no flag, no fast hand-over."""
+    from faust.types.app import AppT
+
+    assert app.consumer._can_deliver_now(REQUESTS)
+    monkeypatch.delattr(AppT, "in_recovery")
+    assert not hasattr(app, "in_recovery")
+    assert not app.consumer._can_deliver_now(REQUESTS)
