@@ -22,9 +22,11 @@ from turnout import rules
 from turnout.config import Config, Route
 from turnout.errors import (
     DeadlineExceeded,
+    InternalError,
     InvalidReplyTopic,
     InvalidRequest,
     RateLimited,
+    ReplyUnpublishable,
     RequestError,
     RequestTooLarge,
     RouteNotAllowed,
@@ -74,8 +76,8 @@ class Rejected:
 
     @property
     def dead_letter(self) -> bool:
-        """Malformed input goes to the dead-letter topic; a late request does not."""
-        return isinstance(self.error, RequestError)
+        """Malformed input and records turnout failed on are dead-lettered; a late request not."""
+        return isinstance(self.error, (RequestError, InternalError, ReplyUnpublishable))
 
 
 _BODY_FIELD = {"chat": "messages", "completion": "prompt", "embeddings": "input"}
@@ -240,6 +242,11 @@ def _check(
             f"a {request.kind} body needs '{field}' as a string or a non-empty list"
         )
     return None
+
+
+def refuse(record: Record, settings: Settings, error: TurnoutError) -> Rejected:
+    """Reject ``record`` with ``error``, addressed to whatever valid reply topic it names."""
+    return _reject(record, settings, error)
 
 
 def _reject(record: Record, settings: Settings, error: TurnoutError) -> Rejected:
