@@ -55,3 +55,22 @@ def test_long_reasons_are_bounded():
     """A parser message quoting a deep path does not bloat the letter."""
     dl = dead_letter_for(rec(b"x"), code="c", reason="$.a" * 10_000, now_ms=1, max_bytes=LIMIT)
     assert len(dl.reason) <= 2003
+
+
+def test_dlq_show_uses_the_fetched_original_only_if_its_hash_matches():
+    """A referenced original is shown when fetched and verified, else its prefix and why."""
+    from turnout.ops.dlq import Entry, as_json
+
+    value = b'{"id": "r", "pad": "' + b"x" * 2_000_000 + b'"}'
+    dl = dead_letter_for(
+        rec(value), code="request_too_large", reason="r", now_ms=1, max_bytes=LIMIT
+    )
+    where = ("turnout.requests", 2, 41)
+    shown = as_json(Entry(0, 5, dl), {where: value})
+    assert shown["original_fetched"] and shown["original_json"]["id"] == "r"
+    assert shown["original_bytes"] == len(value)
+    gone = as_json(Entry(0, 5, dl), {where: None})
+    assert not gone["original_fetched"] and "retention" in gone["original_missing"]
+    assert gone["original_prefix_only"] and gone["original_base64"].endswith("...")
+    other = as_json(Entry(0, 5, dl), {where: b"something else"})
+    assert "SHA-256 differs" in other["original_missing"]
