@@ -112,7 +112,7 @@ async def test_no_poison_record_stalls_its_partition(spawn, names):
             key,
             False,
             "invalid_request",
-            None,  # cut at 999 KB: not JSON any more, so no id to answer
+            "p-999kb",  # cut at 999 KB: not JSON, but its id and client are still read
         ),
         "999kb-json": (
             sized(999 * 1024, "p-999kb-json", client, kind="bogus"),
@@ -198,6 +198,7 @@ async def test_no_poison_record_stalls_its_partition(spawn, names):
         f"lost {len(lost)} {lost}, duplicated {len(duplicated)} {duplicated}"
     )
     assert not lost and not duplicated
+    assert set(got) == answered_ids, set(got) ^ answered_ids  # no reply to anyone else
     assert ok == len(good)
 
     for pos, name in sources.items():

@@ -8,6 +8,8 @@ import time
 
 import orjson
 from faust.types import TP
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from schemas.types import Reply, Request
 from streams.settings import Settings
@@ -246,3 +248,58 @@ async def test_a_slow_request_within_its_deadline_is_not_a_stall():
     (ev,) = d.check_commits(now + 61_000)  # past its deadline and still not finished
     assert isinstance(ev, Stalled) and ev.cause == "serving"
     await d.stop(grace_s=10)
+
+
+RECORDS = st.lists(
+    st.one_of(
+        st.binary(max_size=2000),
+        st.builds(
+            lambda rid, cid, reply_to, kind, depth: orjson.dumps(
+                {
+                    "id": rid,
+                    "client_id": cid,
+                    "kind": kind,
+                    "model": "default",
+                    "body": {"messages": [{"role": "user", "content": "x"}]}
+                    | ({"deep": orjson.loads(b"[" * depth + b"]" * depth)} if depth else {}),
+                    **({"reply_to": reply_to} if reply_to is not None else {}),
+                }
+            ),
+            st.uuids().map(str),
+            st.sampled_from(["c", "", "c" * 129, "a b"]),
+            st.sampled_from(
+                [None, "turnout.replies.", "turnout.replies.c", "x", "turnout.replies.a b"]
+            ),
+            st.sampled_from(["chat", "embeddings", "nope"]),
+            st.sampled_from([0, 70, 200]),
+        ),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=RECORDS)
+def test_every_record_ends_in_a_reply_or_a_dead_letter_and_commits(values):
+    """Whatever the records, each offset finishes with a reply or a dead letter, in order."""
+
+    async def run():
+        d, broker = make()
+        acked = await submit_all(d, [raw_record(i, v) for i, v in enumerate(values)])
+        await d.stop(grace_s=10)
+        return d, broker, acked
+
+    d, broker, acked = asyncio.run(run())
+    assert sorted(acked) == list(range(len(values)))
+    assert d.committable(TP0) == len(values)
+    lettered = [dl.source.offset for dl in broker.dead_letters]
+    assert len(lettered) == len(set(lettered))  # one dead letter per record at most
+    replied = {r.id for _, r in broker.replies}
+    for offset, value in enumerate(values):
+        if offset in lettered:
+            continue
+        # not dead-lettered: then it was a valid request, and it was answered
+        assert orjson.loads(value)["id"] in replied, value[:200]
+    for topic, _ in broker.replies:
+        assert topic == "turnout.replies.c"  # the only valid reply topic in these records
