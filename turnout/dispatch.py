@@ -115,6 +115,8 @@ class Dispatcher:
         )
         self._rng = rng or random.Random()
         self._stages: dict[TP, dict[int, Stage]] = defaultdict(dict)
+        self._watched: set[TP] = set()
+        """Partitions whose records ran here: the stall watch looks at their trackers."""
         self._stalls = StallWatch(stall_ms=int(settings.commit_stall_s * 1000))
         self.skipped = 0
         self.redelivered = 0
@@ -145,9 +147,13 @@ class Dispatcher:
     def commit_heads(self) -> list[Head]:
         """What holds each tracked partition's commit point, for the stall watch."""
         heads = []
-        for tp, tracker in list(self._trackers.items()):
+        for tp in list(self._watched):
+            tracker = self._trackers.get(tp)
+            if tracker is None:  # not this worker's partition any more
+                self._watched.discard(tp)
+                continue
             offset = tracker.committable
-            if offset is None or tp.topic != self._settings.request_topic:
+            if offset is None:
                 continue
             stage = self._stages.get(tp, {}).get(offset)
             if stage is not None:
@@ -334,6 +340,7 @@ class Dispatcher:
         _stage.set(stage)
         _replied.set(False)
         self._stages[tp][record.offset] = stage
+        self._watched.add(tp)
         try:
             try:
                 if isinstance(outcome, Rejected):

@@ -80,6 +80,15 @@ def request(offset, rid=None, **over):
     return raw_record(offset, req.to_wire())
 
 
+def own(d):
+    """``d`` owns TP0 from offset 0: a dispatcher with anchored trackers (issue 12, point 1)
+    serves only partitions it was assigned. (Before that change there is nothing to do.)"""
+    if hasattr(d, "anchor"):
+        d.assigned({TP0})
+        d.anchor({TP0: 0})
+    return d
+
+
 def make(client=None, broker=None, **settings):
     broker = broker or Broker()
     d = Dispatcher(
@@ -88,7 +97,7 @@ def make(client=None, broker=None, **settings):
         client=client or ScriptedBackendClient(),
         publisher=broker,
     )
-    return d, broker
+    return own(d), broker
 
 
 async def submit_all(d, records):
