@@ -397,7 +397,10 @@ class Dispatcher:
             rid, cid, reply_to = outcome.request.id, outcome.request.client_id, outcome.reply_to
         else:
             rid, cid, reply_to = outcome.request_id, outcome.client_id, outcome.reply_to
-        if _replied.get() or isinstance(error, ReplyUnpublishable):
+        if _replied.get():
+            reply_to = None  # the client has its final reply; the operator learns of the failure
+            error = error.with_message(f"{error.message} (after its final reply was published)")
+        elif isinstance(error, ReplyUnpublishable):
             reply_to = None
         await self._reject(record, Rejected(error, rid, cid, reply_to))
 
