@@ -312,3 +312,19 @@ def test_every_record_ends_in_a_reply_or_a_dead_letter_and_commits(values):
         assert orjson.loads(value)["id"] in replied, value[:200]
     for topic, _ in broker.replies:
         assert topic == "turnout.replies.c"  # the only valid reply topic in these records
+
+
+async def test_a_bug_after_the_final_reply_is_dead_lettered_without_a_second_reply():
+    """The client keeps its one (ok) reply; the dead letter says the reply was out."""
+    d, broker = make()
+
+    def broken(*args, **kwargs):
+        raise ValueError("metrics bug")
+
+    d.metrics.request_completed = broken
+    acked = await submit_all(d, [request(0)])
+    await d.stop(grace_s=10)
+    assert [r.status for _, r in broker.replies] == ["ok"]
+    (dl,) = broker.dead_letters
+    assert dl.code == "internal_error" and "after its final reply was published" in dl.reason
+    assert acked == [0] and d.committable(TP0) == 1
