@@ -471,15 +471,18 @@ class Dispatcher:
             try:
                 letter = await self._publish_first(forms, record)
                 break
-            except PublishFailed as exc:
+            except Exception as exc:  # the last resort: whatever fails, try again later
                 log.error(
                     "dead_letter_unpublishable",
                     partition=record.partition,
                     offset=record.offset,
-                    error=str(exc),
+                    error=str(exc) or type(exc).__name__,
                     retry_in_s=round(delay, 1),
                 )
-                _set_stage("dead_letter_unpublishable", f"the dead letter is refused: {exc}")
+                _set_stage(
+                    "dead_letter_unpublishable",
+                    f"the dead letter is refused: {str(exc) or type(exc).__name__}",
+                )
                 await asyncio.sleep(delay * (0.5 + self._rng.random()))
                 delay = min(delay * 2, 60.0)
         if letter.original is not None:

@@ -44,6 +44,13 @@ def sized(size: int, rid: str, client: str, **over: object) -> bytes:
     return request_bytes(rid, client, metadata={"pad": "z" * (size - bare)}, **over)
 
 
+def get_text(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=3) as r:
+        return r.read().decode()
+
+
 def nested(levels: int) -> bytes:
     return b'{"a":' * levels + b"1" + b"}" * levels
 
@@ -250,3 +257,61 @@ async def test_no_poison_record_stalls_its_partition(spawn, names):
 
     for bad in ("request_failed_internally", "commit_stalled", "dead_letter_unpublishable"):
         assert not events(worker, bad), bad
+
+
+async def test_a_dead_letter_the_broker_refuses_holds_the_partition_and_is_reported(spawn, names):
+    """With an unusable dead-letter topic nothing is dropped: commits stop at the poison
+    record, later requests are answered, and commit_stalled names partition, offset, cause."""
+    from tests.integration.harness import free_port
+
+    backend = spawn.backend()
+    client = unique("c")
+    reply_topic = f"turnout.replies.{client}"
+    port = free_port()
+    await ensure_topics(BOOTSTRAP, [names.request_topic], 1)
+    await ensure_topics(BOOTSTRAP, [reply_topic], 1)
+    worker = spawn.worker(
+        config_for(("b", "openai", backend.url)),
+        app_id=names.app_id,
+        request_topic=names.request_topic,
+        partitions=1,
+        extra_env={
+            # an illegal topic name: every dead letter is refused, as by a missing ACL
+            "TURNOUT_DEAD_LETTER_TOPIC": "it.dlq/not allowed",
+            "TURNOUT_COMMIT_STALL_S": "3",
+            "TURNOUT_WEB_PORT": str(port),
+        },
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+    await producer.start()
+    try:
+        poison = await producer.send_and_wait(names.request_topic, b"\x00garbage", key=b"k")
+        good = [f"g{i}" for i in range(3)]
+        for rid in good:
+            await producer.send_and_wait(
+                names.request_topic, chat_request(rid, client, "hi").to_wire(), key=client.encode()
+            )
+    finally:
+        await producer.stop()
+    got = (await collect_replies({reply_topic: set(good)}, 90))[reply_topic]
+    assert all(got[rid][0].status == "ok" for rid in good)
+
+    stalled: list[dict] = []
+    for _ in range(120):
+        stalled = events(worker, "commit_stalled")
+        if stalled:
+            break
+        await asyncio.sleep(0.5)
+    print(f"\nstall drill: sent 4, answered {len(got)}, stalled {stalled}")
+    (line,) = stalled
+    assert (line["partition"], line["offset"], line["cause"]) == (
+        0,
+        poison.offset,
+        "dead_letter_unpublishable",
+    )
+    assert line["done_behind"] == 3
+    assert events(worker, "dead_letter_unpublishable")
+    metrics = get_text(f"http://127.0.0.1:{port}/metrics")
+    assert 'turnout_commit_stalled_seconds{cause="dead_letter_unpublishable"' in metrics
+    committed = await committed_offsets(names.app_id, names.request_topic)
+    assert committed.get(0, 0) <= poison.offset  # the poison record stays in Kafka
