@@ -219,10 +219,11 @@ def salvage_reply_address(raw: bytes) -> ReplyAddress | None:
     never goes to a topic named after a value the contract forbids. Works on any
     bytes, also on JSON nested too deeply to parse (the top level is scanned).
     """
+    complete = True
     try:
         obj = orjson.loads(raw)
     except (orjson.JSONDecodeError, RecursionError):
-        obj = _top_level_strings(raw)
+        obj, complete = _top_level_strings(raw)
     if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
         return None
     client_id = obj.get("client_id")
@@ -232,7 +233,9 @@ def salvage_reply_address(raw: bytes) -> ReplyAddress | None:
         obj["id"][:256],
         client_id if isinstance(client_id, str) and _CLIENT_ID.match(client_id) else None,
         reply_to if reply_ok else None,
-        reply_to_invalid=reply_to is not None and not reply_ok,
+        # a scan cut short may have missed a reply_to: then reply nowhere, not to a default
+        reply_to_invalid=(reply_to is not None and not reply_ok)
+        or (reply_to is None and not complete),
     )
 
 
@@ -240,24 +243,30 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}\Z")
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:,]')
 _SALVAGED = ("id", "client_id", "reply_to")
+_MAX_TOKENS = 50_000
+"""Scanning stops here (about 50 ms on a shared 2-core VM): a poison record must not
+hold the event loop for long. 10,000 levels of nesting take some 40,000 tokens."""
 
 
-def _top_level_strings(raw: bytes) -> dict[str, str] | None:
-    """The top-level string members named in ``_SALVAGED`` of a JSON object, by scanning.
+def _top_level_strings(raw: bytes) -> tuple[dict[str, str] | None, bool]:
+    """The top-level string members named in ``_SALVAGED`` of a JSON object, by scanning,
+    and whether the scan saw the whole document.
 
     For documents a parser refuses (nested deeper than it recurses): iterative, so
-    any depth is fine. Returns None unless ``raw`` starts with ``{``.
+    any depth is fine. None unless ``raw`` starts with ``{``.
 
     >>> _top_level_strings(b'{"id": "r1", "body": [[[{"id": "no"}]]], "client_id": "c"}')
-    {'id': 'r1', 'client_id': 'c'}
+    ({'id': 'r1', 'client_id': 'c'}, True)
     """
     if not raw.lstrip().startswith(b"{"):
-        return None
+        return None, True
     out: dict[str, str] = {}
     depth = 0
     key: str | None = None
     expect = "key"  # at depth 1: key -> colon -> value -> comma -> key
-    for m in _TOKEN.finditer(raw):
+    for n, m in enumerate(_TOKEN.finditer(raw)):
+        if n >= _MAX_TOKENS:
+            return out, False
         tok = m.group()
         if tok in (b"{", b"["):
             depth += 1
@@ -281,8 +290,10 @@ def _top_level_strings(raw: bytes) -> dict[str, str] | None:
             value = _string(tok)
             if key in _SALVAGED and value is not None and key not in out:
                 out[key] = value
+                if len(out) == len(_SALVAGED):
+                    return out, True
             expect = "comma"
-    return out
+    return out, True
 
 
 def _string(tok: bytes) -> str | None:

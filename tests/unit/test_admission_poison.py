@@ -204,3 +204,12 @@ def test_salvage_never_raises(prefix, depth, tail):
     """Reading a reply address out of broken, deeply nested bytes never raises."""
     salvage_reply_address(prefix + b"[" * depth + tail)
     salvage_reply_address(b'{"id":"x",' + b'"a":{' * depth + tail)
+
+
+def test_a_reply_to_beyond_the_scanned_part_is_not_replaced_by_a_default():
+    """When the scan of a too-deep request stops early, nobody is answered rather than
+    the client's default topic instead of the reply_to it may name further on."""
+    head = orjson.dumps(good())[:-2]
+    value = head + b',"x":' + nested(30_000) + b'},"reply_to":"turnout.replies.mine"}'
+    out = run(value)
+    assert isinstance(out, Rejected) and out.request_id == "r1" and out.reply_to is None
