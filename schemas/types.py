@@ -9,6 +9,7 @@ mapping because it is the backend protocol's business.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -54,6 +55,11 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidRequest(f"request does not match the schema: {exc}") from None
         except msgspec.DecodeError as exc:
             raise InvalidRequest(f"request is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidRequest(
+                "request is nested too deeply to decode (hundreds of levels of objects or "
+                "arrays); flatten it"
+            ) from None
 
     def to_wire(self) -> bytes:
         return _encoder.encode(self)
@@ -148,16 +154,41 @@ class Source(msgspec.Struct, frozen=True, kw_only=True):
     timestamp_ms: int | None = None
 
 
+class Original(msgspec.Struct, frozen=True, kw_only=True):
+    """An original record too large to copy into its dead letter: how to find and check it.
+
+    The record itself stays in its source topic (``DeadLetter.source``) while that
+    topic's retention keeps it; ``turnout dlq show`` fetches it from there.
+    """
+
+    value_bytes: int
+    """Size of the original value."""
+    value_sha256: str
+    """SHA-256 of the original value, hex."""
+    value_prefix: bytes
+    """The first bytes of the original value (bounded), base64 in JSON."""
+    key_bytes: int = 0
+    """Size of the original key (0 when there was none)."""
+    key_sha256: str | None = None
+    """SHA-256 of the original key, hex, when the key too was too large to copy."""
+
+
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """A record turnout could not process, on ``turnout.dead-letter``."""
+    """A record turnout could not process, on ``turnout.dead-letter``.
+
+    Either the original is copied (``value``, and ``key``) or, when the copy would not
+    fit in one Kafka message, it is referenced (``original``): fetch it from ``source``.
+    """
 
     code: str
     reason: str
     source: Source
     key: bytes | None
-    """The original key, base64 in JSON."""
-    value: bytes
-    """The original value, base64 in JSON, byte for byte."""
+    """The original key, base64 in JSON (None when it had none or is referenced)."""
+    value: bytes | None = None
+    """The original value, base64 in JSON, byte for byte; None when ``original`` is set."""
+    original: Original | None = None
+    """Set instead of ``value`` when the original was too large to copy."""
     request_id: str | None = None
     client_id: str | None = None
     dead_lettered_at_ms: int
@@ -176,26 +207,101 @@ class ReplyAddress(msgspec.Struct, frozen=True):
     id: str
     client_id: str | None
     reply_to: str | None
+    reply_to_invalid: bool = False
+    """A ``reply_to`` was given but breaks the schema: reply nowhere, not to a default."""
 
 
 def salvage_reply_address(raw: bytes) -> ReplyAddress | None:
     """Pick ``id``, ``client_id`` and ``reply_to`` out of a request that failed validation.
 
     Returns None when not even a string ``id`` can be found: then nobody can be told.
+    A ``client_id`` or ``reply_to`` that breaks the schema is dropped (None): a reply
+    never goes to a topic named after a value the contract forbids. Works on any
+    bytes, also on JSON nested too deeply to parse (the top level is scanned).
     """
+    complete = True
     try:
         obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
+    except (orjson.JSONDecodeError, RecursionError):
+        obj, complete = _top_level_strings(raw)
     if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
         return None
     client_id = obj.get("client_id")
     reply_to = obj.get("reply_to")
+    reply_ok = isinstance(reply_to, str) and _TOPIC.match(reply_to) is not None
     return ReplyAddress(
         obj["id"][:256],
-        client_id if isinstance(client_id, str) else None,
-        reply_to if isinstance(reply_to, str) else None,
+        client_id if isinstance(client_id, str) and _CLIENT_ID.match(client_id) else None,
+        reply_to if reply_ok else None,
+        # a scan cut short may have missed a reply_to: then reply nowhere, not to a default
+        reply_to_invalid=(reply_to is not None and not reply_ok)
+        or (reply_to is None and not complete),
     )
+
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}\Z")
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:,]')
+_SALVAGED = ("id", "client_id", "reply_to")
+_MAX_TOKENS = 50_000
+"""Scanning stops here (about 50 ms on a shared 2-core VM): a poison record must not
+hold the event loop for long. 10,000 levels of nesting take some 40,000 tokens."""
+
+
+def _top_level_strings(raw: bytes) -> tuple[dict[str, str] | None, bool]:
+    """The top-level string members named in ``_SALVAGED`` of a JSON object, by scanning,
+    and whether the scan saw the whole document.
+
+    For documents a parser refuses (nested deeper than it recurses): iterative, so
+    any depth is fine. None unless ``raw`` starts with ``{``.
+
+    >>> _top_level_strings(b'{"id": "r1", "body": [[[{"id": "no"}]]], "client_id": "c"}')
+    ({'id': 'r1', 'client_id': 'c'}, True)
+    """
+    if not raw.lstrip().startswith(b"{"):
+        return None, True
+    out: dict[str, str] = {}
+    depth = 0
+    key: str | None = None
+    expect = "key"  # at depth 1: key -> colon -> value -> comma -> key
+    for n, m in enumerate(_TOKEN.finditer(raw)):
+        if n >= _MAX_TOKENS:
+            return out, False
+        tok = m.group()
+        if tok in (b"{", b"["):
+            depth += 1
+            if depth == 2:
+                expect = "comma"
+            continue
+        if tok in (b"}", b"]"):
+            depth -= 1
+            if depth <= 0:
+                break
+            continue
+        if depth != 1:
+            continue
+        if tok == b",":
+            expect, key = "key", None
+        elif tok == b":":
+            expect = "value" if expect == "colon" else "comma"
+        elif expect == "key":
+            key, expect = _string(tok), "colon"
+        elif expect == "value":
+            value = _string(tok)
+            if key in _SALVAGED and value is not None and key not in out:
+                out[key] = value
+                if len(out) == len(_SALVAGED):
+                    return out, True
+            expect = "comma"
+    return out, True
+
+
+def _string(tok: bytes) -> str | None:
+    try:
+        value = orjson.loads(tok)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 _encoder = msgspec.json.Encoder()

@@ -64,6 +64,26 @@ class Settings:
     max_request_bytes: int = setting(
         "TURNOUT_MAX_REQUEST_BYTES", 1_048_576, "Larger request records are dead-lettered."
     )
+    max_request_depth: int = setting(
+        "TURNOUT_MAX_REQUEST_DEPTH",
+        64,
+        "Deepest nesting of objects/arrays in a request body (the body counts as 1); "
+        "deeper requests are dead-lettered. At most 200 (encoders refuse past 255).",
+    )
+    dead_letter_max_bytes: int = setting(
+        "TURNOUT_DEAD_LETTER_MAX_BYTES",
+        900_000,
+        "Largest dead letter that copies its original; a larger one references the original "
+        "in its source topic instead (size, sha256, a prefix). Keep it below the producer's "
+        "1,000,000-byte limit and the dead-letter topic's max.message.bytes.",
+    )
+    commit_stall_s: float = setting(
+        "TURNOUT_COMMIT_STALL_S",
+        60.0,
+        "A partition whose commit point has not moved for this long while later records are "
+        "done (and the record holding it is past its deadline) logs commit_stalled and sets "
+        "turnout_commit_stalled_seconds. 0: off.",
+    )
     default_timeout_ms: int = setting(
         "TURNOUT_DEFAULT_TIMEOUT_MS", 300_000, "Deadline of a request that names none."
     )
@@ -138,6 +158,15 @@ class Settings:
     def validate(self) -> None:
         if self.max_in_flight < 1:
             raise ValueError(f"TURNOUT_MAX_IN_FLIGHT must be at least 1, got {self.max_in_flight}")
+        if not 2 <= self.max_request_depth <= 200:
+            raise ValueError(
+                f"TURNOUT_MAX_REQUEST_DEPTH must be 2..200, got {self.max_request_depth}"
+            )
+        if self.dead_letter_max_bytes < 4096:
+            raise ValueError(
+                f"TURNOUT_DEAD_LETTER_MAX_BYTES must be at least 4096, got "
+                f"{self.dead_letter_max_bytes}"
+            )
         if self.request_partitions < 1:
             raise ValueError("TURNOUT_REQUEST_PARTITIONS must be at least 1")
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -1,8 +1,14 @@
 """Turn a raw request record into work, or into a precise rejection. Pure: no I/O.
 
-``admit(record, ...)`` checks, in order: size, JSON and schema, that the record
-is keyed by its ``client_id`` (exact per-client state depends on it), the reply
-topic, the body's shape for its kind, the model, and the deadline.
+``admit(record, ...)`` checks, in order: size, JSON and schema, nesting depth,
+that the record is keyed by its ``client_id`` (exact per-client state depends on
+it), the reply topic, the body's shape for its kind, the model, and the deadline.
+
+It never raises, whatever the bytes (a hypothesis fuzz checks it): a record that
+cannot become work becomes a ``Rejected``. A rejection names a reply topic only
+when that topic is valid for the request: the prefix and a non-empty, legal
+suffix, from a schema-valid ``client_id`` or ``reply_to``. Anything else would
+make turnout invent a topic; such requests are dead-lettered without a reply.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from turnout import rules
 from turnout.config import Config, Route
 from turnout.errors import (
     DeadlineExceeded,
+    InternalError,
     InvalidReplyTopic,
     InvalidRequest,
     RateLimited,
+    ReplyUnpublishable,
     RequestError,
     RequestTooLarge,
     RouteNotAllowed,
@@ -68,8 +76,8 @@ class Rejected:
 
     @property
     def dead_letter(self) -> bool:
-        """Malformed input goes to the dead-letter topic; a late request does not."""
-        return isinstance(self.error, RequestError)
+        """Malformed input and records turnout failed on are dead-lettered; a late request not."""
+        return isinstance(self.error, (RequestError, InternalError, ReplyUnpublishable))
 
 
 _BODY_FIELD = {"chat": "messages", "completion": "prompt", "embeddings": "input"}
@@ -91,11 +99,22 @@ def admit(
         request = Request.from_wire(record.value)
     except InvalidRequest as exc:
         return _reject(record, settings, exc)
+    depth = nesting_depth(request.body, settings.max_request_depth)
+    if depth > settings.max_request_depth:
+        return _reject(
+            record,
+            settings,
+            InvalidRequest(
+                f"the request's body is nested more than {depth - 1} levels deep; the limit "
+                f"is {settings.max_request_depth - 1} (TURNOUT_MAX_REQUEST_DEPTH counts the "
+                "body itself too); flatten it"
+            ),
+        )
 
     reply_to = request.reply_to or settings.reply_topic_for(request.client_id)
     problem = _check(request, record, reply_to, settings)
     if problem is not None:
-        ok_reply_to = reply_to if reply_to.startswith(settings.reply_prefix) else None
+        ok_reply_to = reply_to if valid_reply_topic(reply_to, settings) else None
         return Rejected(problem, request.id, request.client_id, ok_reply_to)
 
     resolved = config.resolve(request.model)
@@ -204,10 +223,11 @@ def _check(
             f"the record's key is {key!r} but client_id is {request.client_id!r}; publish "
             "requests keyed by client_id so per-client limits and dedupe stay exact"
         )
-    if not reply_to.startswith(settings.reply_prefix):
+    if not valid_reply_topic(reply_to, settings):
         return InvalidReplyTopic(
-            f"reply_to {reply_to!r} must start with {settings.reply_prefix!r} "
-            "(TURNOUT_REPLY_PREFIX); omit it to use the default reply topic"
+            f"reply_to {reply_to[:300]!r} must be {settings.reply_prefix!r} "
+            "(TURNOUT_REPLY_PREFIX) followed by at least one of A-Z a-z 0-9 . _ -, "
+            f"{_MAX_TOPIC} characters in all; omit it to use the default reply topic"
         )
     field = _BODY_FIELD[request.kind]
     value: Any = request.body.get(field)
@@ -224,18 +244,70 @@ def _check(
     return None
 
 
+def refuse(record: Record, settings: Settings, error: TurnoutError) -> Rejected:
+    """Reject ``record`` with ``error``, addressed to whatever valid reply topic it names."""
+    return _reject(record, settings, error)
+
+
 def _reject(record: Record, settings: Settings, error: TurnoutError) -> Rejected:
     address = salvage_reply_address(record.value)
     if address is None:
         return Rejected(error, None, None, None)
+    # salvage keeps client_id and reply_to only when they match the schema
     reply_to = address.reply_to
-    if reply_to is None and address.client_id is not None:
+    if reply_to is None and address.client_id is not None and not address.reply_to_invalid:
         reply_to = settings.reply_topic_for(address.client_id)
-    if reply_to is not None and not _valid_reply_topic(reply_to, settings):
+    if reply_to is not None and not valid_reply_topic(reply_to, settings):
         reply_to = None
     return Rejected(error, address.id, address.client_id, reply_to)
 
 
-def _valid_reply_topic(name: str, settings: Settings) -> bool:
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-    return name.startswith(settings.reply_prefix) and len(name) <= 249 and set(name) <= allowed
+_MAX_TOPIC = 249
+_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def valid_reply_topic(name: str, settings: Settings) -> bool:
+    """A reply topic turnout may publish to: the prefix, then a non-empty legal suffix.
+
+    >>> s = Settings()
+    >>> [valid_reply_topic(t, s) for t in ("turnout.replies.c1", "turnout.replies.", "x.c1")]
+    [True, False, False]
+    >>> longest = "turnout.replies." + "a" * 233
+    >>> valid_reply_topic(longest, s), valid_reply_topic(longest + "a", s)
+    (True, False)
+    """
+    prefix = settings.reply_prefix
+    return (
+        name.startswith(prefix)
+        and len(prefix) < len(name) <= _MAX_TOPIC
+        and set(name) <= _TOPIC_CHARS
+        and name not in (".", "..")
+    )
+
+
+def nesting_depth(value: object, limit: int) -> int:
+    """How deeply dicts and lists nest in ``value`` (a scalar is 0); stops counting past ``limit``.
+
+    Iterative, so no depth can overflow the stack; the encoders turnout uses refuse
+    past 255 levels (orjson), so requests are held well below that.
+
+    >>> nesting_depth({"a": [1, {"b": []}]}, 10), nesting_depth("x", 10), nesting_depth([[[[]]]], 2)
+    (4, 0, 3)
+    """
+    depth = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children: Any
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if level > depth:
+            depth = level
+            if depth > limit:
+                return depth
+        stack.extend((c, level + 1) for c in children if isinstance(c, (dict, list)))
+    return depth

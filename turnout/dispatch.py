@@ -16,11 +16,21 @@ only requests of partitions that moved to another worker are cancelled (``assign
 and their new owner serves them again (a repeat carries the same id). A record that
 reaches ``submit`` for a partition this worker no longer tracks is dropped unserved:
 it was read under an earlier assignment, and its partition's owner reads it again.
+
+No record may hold its partition forever. Transient broker failures are retried
+by the publisher with backoff; anything else that fails in a record's path ends
+in a dead letter (``internal_error``, ``reply_unpublishable``) and the offset is
+finished. A dead letter too large for Kafka references its original instead
+(``turnout.deadletter``). What holds each partition's commit point is watched
+(``check_commits``, ``turnout.stall``): a point stuck while later records are
+done logs ``commit_stalled`` with the partition, offset and cause.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import random
 import time
 from collections import defaultdict
@@ -29,19 +39,22 @@ from collections.abc import Callable, Iterable, Mapping
 import orjson
 from faust.types import TP
 
-from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Source, Timings
+from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Timings
 from streams.settings import Settings
 from streams.tables import MemoryTable, StateTable, done_key
 from turnout import logs
-from turnout.admission import Admitted, Record, Rejected, admit, charge
+from turnout.admission import Admitted, Record, Rejected, admit, charge, refuse
 from turnout.backends import BackendClient
 from turnout.backends.streaming import accumulate
 from turnout.chooser import Chooser
 from turnout.config import Config
+from turnout.deadletter import dead_letter_for
 from turnout.errors import (
     BackendError,
     BackendUnavailable,
     DeadlineExceeded,
+    InternalError,
+    ReplyUnpublishable,
     TurnoutError,
 )
 from turnout.health.book import HealthBook
@@ -49,8 +62,30 @@ from turnout.metrics import Metrics
 from turnout.offsets import OffsetTracker, Trackers
 from turnout.publisher import Publisher, PublishFailed
 from turnout.routing import Decision, retry_delay_s
+from turnout.slots import SlotLease, SlotPool
+from turnout.stall import Head, Resumed, Stalled, StallWatch
 
 log = logs.get("turnout.request")
+
+
+@dataclasses.dataclass(slots=True)
+class Stage:
+    """What a record's task is doing now: why its offset is not finished yet."""
+
+    cause: str
+    detail: str
+    deadline_ms: int | None = None
+
+
+_stage: contextvars.ContextVar[Stage | None] = contextvars.ContextVar("stage", default=None)
+_replied: contextvars.ContextVar[bool] = contextvars.ContextVar("replied", default=False)
+"""Each request runs in its own task, hence its own copy of these."""
+
+
+def _set_stage(cause: str, detail: str) -> None:
+    stage = _stage.get()
+    if stage is not None:
+        stage.cause, stage.detail = cause, detail
 
 
 def _now_ms() -> int:
@@ -91,6 +126,10 @@ class Dispatcher:
             settings=settings, config=config, health=health, metrics=self.metrics, rng=rng
         )
         self._rng = rng or random.Random()
+        self._stages: dict[TP, dict[int, Stage]] = defaultdict(dict)
+        self._watched: set[TP] = set()
+        """Partitions whose records ran here: the stall watch looks at their trackers."""
+        self._stalls = StallWatch(stall_ms=int(settings.commit_stall_s * 1000))
         self.skipped = 0
         self.redelivered = 0
         self.stale = 0
@@ -148,6 +187,58 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         return len(tasks)
+
+    def commit_heads(self) -> list[Head]:
+        """What holds each tracked partition's commit point, for the stall watch."""
+        heads = []
+        for tp in list(self._watched):
+            tracker = self._trackers.get(tp)
+            if tracker is None:  # not this worker's partition any more
+                self._watched.discard(tp)
+                continue
+            offset = tracker.committable
+            if offset is None:
+                continue
+            stage = self._stages.get(tp, {}).get(offset)
+            if stage is not None:
+                cause, detail, busy = stage.cause, stage.detail, stage.deadline_ms
+            elif tracker.done_waiting:
+                cause, busy = "not_delivered", None
+                detail = (
+                    "the record was never handed to the worker (skipped by the consumer, or "
+                    "unreadable): the partition is read again from it"
+                )
+            else:  # nothing waits for it: it is just the next record to read
+                cause, detail, busy = "none", "", None
+            heads.append(Head(tp.partition, offset, tracker.done_waiting, cause, detail, busy))
+        return heads
+
+    def check_commits(self, now_ms: int) -> list[Stalled | Resumed]:
+        """Report commit points that stopped moving (log and metric); return what changed."""
+        events = self._stalls.observe(self.commit_heads(), now_ms=now_ms)
+        for ev in events:
+            if isinstance(ev, Stalled):
+                log.error(
+                    "commit_stalled",
+                    partition=ev.partition,
+                    offset=ev.offset,
+                    cause=ev.cause,
+                    detail=ev.detail,
+                    stalled_s=round(ev.stalled_ms / 1000, 1),
+                    done_behind=ev.done_behind,
+                )
+            else:
+                self.metrics.commit_resumed(ev.partition)
+                log.info(
+                    "commit_resumed",
+                    partition=ev.partition,
+                    offset=ev.offset,
+                    stalled_s=round(ev.stalled_ms / 1000, 1),
+                )
+        for partition, st in self._stalls.stalled.items():
+            seconds = self._stalls.stalled_for_ms(partition, now_ms) / 1000
+            self.metrics.commit_stalled(partition, st.offset, st.cause, seconds)
+        return events
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Let in-flight requests finish for ``grace_s``, then cancel the rest."""
@@ -236,7 +327,23 @@ class Dispatcher:
     async def _admit(
         self, tracker: OffsetTracker, record: Record, ack: Callable[[], object]
     ) -> tuple[Admitted | Rejected | None, int]:
-        """Admission, dedupe and rate limits; (None, 0) when the record needs no work."""
+        """Admission, dedupe and rate limits; (None, 0) when the record needs no work.
+
+        Never raises: a failure here becomes an ``internal_error`` dead letter.
+        """
+        try:
+            return await self._admit_or_raise(tracker, record, ack)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception(
+                "request_admission_failed", partition=record.partition, offset=record.offset
+            )
+            return refuse(record, self._settings, _internal(exc, "admitting the record")), 0
+
+    async def _admit_or_raise(
+        self, tracker: OffsetTracker, record: Record, ack: Callable[[], object]
+    ) -> tuple[Admitted | Rejected | None, int]:
         outcome = admit(record, config=self._config, settings=self._settings, now_ms=_now_ms())
         if isinstance(outcome, Rejected):
             return outcome, 0
@@ -293,26 +400,76 @@ class Dispatcher:
         lease: SlotLease,
         hold_ms: int = 0,
     ) -> None:
+        tp = TP(record.topic, record.partition)
+        deadline = outcome.deadline_ms if isinstance(outcome, Admitted) else None
+        stage = Stage("serving", "serving the request", deadline)
+        _stage.set(stage)
+        _replied.set(False)
+        self._stages[tp][record.offset] = stage
+        self._watched.add(tp)
         try:
-            if isinstance(outcome, Rejected):
-                await self._reject(record, outcome)
-            else:
-                if not lease.held:  # a reservation takes its slot when its turn comes
-                    await asyncio.sleep(hold_ms / 1000)
-                    await lease.acquire()
-                await self._serve(record, outcome, lease)
+            try:
+                if isinstance(outcome, Rejected):
+                    await self._reject(record, outcome)
+                else:
+                    if not lease.held:  # a reservation takes its slot when its turn comes
+                        stage.cause, stage.detail = "rate_limit_wait", "waiting for its rate limit"
+                        await asyncio.sleep(hold_ms / 1000)
+                        await lease.acquire()
+                    stage.cause, stage.detail = "serving", "serving the request"
+                    await self._serve(record, outcome, lease)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._fail(record, outcome, exc)
             tracker.finish(record.offset)
             ack()
         except asyncio.CancelledError:
+            self._forget_stage(tp, record.offset)
             raise
         except Exception:
-            # A bug, not bad input: keep the request in Kafka (its offset is not
-            # finished) and say so loudly; the worker itself keeps going.
+            # Only a bug in the failure path itself gets here: the offset stays
+            # unfinished (the request stays in Kafka) and check_commits reports it.
+            stage.cause, stage.detail = "internal_error", "failed, and could not be dead-lettered"
+            stage.deadline_ms = None
             log.exception(
                 "request_failed_internally", offset=record.offset, partition=record.partition
             )
+            return  # the stage stays, naming the cause of the stall
         finally:
             lease.release()
+        self._forget_stage(tp, record.offset)
+
+    def _forget_stage(self, tp: TP, offset: int) -> None:
+        stages = self._stages.get(tp)
+        if stages is not None:
+            stages.pop(offset, None)
+            if not stages:
+                del self._stages[tp]
+
+    async def _fail(self, record: Record, outcome: Admitted | Rejected, exc: Exception) -> None:
+        """Something other than bad input failed: dead-letter the record with the reason.
+
+        An error reply goes to the client too, unless a final reply is already out.
+        """
+        if isinstance(exc, TurnoutError):
+            error: TurnoutError = exc
+            log.warning(
+                "request_failed", code=exc.code, offset=record.offset, partition=record.partition
+            )
+        else:
+            log.exception("request_failed", offset=record.offset, partition=record.partition)
+            error = _internal(exc, _stage_detail())
+        if isinstance(outcome, Admitted):
+            rid, cid, reply_to = outcome.request.id, outcome.request.client_id, outcome.reply_to
+        else:
+            rid, cid, reply_to = outcome.request_id, outcome.client_id, outcome.reply_to
+        if _replied.get():
+            reply_to = None  # the client has its final reply; the operator learns of the failure
+            error = error.with_message(f"{error.message} (after its final reply was published)")
+        elif isinstance(error, ReplyUnpublishable):
+            reply_to = None
+        await self._reject(record, Rejected(error, rid, cid, reply_to))
 
     async def _reject(self, record: Record, rejected: Rejected) -> None:
         err = rejected.error
@@ -320,36 +477,26 @@ class Dispatcher:
             self.metrics.rate_limited()
         if rejected.dead_letter:
             self.metrics.dead_lettered(err.code)
-            await self._publisher.dead_letter(
-                DeadLetter(
-                    code=err.code,
-                    reason=err.message,
-                    source=Source(
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        timestamp_ms=record.timestamp_ms,
-                    ),
-                    key=record.key,
-                    value=record.value,
-                    request_id=rejected.request_id,
-                    client_id=rejected.client_id,
-                    dead_lettered_at_ms=_now_ms(),
-                )
-            )
+            await self._dead_letter(record, rejected)
+        replied = rejected.reply_to is not None and rejected.request_id is not None
         if rejected.reply_to is not None and rejected.request_id is not None:
             total = float(_now_ms() - record.timestamp_ms)
-            await self._reply(
-                rejected.reply_to,
-                Reply(
-                    id=rejected.request_id,
-                    status="error",
-                    client_id=rejected.client_id,
-                    error=ErrorInfo.from_error(err),
-                    timings=Timings(queue_ms=total, backend_ms=0.0, total_ms=total),
-                ),
+            reply = Reply(
+                id=rejected.request_id,
+                status="error",
+                client_id=rejected.client_id,
+                error=ErrorInfo.from_error(err),
+                timings=Timings(queue_ms=total, backend_ms=0.0, total_ms=total),
             )
-        if rejected.reply_to is not None and rejected.request_id is not None:
+            try:
+                await self._reply(rejected.reply_to, reply)
+            except ReplyUnpublishable as exc:
+                if not rejected.dead_letter:
+                    raise  # not dead-lettered yet: _fail does it
+                # the record is in the dead-letter topic already: that is where it ends
+                replied = False
+                log.warning("error_reply_unpublishable", request_id=reply.id, error=exc.message)
+        if replied:
             t = float(_now_ms() - record.timestamp_ms)
             self.metrics.request_completed(None, None, "error", err.code, t, 0.0, t)
         log.info(
@@ -359,10 +506,78 @@ class Dispatcher:
             request_id=rejected.request_id,
             client_id=rejected.client_id,
             dead_lettered=rejected.dead_letter,
-            replied=rejected.reply_to is not None and rejected.request_id is not None,
+            replied=replied,
             partition=record.partition,
             offset=record.offset,
         )
+
+    async def _dead_letter(self, record: Record, rejected: Rejected) -> None:
+        """Publish the record's dead letter; by reference if the copy is too large.
+
+        The dead-letter topic is the last resort, so this does not give up: a copy the
+        broker refuses is sent again as a reference (a few KB); a reference refused for
+        good (the topic not writable, say) is retried with backoff up to a minute apart,
+        loudly, while ``check_commits`` reports the stalled partition.
+        """
+        err = rejected.error
+        _set_stage("dead_lettering", f"publishing to {self._settings.dead_letter_topic}")
+        letter = dead_letter_for(
+            record,
+            code=err.code,
+            reason=err.message,
+            now_ms=_now_ms(),
+            max_bytes=self._settings.dead_letter_max_bytes,
+            request_id=rejected.request_id,
+            client_id=rejected.client_id,
+        )
+        forms = [letter]
+        if letter.original is None:
+            forms.append(_by_reference(letter, record, self._settings))
+        delay = 1.0
+        while True:
+            try:
+                letter = await self._publish_first(forms, record)
+                break
+            except Exception as exc:  # the last resort: whatever fails, try again later
+                log.error(
+                    "dead_letter_unpublishable",
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=str(exc) or type(exc).__name__,
+                    retry_in_s=round(delay, 1),
+                )
+                _set_stage(
+                    "dead_letter_unpublishable",
+                    f"the dead letter is refused: {str(exc) or type(exc).__name__}",
+                )
+                await asyncio.sleep(delay * (0.5 + self._rng.random()))
+                delay = min(delay * 2, 60.0)
+        if letter.original is not None:
+            log.info(
+                "dead_lettered_by_reference",
+                partition=record.partition,
+                offset=record.offset,
+                size=letter.original.value_bytes,
+                sha256=letter.original.value_sha256,
+            )
+
+    async def _publish_first(self, forms: list[DeadLetter], record: Record) -> DeadLetter:
+        """Publish the first form of a dead letter the broker takes; raise the last refusal."""
+        for i, letter in enumerate(forms):
+            try:
+                await self._publisher.dead_letter(letter)
+                return letter
+            except PublishFailed as exc:
+                if i == len(forms) - 1:
+                    raise
+                log.warning(
+                    "dead_letter_refused",
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=str(exc),
+                    next="by_reference",
+                )
+        raise AssertionError("no forms")  # pragma: no cover
 
     async def _serve(self, record: Record, job: Admitted, lease: SlotLease | None = None) -> None:
         req = job.request
@@ -530,7 +745,10 @@ class Dispatcher:
 
         A reply the broker can never take (larger than its message size limit, say)
         must not leave the request unfinished: its partition could not commit past it.
+        If even the error reply is refused, ``ReplyUnpublishable`` is raised, and the
+        record is dead-lettered instead.
         """
+        _set_stage("publishing_reply", f"publishing the reply to {topic}")
         try:
             await self._publisher.reply(topic, reply)
         except PublishFailed as exc:
@@ -541,19 +759,26 @@ class Dispatcher:
                 "cannot travel through Kafka with the broker's current message.max.bytes",
                 retryable=False,
             )
-            await self._publisher.reply(
-                topic,
-                Reply(
-                    id=reply.id,
-                    status="error",
-                    client_id=reply.client_id,
-                    error=error,
-                    backend=reply.backend,
-                    route=reply.route,
-                    attempts=reply.attempts,
-                    timings=reply.timings,
-                ),
-            )
+            try:
+                await self._publisher.reply(
+                    topic,
+                    Reply(
+                        id=reply.id,
+                        status="error",
+                        client_id=reply.client_id,
+                        error=error,
+                        backend=reply.backend,
+                        route=reply.route,
+                        attempts=reply.attempts,
+                        timings=reply.timings,
+                    ),
+                )
+            except PublishFailed as again:
+                raise ReplyUnpublishable(
+                    f"neither the reply nor an error reply could be published to {topic}: "
+                    f"{again}"
+                ) from None
+        _replied.set(True)
 
     async def _relay_stream(
         self,
@@ -580,63 +805,31 @@ class Dispatcher:
         return accumulate(req.kind, chunks)
 
 
-class SlotPool:
-    """The worker's in-flight slots, and how many requests may wait for capacity without one.
-
-    A request waiting for backend capacity parks: it gives back its slot. Otherwise
-    requests for one saturated backend would hold every slot while they wait, and
-    requests for idle backends (other routes, other clients) could not get in. At most
-    ``max_waiting`` park at once; past that a waiting request keeps its slot, and Kafka
-    buffers the rest, as before.
-    """
-
-    def __init__(self, max_in_flight: int, max_waiting: int) -> None:
-        self.slots = asyncio.Semaphore(max_in_flight)
-        self.free_parking = max_waiting
-        self.parked = 0
-
-    def __repr__(self) -> str:
-        return f"<SlotPool parked={self.parked} free_parking={self.free_parking}>"
+def _internal(exc: BaseException, doing: str) -> InternalError:
+    """The error of a record turnout failed on; never the exception's text (it may quote
+    the request)."""
+    return InternalError(
+        f"turnout failed while {doing} ({type(exc).__name__}); the record is dead-lettered: "
+        "replay it with turnout dlq replay once the cause is fixed"
+    )
 
 
-class SlotLease:
-    """One request's hold on a slot of a ``SlotPool``: given back exactly once."""
+def _stage_detail() -> str:
+    stage = _stage.get()
+    return stage.detail if stage is not None else "processing the record"
 
-    __slots__ = ("_parked", "_pool", "held")
 
-    def __init__(self, pool: SlotPool, *, held: bool) -> None:
-        self._pool = pool
-        self.held = held
-        self._parked = False
-
-    async def acquire(self) -> None:
-        await self._pool.slots.acquire()
-        self.held = True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self._pool.slots.release()
-
-    def park(self) -> bool:
-        """Give the slot back while waiting for capacity, if parking has room."""
-        pool = self._pool
-        if not self.held or pool.free_parking <= 0:
-            return False
-        pool.free_parking -= 1
-        pool.parked += 1
-        self._parked = True
-        self.release()
-        return True
-
-    async def unpark(self) -> None:
-        try:
-            await self.acquire()
-        finally:
-            if self._parked:
-                self._parked = False
-                self._pool.free_parking += 1
-                self._pool.parked -= 1
+def _by_reference(letter: DeadLetter, record: Record, settings: Settings) -> DeadLetter:
+    return dead_letter_for(
+        record,
+        code=letter.code,
+        reason=letter.reason,
+        now_ms=letter.dead_lettered_at_ms,
+        max_bytes=settings.dead_letter_max_bytes,
+        request_id=letter.request_id,
+        client_id=letter.client_id,
+        by_reference=True,
+    )
 
 
 def _broken_stream(error: BackendError, relayed: int) -> BackendError:

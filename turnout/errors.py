@@ -12,6 +12,8 @@ enter turnout.
     │   ├── InvalidReplyTopic         invalid_reply_topic   no
     │   └── UnknownModel              unknown_model         no
     ├── RouteNotAllowed               route_not_allowed     no   (the client's config forbids it)
+    ├── InternalError                 internal_error        no   (turnout failed; dead-lettered)
+    ├── ReplyUnpublishable            reply_unpublishable   no   (the broker refuses the reply)
     ├── DeadlineExceeded              deadline_exceeded     yes
     ├── RateLimited                   rate_limited          yes (after retry_after_ms)
     ├── NoBackendAvailable            no_backend_available  yes (after retry_after_ms)
@@ -80,6 +82,24 @@ class RouteNotAllowed(TurnoutError):
     """The request is well formed, but this client may not use the route it maps to."""
 
     code = "route_not_allowed"
+    retryable = False
+
+
+class InternalError(TurnoutError):
+    """turnout itself failed on this record (a bug, not bad input): it is dead-lettered.
+
+    The record is not left unfinished, which would hold its partition's commits
+    forever; an operator replays it from the dead-letter topic after a fix.
+    """
+
+    code = "internal_error"
+    retryable = False
+
+
+class ReplyUnpublishable(TurnoutError):
+    """Neither the reply nor an error reply in its place could be published: dead-lettered."""
+
+    code = "reply_unpublishable"
     retryable = False
 
 

@@ -20,6 +20,9 @@ Exposed series (latencies in seconds, the Prometheus convention; the API takes m
 - ``turnout_dead_letters_total{code}``, ``turnout_skipped_total`` (already answered ok)
 - ``turnout_consumer_lag{topic,partition}``: records not yet committed by the group
 - ``turnout_backend_state{backend,state}``: 1 for the backend's current state, else 0
+- ``turnout_commit_stalled_seconds{topic,partition,offset,cause}``: how long a partition's
+  commit point has been stuck at ``offset`` while records behind it are done (only while
+  stalled); ``turnout_commit_stalls_total{cause}`` counts the stalls
 """
 
 from __future__ import annotations
@@ -174,6 +177,15 @@ class Metrics:
             "turnout_consumer_lag", "Request records the worker group has not committed yet.",
             ["topic", "partition"], registry=r,
         )  # fmt: skip
+        self.stalled_seconds = Gauge(
+            "turnout_commit_stalled_seconds",
+            "How long a partition's commit point has not moved while records behind it are done.",
+            ["topic", "partition", "offset", "cause"], registry=r,
+        )  # fmt: skip
+        self.stalls = PCounter(
+            "turnout_commit_stalls", "Commit points found stalled.", ["cause"], registry=r
+        )
+        self._stalled: dict[int, tuple[str, ...]] = {}
         self.state = Gauge(
             "turnout_backend_state", "1 for the backend's current health state.",
             ["backend", "state"], registry=r,
@@ -285,6 +297,21 @@ class Metrics:
         self._lag = dict(lags)
         for partition, lag in lags.items():
             self.lag.labels(self._topic, str(partition)).set(lag)
+
+    def commit_stalled(self, partition: int, offset: int, cause: str, seconds: float) -> None:
+        """A partition's commit point is stuck at ``offset``; called again as it lasts."""
+        labels = (self._topic, str(partition), str(offset), cause)
+        if self._stalled.get(partition) != labels:
+            self.commit_resumed(partition)
+            self._stalled[partition] = labels
+            self.stalls.labels(cause).inc()
+        self.stalled_seconds.labels(*labels).set(seconds)
+
+    def commit_resumed(self, partition: int) -> None:
+        """The partition's commit point moved again (or the partition left this worker)."""
+        labels = self._stalled.pop(partition, None)
+        if labels is not None:
+            self.stalled_seconds.remove(*labels)
 
     # -- what the web app serves ------------------------------------------------------------
 

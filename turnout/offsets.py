@@ -135,6 +135,11 @@ class OffsetTracker:
         return min(self._missing) if self._missing else None
 
     @property
+    def done_waiting(self) -> int:
+        """Offsets finished above the committable one, waiting for it to finish."""
+        return len(self._pending_done)
+
+    @property
     def missing(self) -> int:
         """Offsets skipped by the delivery between two delivered ones; they hold commits."""
         return len(self._missing)

@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 
 import faust
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.exceptions import ProducerSendError
 
 from schemas.types import DeadLetter, Reply, ReplyChunk
@@ -70,9 +70,7 @@ class Publisher:
             except (KafkaError, ProducerSendError) as exc:
                 # faust wraps the producer's KafkaError in its own ProducerSendError.
                 cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
-                if not isinstance(cause, KafkaError) or not (
-                    getattr(cause, "retriable", False) or _is_connection_error(cause)
-                ):
+                if not isinstance(cause, KafkaError) or not _transient(cause):
                     raise PublishFailed(f"{type(cause).__name__} publishing to {topic}") from exc
                 log.warning("publish_retry", topic=topic, error=type(cause).__name__, delay_s=delay)
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -95,11 +93,10 @@ class Publisher:
             raise
 
 
-def _is_connection_error(exc: KafkaError) -> bool:
-    return type(exc).__name__ in {
-        "KafkaConnectionError",
-        "NodeNotReadyError",
-        "KafkaTimeoutError",
-        "RequestTimedOutError",
-        "NotLeaderForPartitionError",
-    }
+_TRANSIENT = (KafkaConnectionError, KafkaTimeoutError)
+"""The broker unreachable for now (aiokafka does not mark its timeout ``retriable``)."""
+
+
+def _transient(exc: KafkaError) -> bool:
+    """Worth retrying: aiokafka's ``retriable`` flag, or the broker unreachable for now."""
+    return bool(getattr(exc, "retriable", False)) or isinstance(exc, _TRANSIENT)

@@ -50,6 +50,7 @@ class Runtime:
         self._client: HttpBackendClient | None = None
         self._prober: Prober | None = None
         self._feed_task: asyncio.Task[None] | None = None
+        self._stall_task: asyncio.Task[None] | None = None
         self.health: HealthBook | None = None
         self._assigned: int | None = None
         self._owned: set[TP] | None = None
@@ -108,6 +109,8 @@ class Runtime:
             self.metrics.backend_state(b.id, self.health.state(b.id))
         feed = HealthFeed(self._settings, self.health, self._dispatcher.wake, self.metrics)
         self._feed_task = asyncio.create_task(feed.run(), name="turnout-health-feed")
+        if self._settings.commit_stall_s > 0:
+            self._stall_task = asyncio.create_task(self._watch_commits(), name="turnout-stalls")
         await self._start_web()
         log.info(
             "worker_started",
@@ -132,6 +135,18 @@ class Runtime:
         )
         await self._lag.start()
 
+    async def _watch_commits(self) -> None:
+        """Every few seconds: is any partition's commit point stuck? (logs commit_stalled)"""
+        interval = min(5.0, max(0.2, self._settings.commit_stall_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            if self._dispatcher is None:
+                continue
+            try:
+                self._dispatcher.check_commits(int(time.time() * 1000))
+            except Exception:  # the watch must not stop watching
+                log.exception("commit_watch_failed")
+
     async def probe_round(self) -> None:
         if self._prober is not None:
             await self._prober.round()
@@ -153,10 +168,11 @@ class Runtime:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
-        if self._feed_task is not None:
-            self._feed_task.cancel()
-            await asyncio.gather(self._feed_task, return_exceptions=True)
-            self._feed_task = None
+        for task in (self._feed_task, self._stall_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._feed_task = self._stall_task = None
         if self._dispatcher is not None:
             await self._dispatcher.stop(grace_s=0)
         if self._client is not None:

@@ -109,7 +109,7 @@ def test_the_earlier_of_timeout_and_deadline_wins():
             "turnout.replies.c1",
         ),
         (good(), b"someone-else", "invalid_request", "keyed by client_id", "turnout.replies.c1"),
-        (good(reply_to="turnout.requests"), b"c1", "invalid_reply_topic", "must start with", None),
+        (good(reply_to="turnout.requests"), b"c1", "invalid_reply_topic", "must be", None),
         (
             good(body={"messages": [{"content": "x" * 3000}]}),
             b"c1",

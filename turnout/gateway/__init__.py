@@ -62,6 +62,11 @@ class GatewaySettings:
         86_400.0,
         "How long a request's status can be polled after its last change.",
     )
+    status_retry_s: float = setting(
+        "TURNOUT_GATEWAY_STATUS_RETRY_S",
+        30.0,
+        "How long a status write is retried on retriable Kafka errors before /readyz fails.",
+    )
     webhook_secret: str = setting(
         "TURNOUT_WEBHOOK_SECRET", "", "HMAC-SHA256 key of X-Turnout-Signature; webhooks need it."
     )
@@ -88,6 +93,10 @@ class GatewaySettings:
             )
         if not self.timeout_s > 0:
             raise ValueError(f"TURNOUT_GATEWAY_TIMEOUT_S must be > 0, got {self.timeout_s}")
+        if not self.status_retry_s > 0:
+            raise ValueError(
+                f"TURNOUT_GATEWAY_STATUS_RETRY_S must be > 0, got {self.status_retry_s}"
+            )
         if self.status_max_entries < 1 or not self.status_ttl_s > 0:
             raise ValueError("TURNOUT_GATEWAY_STATUS_MAX and _TTL_S must be positive")
         if self.webhook_attempts < 1 or self.webhook_backoff_s < 0:

@@ -426,7 +426,8 @@ class Gateway:
     async def readyz(self, request: web.Request) -> web.Response:
         if await self.kafka.ready():
             return _json({"status": "ready"})
-        return _json({"status": "not ready", "reason": "Kafka is unreachable"}, 503)
+        reason = self.kafka.failure or "Kafka is unreachable"
+        return _json({"status": "not ready", "reason": reason}, 503)
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(document())

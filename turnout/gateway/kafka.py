@@ -20,6 +20,14 @@ retention is the TTL plus an hour. A status never goes backwards (a late
 One gateway process per gateway id: the reply topic's partitions are assigned
 to it by hand (no rebalance wait on restart), committing under the group
 ``turnout-gateway-<id>``.
+
+It never stops silently. A status write that fails with a retriable Kafka error
+(aiokafka's ``retriable`` flag, or the broker unreachable) is retried with backoff
+for at most ``TURNOUT_GATEWAY_STATUS_RETRY_S``; any other error, or one that
+outlasts that bound, is logged (``gateway_status_write_failed``) and makes
+``/readyz`` fail with the reason. The replies of that batch are read again (their
+offsets were not committed) after a backoff, and readiness returns with the first
+batch recorded. A background task that dies is logged and fails readiness too.
 """
 
 from __future__ import annotations
@@ -36,7 +44,12 @@ import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 
 from schemas.types import Reply, ReplyChunk, Request, decode_reply_message
 from streams.settings import Settings
@@ -54,6 +67,17 @@ _RANK = {"queued": 0, "running": 1, "done": 2, "failed": 2}
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class StatusWriteFailed(Exception):
+    """A status write failed for good: not retriable, or still failing after the bound."""
+
+
+def retriable(exc: KafkaError) -> bool:
+    """Worth retrying: aiokafka marks it ``retriable``, or the broker is only unreachable."""
+    return bool(getattr(exc, "retriable", False)) or isinstance(
+        exc, (KafkaConnectionError, KafkaTimeoutError)
+    )
 
 
 class StatusRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -121,6 +145,11 @@ class StatusStore:
             self._items.popitem(last=False)
         return True
 
+    def accepts(self, request_id: str, rec: StatusRecord) -> bool:
+        """Whether ``put`` would store ``rec`` (it does not move the status backwards)."""
+        old = self._items.get(request_id)
+        return old is None or _RANK[rec.status] >= _RANK[old.status]
+
     def delete(self, request_id: str) -> None:
         self._items.pop(request_id, None)
 
@@ -172,6 +201,8 @@ class GatewayKafka:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self.started = False
+        self.failure: str | None = None
+        """Why the gateway is not ready although Kafka answers (None: nothing failed)."""
 
     def __repr__(self) -> str:
         return (
@@ -207,6 +238,8 @@ class GatewayKafka:
             asyncio.create_task(self._consume(), name="gateway-replies"),
             asyncio.create_task(self._sweep(), name="gateway-status-sweep"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._task_ended)
         self.started = True
         log.info(
             "gateway_kafka_started",
@@ -228,9 +261,16 @@ class GatewayKafka:
         if self._producer is not None:
             await self._producer.stop()
 
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or not self.started:
+            return
+        exc = task.exception()
+        self.failure = f"{task.get_name()} stopped: {type(exc).__name__ if exc else 'returned'}"
+        log.error("gateway_task_failed", task=task.get_name(), error=repr(exc), exc_info=exc)
+
     async def ready(self) -> bool:
-        """Kafka answers a metadata request and the reply consumer runs."""
-        if not self.started or any(t.done() for t in self._tasks):
+        """Kafka answers a metadata request, the reply consumer runs, status writes succeed."""
+        if not self.started or self.failure is not None or any(t.done() for t in self._tasks):
             return False
         try:
             async with asyncio.timeout(2):
@@ -344,26 +384,47 @@ class GatewayKafka:
         return self.store.get(request_id, now_ms())
 
     async def record(self, request_id: str, rec: StatusRecord, *, retry: bool = False) -> None:
-        """Write ``rec`` to memory and to the status topic (acked by all replicas).
+        """Write ``rec`` to the status topic (acked by all replicas), then to memory.
 
-        With ``retry`` a broker outage is waited out (the reply path must not skip a
-        write); without, ``KafkaError`` reaches the caller (the HTTP path answers 503).
+        Without ``retry``, ``KafkaError`` reaches the caller (the HTTP path answers 503).
+        With it, retriable errors are retried with backoff for up to
+        ``TURNOUT_GATEWAY_STATUS_RETRY_S``; anything else, or a failure outlasting
+        that, raises ``StatusWriteFailed`` and fails readiness. Memory changes only
+        once the write is acked, so a failed write is made again when its reply is
+        read again.
         """
-        if not self.store.put(request_id, rec):
+        if not self.store.accepts(request_id, rec):
             return
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.gw.status_retry_s
         delay = 0.2
         while True:
             try:
                 await self.producer.send_and_wait(
                     self.gw.status_topic, rec.to_wire(), key=request_id.encode()
                 )
-                return
+                break
             except KafkaError as exc:
                 if not retry:
                     raise
-                log.warning("gateway_status_write_retry", error=type(exc).__name__)
+                name = type(exc).__name__
+                if not retriable(exc) or loop.time() + delay > give_up:
+                    why = "not retriable" if not retriable(exc) else (
+                        f"still failing after {self.gw.status_retry_s:g} s"
+                    )
+                    self.failure = f"status writes to {self.gw.status_topic} fail: {name} ({why})"
+                    log.error(
+                        "gateway_status_write_failed",
+                        topic=self.gw.status_topic,
+                        error=name,
+                        retriable=retriable(exc),
+                        reason=why,
+                    )
+                    raise StatusWriteFailed(self.failure) from exc
+                log.warning("gateway_status_write_retry", error=name, delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self.store.put(request_id, rec)
 
     # -- replies --------------------------------------------------------------------------------
 
@@ -380,7 +441,9 @@ class GatewayKafka:
         batching = FetchBatching(above_rps=self.base.fetch_batch_above_rps)
         commits: dict[TopicPartition, int] = {}
         committed_at = clock()
+        backoff = 1.0
         while True:
+            batches: dict[TopicPartition, list[Any]] = {}
             try:
                 batches = await consumer.getmany(timeout_ms=500, max_records=500)
                 writes: list[Awaitable[None]] = []
@@ -394,6 +457,10 @@ class GatewayKafka:
                         read[tp] = recs[-1].offset + 1
                 await asyncio.gather(*writes)
                 commits.update(read)  # recorded: safe to commit
+                if self.failure is not None and writes:
+                    log.info("gateway_status_writes_recovered", failure=self.failure)
+                    self.failure = None
+                    backoff = 1.0
                 now = clock()
                 if commits and now - committed_at >= self.base.commit_interval_s:
                     await consumer.commit(commits)
@@ -408,6 +475,14 @@ class GatewayKafka:
                     with contextlib.suppress(KafkaError):
                         await consumer.commit(commits)
                 raise
+            except StatusWriteFailed:
+                # Nothing of this batch is committed: read it again after a pause, while
+                # /readyz says why. Replies already recorded are skipped as repeats.
+                for tp, recs in batches.items():
+                    if recs:
+                        consumer.seek(tp, recs[0].offset)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
             except KafkaError as exc:
                 log.warning("gateway_replies_retry", error=type(exc).__name__)
                 await asyncio.sleep(1)
@@ -468,6 +543,11 @@ class GatewayKafka:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_ended)
+
+    def _background_ended(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gateway_background_failed", error=repr(task.exception()))
 
     async def _sweep(self) -> None:
         while True:

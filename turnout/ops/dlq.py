@@ -3,7 +3,9 @@
 - ``stats``: counts by reason code, with the first and last time seen.
 - ``show [--code C] [--limit N]``: the latest N dead letters (all with ``--limit 0``):
   the reason, where the record came from, and the original value, decoded when it
-  is JSON, else as a base64 preview.
+  is JSON, else as a base64 preview. A dead letter whose original was too large to
+  copy references it: ``show`` fetches it from the source topic and checks its
+  SHA-256, or says that retention has removed it (the letter's prefix remains).
 - ``replay [--code C] [--offsets P:O,...]``: publish the original bytes with the
   original key to the request topic again (``turnout replay`` does the work,
   with the same headers, waiting and summary).
@@ -12,8 +14,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import dataclasses
+import hashlib
 import sys
 from collections import deque
 from collections.abc import Iterable
@@ -22,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from schemas.types import DeadLetter
+from schemas.types import DeadLetter, Original
 from turnout.ops import replay as replay_mod
 from turnout.ops.replay_core import Filters, Window, parse_position_list
 
@@ -82,9 +86,40 @@ def original_preview(value: bytes) -> tuple[str, Any]:
         return "base64", encoded + ("..." if len(value) > PREVIEW_CHARS * 3 // 4 else "")
 
 
-def as_json(e: Entry) -> dict[str, Any]:
-    kind, original = original_preview(e.letter.value)
+Fetched = dict[tuple[str, int, int], bytes | None]
+"""Originals fetched from their source topics; None: no longer there."""
+
+
+def check_original(original: Original, value: bytes | None) -> str | None:
+    """Why a fetched original cannot be shown (None: it is the one dead-lettered). Pure."""
+    if value is None:
+        return "no longer in the source topic (its retention removed it)"
+    if hashlib.sha256(value).hexdigest() != original.value_sha256:
+        return "the record now at that offset is not the one dead-lettered (SHA-256 differs)"
+    return None
+
+
+def as_json(e: Entry, fetched: Fetched | None = None) -> dict[str, Any]:
     dl = e.letter
+    extra: dict[str, Any] = {}
+    value = dl.value
+    if dl.original is not None:
+        src = (dl.source.topic, dl.source.partition, dl.source.offset)
+        got = (fetched or {}).get(src)
+        problem = check_original(dl.original, got)
+        extra = {
+            "original_stored": "reference",
+            "original_sha256": dl.original.value_sha256,
+            "original_fetched": problem is None,
+        }
+        if problem is None:
+            value = got
+        else:
+            extra["original_missing"] = problem
+            value = dl.original.value_prefix
+            extra["original_prefix_only"] = True
+    assert value is not None
+    kind, original = original_preview(value)
     return {
         "position": f"{e.partition}:{e.offset}",
         "code": dl.code,
@@ -95,18 +130,29 @@ def as_json(e: Entry) -> dict[str, Any]:
         "client_id": dl.client_id,
         "dead_lettered_at_ms": dl.dead_lettered_at_ms,
         "original_" + kind: original,
-        "original_bytes": len(dl.value),
+        "original_bytes": len(value) if dl.original is None else dl.original.value_bytes,
+        **extra,
     }
 
 
-def render(e: Entry) -> str:
-    doc = as_json(e)
+def render(e: Entry, fetched: Fetched | None = None) -> str:
+    doc = as_json(e, fetched)
     when = _iso(e.letter.dead_lettered_at_ms)
     lines = [
         f"{doc['position']}  {when}  {doc['code']}  {doc['reason']}",
         f"    source {doc['source']}  key {doc['key']!r}  id {doc['request_id']}  "
         f"client {doc['client_id']}",
     ]
+    if doc.get("original_stored") == "reference":
+        if doc["original_fetched"]:
+            lines.append(
+                f"    original referenced, fetched from {doc['source']} (SHA-256 matches)"
+            )
+        else:
+            lines.append(
+                f"    original referenced ({doc['original_bytes']} bytes, SHA-256 "
+                f"{doc['original_sha256']}): {doc['original_missing']}; its first bytes follow"
+            )
     if "original_json" in doc:
         text = orjson.dumps(doc["original_json"]).decode()
         more = "..." if len(text) > PREVIEW_CHARS else ""
@@ -159,14 +205,57 @@ async def run(settings: Any, args: argparse.Namespace) -> int:
     codes = set(args.code)
     chosen = [e for e in entries if not codes or e.letter.code in codes]
     shown = list(deque(chosen, maxlen=args.limit)) if args.limit > 0 else chosen
+    fetched = await fetch_originals(settings.bootstrap, [e.letter for e in shown])
     for e in shown:
         if args.json:
-            sys.stdout.buffer.write(orjson.dumps(as_json(e)) + b"\n")
+            sys.stdout.buffer.write(orjson.dumps(as_json(e, fetched)) + b"\n")
         else:
-            print(render(e))
+            print(render(e, fetched))
     if not args.json:
         print(f"# {len(shown)} of {len(chosen)} matching dead letters ({len(entries)} in all)")
     return 0
+
+
+async def fetch_originals(
+    bootstrap: str, letters: Iterable[DeadLetter], *, timeout_s: float = 10.0
+) -> Fetched:
+    """Read the originals of referenced dead letters from their source topics."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    wanted = {
+        (dl.source.topic, dl.source.partition, dl.source.offset)
+        for dl in letters
+        if dl.original is not None
+    }
+    out: Fetched = {}
+    if not wanted:
+        return out
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=64 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        for topic, partition, offset in sorted(wanted):
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            first = (await consumer.beginning_offsets([tp])).get(tp, 0)
+            end = (await consumer.end_offsets([tp])).get(tp, 0)
+            out[(topic, partition, offset)] = None
+            if not first <= offset < end:
+                continue
+            consumer.seek(tp, offset)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            while loop.time() < deadline and await consumer.position(tp) <= offset:
+                for rec in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                    if rec.offset == offset:
+                        out[(topic, partition, offset)] = rec.value or b""
+    finally:
+        await consumer.stop()
+    return out
 
 
 async def _replay(settings: Any, args: argparse.Namespace) -> int:

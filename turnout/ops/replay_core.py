@@ -248,6 +248,11 @@ def select(
             return "not a dead letter"
         if filters.dead_letter_codes and dl.code not in filters.dead_letter_codes:
             return "another dead-letter code"
+        if dl.value is None:
+            return (
+                "its original was too large to copy into the dead letter; it is in "
+                f"{dl.source.topic}:{dl.source.partition}:{dl.source.offset} (turnout dlq show)"
+            )
         key, value, headers = dl.key, dl.value, ()
     else:
         try:
