@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from schemas.types import Kind
+from turnout import mock_tools
 from turnout.backends.fake import (
     count_words,
     echo_content,
@@ -240,14 +241,25 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
         model = body.get("model")
         if model not in state.options.models:
             return _error(wire, 404, f"model '{model}' not found", "model_not_found")
+        plan = mock_tools.tool_call(wire, body) if kind == "chat" else None
+        result = mock_tools.tool_result(wire, body) if kind == "chat" else None
         if wire == "openai":
             answer = openai_response(kind, model, body, created=int(time.time()))
+            if result is not None:
+                answer["choices"][0]["message"]["content"] = f"tool result: {result}"
+            if plan is not None:
+                answer["choices"][0]["message"] = mock_tools.openai_message(*plan)
+                answer["choices"][0]["finish_reason"] = "tool_calls"
             if body.get("stream") is True and kind != "embeddings":
-                return await _sse(request, _openai_chunks(kind, answer, body))
+                return await _sse(request, _openai_chunks(kind, answer, body, plan))
             return _json(answer)
         if request.path == "/api/embeddings":
             return _json({"embedding": vector(embedding_inputs(body)[0])})
         answer = _ollama_answer(kind, model, body)
+        if result is not None:
+            answer["message"]["content"] = f"tool result: {result}"
+        if plan is not None:
+            answer["message"] = mock_tools.ollama_message(*plan)
         if body.get("stream", True) is not False and kind != "embeddings":
             return await _ndjson(request, _ollama_chunks(kind, answer))
         return _json(answer)
@@ -268,6 +280,10 @@ async def _anthropic_messages(request: web.Request, state: MockState) -> web.Str
         return _error("anthropic", 400, "max_tokens: Field required", "invalid_request_error")
     answer = openai_response("chat", model, {"messages": body.get("messages", [])})
     text = answer["choices"][0]["message"]["content"]
+    result = mock_tools.tool_result("anthropic", body)
+    if result is not None:
+        text = f"tool result: {result}"
+    plan = mock_tools.tool_call("anthropic", body)
     usage = {
         "input_tokens": answer["usage"]["prompt_tokens"],
         "output_tokens": answer["usage"]["completion_tokens"],
@@ -280,8 +296,10 @@ async def _anthropic_messages(request: web.Request, state: MockState) -> web.Str
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn",
+                "content": [mock_tools.anthropic_block(*plan)]
+                if plan
+                else [{"type": "text", "text": text}],
+                "stop_reason": "tool_use" if plan else "end_turn",
                 "stop_sequence": None,
                 "usage": usage,
             }
@@ -302,31 +320,12 @@ async def _anthropic_messages(request: web.Request, state: MockState) -> web.Str
                 },
             },
         ),
-        (
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
-        *[
-            (
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": piece},
-                },
-            )
-            for piece in _pieces(text)
-        ],
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        *_anthropic_blocks(text, plan),
         (
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "end_turn"},
+                "delta": {"stop_reason": "tool_use" if plan else "end_turn"},
                 "usage": {"output_tokens": usage["output_tokens"]},
             },
         ),
@@ -338,6 +337,24 @@ async def _anthropic_messages(request: web.Request, state: MockState) -> web.Str
         await response.write(f"event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n")
     await response.write_eof()
     return response
+
+
+def _anthropic_blocks(
+    text: str, plan: tuple[str, dict[str, Any]] | None
+) -> list[tuple[str, dict[str, Any]]]:
+    if plan is not None:
+        return [(e["type"], e) for e in mock_tools.anthropic_events(0, *plan)]
+    start = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    deltas = [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+        for p in _pieces(text)
+    ]
+    stop = {"type": "content_block_stop", "index": 0}
+    return [(e["type"], e) for e in (start, *deltas, stop)]
 
 
 def _ollama_answer(kind: Kind, model: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -375,7 +392,10 @@ def _pieces(text: str) -> list[str]:
 
 
 def _openai_chunks(
-    kind: Kind, answer: dict[str, Any], body: Mapping[str, Any]
+    kind: Kind,
+    answer: dict[str, Any],
+    body: Mapping[str, Any],
+    plan: tuple[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     choice = answer["choices"][0]
     head = {"id": answer["id"], "created": answer["created"], "model": answer["model"]}
@@ -383,8 +403,10 @@ def _openai_chunks(
         head["object"] = "chat.completion.chunk"
         deltas: list[dict[str, Any]] = [
             {"delta": {"role": "assistant", "content": p} if i == 0 else {"content": p}}
-            for i, p in enumerate(_pieces(choice["message"]["content"]))
+            for i, p in enumerate(_pieces(choice["message"]["content"] or ""))
         ]
+        if plan is not None:
+            deltas = [{"delta": d} for d in mock_tools.openai_deltas(*plan)]
         last: dict[str, Any] = {"delta": {}}
     else:
         head["object"] = "text_completion"
@@ -407,6 +429,8 @@ def _ollama_chunks(kind: Kind, answer: dict[str, Any]) -> list[dict[str, Any]]:
         {**head, field: {"role": "assistant", "content": p} if kind == "chat" else p, "done": False}
         for p in _pieces(text)
     ]
+    if kind == "chat" and answer["message"].get("tool_calls"):
+        chunks = [{**head, "message": answer["message"], "done": False}]
     chunks.append({**answer, field: {"role": "assistant", "content": ""} if kind == "chat" else ""})
     return chunks
 

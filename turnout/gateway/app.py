@@ -40,6 +40,7 @@ from turnout import gcfreeze, logs
 from turnout.config import Config, ConfigError, load
 from turnout.errors import InvalidRequest
 from turnout.gateway import ApiKeys, GatewaySettings, load_keys, webhook_secret
+from turnout.gateway import anthropic_api as ant
 from turnout.gateway import ollama_api as oll
 from turnout.gateway import openai_api as oai
 from turnout.gateway.kafka import GatewayKafka, Listener, StatusRecord, now_ms
@@ -51,11 +52,13 @@ log = logs.get("turnout.gateway")
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 3600.0
 
 
-OPENAI, OLLAMA = oai.DIALECT, oll.DIALECT
+OPENAI, OLLAMA, ANTHROPIC = oai.DIALECT, oll.DIALECT, ant.DIALECT
 
 
 def _dialect(request: web.Request) -> Dialect:
-    return OLLAMA if request.path.startswith("/api/") else OPENAI
+    if request.path.startswith("/api/"):
+        return OLLAMA
+    return ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
 
 
 def _json(obj: Any, status: int = 200, **headers: str) -> web.Response:
@@ -98,6 +101,7 @@ class Gateway:
         r.add_post("/v1/completions", self._openai("completion"))
         r.add_post("/v1/embeddings", self._openai("embeddings"))
         r.add_get("/v1/models", self.models)
+        r.add_post("/v1/messages", self._parsed(ant.parse, ANTHROPIC))
         r.add_post("/api/chat", self._ollama(lambda b: oll.parse_chat(b), "chat"))
         r.add_post("/api/generate", self._ollama(lambda b: oll.parse_generate(b), "generate"))
         r.add_post("/api/embed", self._ollama(lambda b: oll.parse_embed(b), "embed"))
@@ -156,10 +160,12 @@ class Gateway:
         scheme, _, key = header.partition(" ")
         if not self.keys.enabled:
             return self.keys.client_for(None) or "anonymous"
+        if not header and request.headers.get("x-api-key"):
+            scheme, key = "bearer", request.headers["x-api-key"]  # Anthropic's clients
         if scheme.lower() != "bearer" or not key.strip():
             raise EdgeError(
                 401,
-                "missing API key: send 'Authorization: Bearer <key>'",
+                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                 code="missing_api_key",
             )
         client = self.keys.client_for(key.strip())
@@ -229,6 +235,16 @@ class Gateway:
             client = self._client(request)
             call = oai.parse(kind, await self._body(request))
             return await self._call(request, OPENAI, call, client)
+
+        return handle
+
+    def _parsed(
+        self, parse: Callable[[Any], Call], dialect: Dialect
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            client = self._client(request)
+            call = parse(await self._body(request))
+            return await self._call(request, dialect, call, client)
 
         return handle
 

@@ -171,6 +171,43 @@ def _schemas() -> dict[str, Any]:
                 }
             },
         },
+        "AnthropicError": {
+            "type": "object",
+            "required": ["type", "error"],
+            "properties": {
+                "type": _STR,
+                "error": {
+                    "type": "object",
+                    "required": ["type", "message"],
+                    "properties": {"type": _STR, "message": _STR},
+                },
+            },
+        },
+        "MessagesRequest": {
+            "type": "object",
+            "required": ["model", "max_tokens", "messages"],
+            "properties": {
+                "model": _STR,
+                "max_tokens": {"type": "integer", "minimum": 1},
+                "messages": {"type": "array", "minItems": 1, "items": message},
+                "system": {},
+                "stream": {"type": "boolean"},
+                "tools": {"type": "array"},
+                "tool_choice": {"type": "object"},
+            },
+        },
+        "Message": {
+            "type": "object",
+            "required": ["id", "type", "role", "content", "stop_reason", "usage"],
+            "properties": {
+                "id": _STR,
+                "type": _STR,
+                "role": _STR,
+                "content": {"type": "array"},
+                "stop_reason": _STR,
+                "usage": {"type": "object"},
+            },
+        },
         "OllamaError": {
             "type": "object",
             "required": ["error"],
@@ -366,6 +403,11 @@ def _operations() -> list[tuple[str, str, str, str, str, Any, dict[str, Any], di
          _ref("EmbeddingsRequest"), {"200": _json(_ref("EmbeddingList")), **oa_err}, sync),
         ("/v1/models", "get", "listModels", "Route aliases and models from the config", "openai",
          None, {"200": _json(_ref("ModelList")), **_errors("OpenAIError", 401)}, {}),
+        ("/v1/messages", "post", "createMessage", "Messages (Anthropic; x-api-key or Bearer)",
+         "anthropic", _ref("MessagesRequest"),
+         {"200": _stream_ok(_ref("Message"), "text/event-stream",
+                            "Anthropic's events, message_start ... message_stop."),
+          **_errors("AnthropicError", *_SYNC_ERRORS)}, sync),
         ("/api/chat", "post", "ollamaChat", "Chat (Ollama)", "ollama", _ref("OllamaChatRequest"),
          {"200": _stream_ok(_ref("OllamaAnswer"), "application/x-ndjson", ndjson), **ol_err},
          sync),
