@@ -132,8 +132,8 @@ def test_a_streamed_text_then_tool_call_has_anthropics_order():
     s = ant.MessageStream("m")
     raw = s.feed(chunk({"role": "assistant", "content": "Hel"}))
     raw += s.feed(chunk({"content": "lo"}))
-    raw += s.feed(chunk({"tool_calls": [{"index": 0, "id": "c1",
-                                          "function": {"name": "f", "arguments": '{"a"'}}]}))  # fmt: skip
+    call = {"index": 0, "id": "c1", "function": {"name": "f", "arguments": '{"a"'}}
+    raw += s.feed(chunk({"tool_calls": [call]}))
     raw += s.feed(chunk({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}))
     raw += s.feed(chunk({}, "tool_calls"))
     raw += s.finish({"usage": {"prompt_tokens": 2, "completion_tokens": 5}})
