@@ -83,7 +83,7 @@ def test_x_api_key_is_the_key(tmp_path_factory):
         s.stop()
 
 
-@pytest.mark.parametrize("protocol", ["openai"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("streamed", [False, True])
 def test_tool_use_round_trip(client, protocol, streamed):
     """A tool_use block comes back, and the tool_result turn is answered with text."""

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from schemas.types import Kind
+from turnout.backends import tools
 from turnout.backends.http_call import HttpAnswer, HttpCall, decode_object, shape_error
 from turnout.errors import BackendProtocolError, BackendStatusError
 
@@ -102,6 +103,8 @@ def build(
     user = body.get("user")
     if isinstance(user, str) and user:
         json["metadata"] = {"user_id": user}
+    if kind == "chat":
+        json.update(tools.anthropic_tools(body, backend_id))
     if stream:
         json["stream"] = True
     return HttpCall(PATH, json)
@@ -123,10 +126,10 @@ def split_system(messages: Any) -> tuple[str | None, Any]:
             if text:
                 system.append(text)
         elif isinstance(m, dict):
-            out.append({"role": m.get("role"), "content": _content(m.get("content"))})
+            out.append(tools.anthropic_message(m, _content(m.get("content"))))
         else:
             out.append(m)
-    return ("\n\n".join(system) or None), out
+    return ("\n\n".join(system) or None), tools.merge_turns(out)
 
 
 def parse(
@@ -147,6 +150,9 @@ def parse(
     raw_id = obj.get("id") if isinstance(obj.get("id"), str) else ""
     if kind == "chat":
         choice: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
+        calls = tools.tool_calls_from_anthropic(blocks)
+        if calls:
+            choice["message"] = {"role": "assistant", "content": text or None, "tool_calls": calls}
         prefix, shape = "chatcmpl-", "chat.completion"
     else:
         choice = {"text": text, "logprobs": None}
@@ -189,6 +195,7 @@ class StreamTranslator:
         self.model = ""
         self.input_tokens = 0
         self.done = False
+        self._tools: dict[int, int] = {}  # content block index -> tool call index
 
     def __repr__(self) -> str:
         return f"<StreamTranslator kind={self.kind} id={self.id!r} done={self.done}>"
@@ -208,6 +215,9 @@ class StreamTranslator:
             self.input_tokens = usage(message.get("usage"))["prompt_tokens"]
             return [self._chunk({"role": "assistant", "content": ""}, None)]
         if kind in ("content_block_start", "content_block_delta"):
+            tool = self._tool_delta(kind, data)
+            if tool is not None:
+                return [self._chunk({"tool_calls": [tool]}, None)] if tool else []
             part = data.get("delta") if kind == "content_block_delta" else data.get("content_block")
             text = part.get("text") if isinstance(part, dict) else None
             return [self._chunk({"content": text}, None)] if isinstance(text, str) and text else []
@@ -234,6 +244,24 @@ class StreamTranslator:
                 status=_ERROR_STATUS.get(etype, 500),
             )
         return []  # ping, content_block_stop and future event types
+
+    def _tool_delta(self, kind: str, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The tool_calls delta for a tool_use block event; None if the event is not one."""
+        block = data.get("index", 0)
+        if kind == "content_block_start":
+            part = data.get("content_block")
+            if not isinstance(part, dict) or part.get("type") != "tool_use":
+                return None
+            n = self._tools[block] = len(self._tools)
+            fn = {"name": part.get("name", ""), "arguments": ""}
+            return {"index": n, "id": part.get("id", ""), "type": "function", "function": fn}
+        part = data.get("delta")
+        if block not in self._tools or not isinstance(part, dict):
+            return None
+        piece = part.get("partial_json")
+        if not isinstance(piece, str) or not piece:
+            return {}
+        return {"index": self._tools[block], "function": {"arguments": piece}}
 
     def _chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         if self.kind == "chat":

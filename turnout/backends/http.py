@@ -99,7 +99,7 @@ class HttpBackendClient:
             calls = ollama.build_legacy_embeddings(model, body)
             answers = [await self._post(backend, call) for call in calls]
             return ollama.parse_legacy_embeddings(backend.id, model, answers)
-        answer = await self._post(backend, ollama.build(kind, model, body))
+        answer = await self._post(backend, ollama.build(kind, model, body, backend_id=backend.id))
         return ollama.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
 
     async def _post(self, backend: Backend, call: HttpCall) -> HttpAnswer:
