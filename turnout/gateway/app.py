@@ -43,6 +43,7 @@ from turnout.gateway import ApiKeys, GatewaySettings, load_keys, webhook_secret
 from turnout.gateway import anthropic_api as ant
 from turnout.gateway import ollama_api as oll
 from turnout.gateway import openai_api as oai
+from turnout.gateway import responses_api as rsp
 from turnout.gateway.kafka import GatewayKafka, Listener, StatusRecord, now_ms
 from turnout.gateway.openai_api import Call, ChunkSequencer, Dialect, EdgeError, StreamRestarted
 from turnout.gateway.openapi import document
@@ -52,7 +53,7 @@ log = logs.get("turnout.gateway")
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 3600.0
 
 
-OPENAI, OLLAMA, ANTHROPIC = oai.DIALECT, oll.DIALECT, ant.DIALECT
+OPENAI, OLLAMA, ANTHROPIC, RESPONSES = oai.DIALECT, oll.DIALECT, ant.DIALECT, rsp.DIALECT
 
 
 def _dialect(request: web.Request) -> Dialect:
@@ -102,6 +103,8 @@ class Gateway:
         r.add_post("/v1/embeddings", self._openai("embeddings"))
         r.add_get("/v1/models", self.models)
         r.add_post("/v1/messages", self._parsed(ant.parse, ANTHROPIC))
+        r.add_post("/v1/responses", self.responses)
+        r.add_get("/v1/responses/{id}", self.response_status)
         r.add_post("/api/chat", self._ollama(lambda b: oll.parse_chat(b), "chat"))
         r.add_post("/api/generate", self._ollama(lambda b: oll.parse_generate(b), "generate"))
         r.add_post("/api/embed", self._ollama(lambda b: oll.parse_embed(b), "embed"))
@@ -262,10 +265,10 @@ class Gateway:
         return handle
 
     async def _call(
-        self, request: web.Request, dialect: Dialect, call: Call, client_id: str
+        self, request: web.Request, dialect: Dialect, call: Call, client_id: str, **extra: Any
     ) -> web.StreamResponse:
         timeout = self._timeout(request)
-        req = self._request(call, client_id)
+        req = self._request(call, client_id, **extra)
         with self.kafka.listen(req.id, stream=call.stream) as listener:
             await self.kafka.accept(req)
             if call.stream:
@@ -360,6 +363,36 @@ class Gateway:
         except ConnectionResetError:
             pass
         return response
+
+    # -- the Responses API: sync, streamed, background, retrieved -------------------------------
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        client = self._client(request)
+        call, background = rsp.parse(await self._body(request))
+        req_id = f"req-{uuid.uuid4().hex}"
+        rid = rsp.response_id(req_id)
+        if isinstance(call.encoder, rsp.ResponseStream):
+            call.encoder.rid = rid
+        if not background:
+            return await self._call(request, RESPONSES, call, client, id=req_id)
+        await self.kafka.accept(self._request(call, client, id=req_id))
+        return _json(rsp.queued(rid, call.model), **{"X-Request-Id": req_id})
+
+    async def response_status(self, request: web.Request) -> web.Response:
+        client = self._client(request)
+        rid = request.match_info["id"]
+        req_id = rsp.request_id(rid)
+        rec = None if req_id is None else self.kafka.lookup(req_id)
+        if rec is None:
+            raise EdgeError(
+                404,
+                f"no response {rid!r} is known here: it was never created through this "
+                f"gateway, or it expired ({self.gw.status_ttl_s:g} s after completion)",
+                code="response_not_found",
+            )
+        if self.keys.enabled and rec.client_id != client:
+            raise EdgeError(403, f"response {rid!r} belongs to another client", code="forbidden")
+        return _json(rsp.from_status(rid, rec))
 
     # -- async requests ------------------------------------------------------------------------
 
