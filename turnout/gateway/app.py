@@ -45,6 +45,7 @@ from turnout.gateway import ollama_api as oll
 from turnout.gateway import openai_api as oai
 from turnout.gateway import responses_api as rsp
 from turnout.gateway.kafka import GatewayKafka, Listener, StatusRecord, now_ms
+from turnout.gateway.metrics import GatewayMetrics
 from turnout.gateway.openai_api import Call, ChunkSequencer, Dialect, EdgeError, StreamRestarted
 from turnout.gateway.openapi import document
 from turnout.gateway.webhooks import Allowlist, WebhookRefused, WebhookSender
@@ -89,13 +90,14 @@ class Gateway:
             backoff_s=gw.webhook_backoff_s,
         )
         self.kafka.on_final = self._deliver_webhook
+        self.metrics = GatewayMetrics(lambda: len(self.kafka.store))
 
     def __repr__(self) -> str:
         return f"<Gateway id={self.gw.gateway_id} {self.keys!r} {self.kafka!r}>"
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._errors], client_max_size=self.base.max_request_bytes
+            middlewares=[self._measure, self._errors], client_max_size=self.base.max_request_bytes
         )
         r = app.router
         r.add_post("/v1/chat/completions", self._openai("chat"))
@@ -118,10 +120,32 @@ class Gateway:
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         r.add_get("/openapi.json", self.openapi)
+        r.add_get("/metrics", self.metrics_page)
         app.on_cleanup.append(lambda _: self.webhooks.close())
         return app
 
     # -- the edge: errors, auth, bodies --------------------------------------------------------
+
+    @web.middleware
+    async def _measure(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Counts every call by route template and status, its duration, and calls in flight."""
+        started = time.monotonic()
+        self.metrics.in_flight.inc()
+        status = 499  # the client went away before an answer (nginx's convention)
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            resource = request.match_info.route.resource
+            endpoint = resource.canonical if resource is not None else None
+            self.metrics.answered(endpoint, status, time.monotonic() - started)
 
     @web.middleware
     async def _errors(
@@ -272,14 +296,23 @@ class Gateway:
         with self.kafka.listen(req.id, stream=call.stream) as listener:
             await self.kafka.accept(req)
             if call.stream:
-                return await self._stream(request, dialect, call, req.id, listener, timeout)
+                try:
+                    return await self._stream(request, dialect, call, req.id, listener, timeout)
+                finally:
+                    self._count_tokens(listener)
             try:
                 reply = await asyncio.wait_for(asyncio.shield(listener.final), timeout)
             except TimeoutError:
                 raise self._late(request, req.id, timeout) from None
+        self._count_tokens(listener)
         if reply.status != "ok":
             raise oai.reply_error(reply.error)
         return _json(dialect.response_body(call, reply), **{"X-Request-Id": req.id})
+
+    def _count_tokens(self, listener: Listener) -> None:
+        final = listener.final
+        if final.done() and not final.cancelled() and final.result().status == "ok":
+            self.metrics.usage((final.result().body or {}).get("usage"))
 
     def _late(self, request: web.Request, request_id: str, timeout: float) -> EdgeError:
         url = self._status_url(request, request_id)
@@ -436,6 +469,7 @@ class Gateway:
             return
         body = orjson.dumps(oai.status_view(request_id, rec))
         ok = await self.webhooks.deliver(rec.webhook_url, body, request_id=request_id)
+        self.metrics.webhook(ok)
         done = msgspec.structs.replace(
             rec, webhook="delivered" if ok else "failed", updated_ms=now_ms()
         )
@@ -476,6 +510,10 @@ class Gateway:
         if await self.kafka.ready():
             return _json({"status": "ready"})
         return _json({"status": "not ready", "reason": "Kafka is unreachable"}, 503)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(document())

@@ -466,6 +466,9 @@ def _operations() -> list[tuple[str, str, str, str, str, Any, dict[str, Any], di
          {"200": _json(_ref("Health"))}, public),
         ("/readyz", "get", "readyz", "Readiness: Kafka reachable", "health", None,
          {"200": _json(_ref("Health")), "503": _json(_ref("Health"), "Not ready.")}, public),
+        ("/metrics", "get", "metrics", "Prometheus metrics of this gateway", "health", None,
+         {"200": {"description": "Prometheus text exposition",
+                  "content": {"text/plain": {"schema": _STR}}}}, public),
         ("/openapi.json", "get", "openapi", "This document", "health", None,
          {"200": _json(_OBJ)}, public),
     ]  # fmt: skip
