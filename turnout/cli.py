@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "worker":
+        from turnout import tracing
+
+        tracing.configure("turnout-worker")
         return _worker(settings)
     if args.command == "backends":
         return asyncio.run(_backends(settings))

@@ -25,7 +25,7 @@ from faust.types import TP
 from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Source, Timings
 from streams.settings import Settings
 from streams.tables import MemoryTable, StateTable, done_key
-from turnout import logs
+from turnout import logs, tracing
 from turnout.admission import Admitted, Record, Rejected, admit, charge
 from turnout.backends import BackendClient
 from turnout.backends.streaming import accumulate
@@ -232,9 +232,15 @@ class Dispatcher:
             if isinstance(outcome, Rejected):
                 await self._reject(record, outcome)
             else:
-                if hold_ms > 0:  # a rate-limit reservation: its turn comes then
-                    await asyncio.sleep(hold_ms / 1000)
-                await self._serve(record, outcome)
+                trace = dict(record.trace_headers)
+                picked = _now_ms()
+                with tracing.request_span(
+                    trace, outcome.request, enqueued_ms=record.timestamp_ms, picked_ms=picked
+                ):
+                    if hold_ms > 0:  # a rate-limit reservation: its turn comes then
+                        with tracing.span("turnout.rate_limit_wait", wait_ms=hold_ms):
+                            await asyncio.sleep(hold_ms / 1000)
+                    await self._serve(record, outcome)
             tracker.finish(record.offset)
             ack()
         except asyncio.CancelledError:
@@ -311,7 +317,8 @@ class Dispatcher:
         error: TurnoutError | None = None
         while True:
             try:
-                decision, fell_back = await self.chooser.choose(job, frozenset(tried))
+                with tracing.span("turnout.route", attempt=attempts + 1):
+                    decision, fell_back = await self.chooser.choose(job, frozenset(tried))
             except TurnoutError as exc:
                 error = exc
                 break
@@ -464,7 +471,8 @@ class Dispatcher:
         must not leave the request unfinished: its partition could not commit past it.
         """
         try:
-            await self._publisher.reply(topic, reply)
+            with tracing.span("turnout.reply_publish", **{"messaging.destination.name": topic}):
+                await self._publisher.reply(topic, reply)
         except PublishFailed as exc:
             log.warning("reply_refused", request_id=reply.id, error=str(exc))
             error = ErrorInfo(

@@ -15,7 +15,7 @@ import asyncio
 import random
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
@@ -105,6 +105,8 @@ class MockState:
         self.max_in_flight = 0
         self.by_route: Counter[str] = Counter()
         self.by_status: Counter[int] = Counter()
+        self.traceparents: deque[str] = deque(maxlen=100)
+        """The ``traceparent`` headers of the last calls (tracing tests read them)."""
         self.stopping = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -125,6 +127,7 @@ class MockState:
             "max_in_flight": self.max_in_flight,
             "by_route": dict(self.by_route),
             "by_status": {str(k): v for k, v in self.by_status.items()},
+            "traceparents": list(self.traceparents),
         }
 
 
@@ -169,6 +172,8 @@ def _backend_route(
         state = request.app[STATE]
         state.requests += 1
         state.by_route[request.path] += 1
+        if request.headers.get("traceparent"):
+            state.traceparents.append(request.headers["traceparent"])
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:

@@ -119,16 +119,22 @@ def split_system(messages: Any) -> tuple[str | None, Any]:
     if not isinstance(messages, list):
         return None, messages
     system: list[str] = []
+    blocks: list[dict[str, Any]] = []  # the system prompt as blocks, if any has cache_control
     out: list[Any] = []
     for m in messages:
         if isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES:
             text = _text(m.get("content"))
             if text:
                 system.append(text)
+            content = m.get("content")
+            parts = content if isinstance(content, list) else [{"type": "text", "text": text}]
+            blocks.extend(b for b in _content(parts) if isinstance(b, dict) and b.get("text"))
         elif isinstance(m, dict):
             out.append(tools.anthropic_message(m, _content(m.get("content"))))
         else:
             out.append(m)
+    if any("cache_control" in b for b in blocks):
+        return blocks, tools.merge_turns(out)  # type: ignore[return-value]
     return ("\n\n".join(system) or None), tools.merge_turns(out)
 
 
@@ -167,16 +173,26 @@ def parse(
     }
 
 
-def usage(raw: Any) -> dict[str, int]:
-    """OpenAI usage for Anthropic's ``{input_tokens, output_tokens}``."""
+def usage(raw: Any) -> dict[str, Any]:
+    """OpenAI usage for Anthropic's ``{input_tokens, output_tokens}`` and cache counts.
+
+    Anthropic's ``input_tokens`` excludes tokens read from or written to its prompt
+    cache; OpenAI's ``prompt_tokens`` includes them, with the reads reported as
+    ``prompt_tokens_details.cached_tokens``.
+    """
     raw = raw if isinstance(raw, dict) else {}
-    prompt = _count(raw.get("input_tokens"))
+    read = _count(raw.get("cache_read_input_tokens"))
+    written = _count(raw.get("cache_creation_input_tokens"))
+    prompt = _count(raw.get("input_tokens")) + read + written
     completion = _count(raw.get("output_tokens"))
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if read or written:
+        out["prompt_tokens_details"] = {"cached_tokens": read}
+    return out
 
 
 class StreamTranslator:
@@ -194,6 +210,7 @@ class StreamTranslator:
         self.id = ""
         self.model = ""
         self.input_tokens = 0
+        self.input_usage: dict[str, Any] = {"prompt_tokens": 0}
         self.done = False
         self._tools: dict[int, int] = {}  # content block index -> tool call index
 
@@ -212,7 +229,8 @@ class StreamTranslator:
             message = data.get("message") if isinstance(data.get("message"), dict) else {}
             self.id = str(message.get("id", ""))
             self.model = str(message.get("model", ""))
-            self.input_tokens = usage(message.get("usage"))["prompt_tokens"]
+            self.input_usage = usage(message.get("usage"))
+            self.input_tokens = self.input_usage["prompt_tokens"]
             return [self._chunk({"role": "assistant", "content": ""}, None)]
         if kind in ("content_block_start", "content_block_delta"):
             tool = self._tool_delta(kind, data)
@@ -227,7 +245,7 @@ class StreamTranslator:
             out_tokens = usage(data.get("usage"))["completion_tokens"]
             chunk = self._chunk({}, finish)
             chunk["usage"] = {
-                "prompt_tokens": self.input_tokens,
+                **self.input_usage,
                 "completion_tokens": out_tokens,
                 "total_tokens": self.input_tokens + out_tokens,
             }
@@ -316,12 +334,19 @@ def _content(content: Any) -> Any:
         if not isinstance(part, dict):
             blocks.append(part)
         elif part.get("type") == "text":
-            blocks.append({"type": "text", "text": part.get("text")})
+            blocks.append(_cached(part, {"type": "text", "text": part.get("text")}))
         elif part.get("type") == "image_url":
-            blocks.append(_image(part.get("image_url")))
+            blocks.append(_cached(part, _image(part.get("image_url"))))
         else:
             blocks.append(part)
     return blocks
+
+
+def _cached(part: Mapping[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """``block`` with the part's ``cache_control`` breakpoint, passed through untouched."""
+    if "cache_control" in part:
+        block["cache_control"] = part["cache_control"]
+    return block
 
 
 def _image(image_url: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from schemas.types import Kind
+from turnout import tracing
 from turnout.backends import anthropic, ollama, openai
 from turnout.backends.failures import translate
 from turnout.backends.http_call import HttpAnswer, HttpCall, join_url
@@ -109,6 +110,7 @@ class HttpBackendClient:
             headers.update(anthropic.headers(None if key is None else key.reveal()))
         elif key is not None:
             headers["Authorization"] = f"Bearer {key.reveal()}"
+        tracing.inject(headers)
         async with self._session.post(
             join_url(backend.base_url, call.path),
             data=orjson.dumps(call.json),

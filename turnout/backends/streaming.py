@@ -30,6 +30,7 @@ import aiohttp
 import orjson
 
 from schemas.types import Kind
+from turnout import tracing
 from turnout.backends import anthropic, ollama, openai, tools
 from turnout.backends.failures import translate
 from turnout.backends.http_call import HttpAnswer, check_status, describe, join_url
@@ -121,6 +122,7 @@ def _request(
         call.json["stream"] = True
         if key is not None:
             headers["Authorization"] = f"Bearer {key.reveal()}"
+    tracing.inject(headers)
     return join_url(backend.base_url, call.path), orjson.dumps(call.json), headers
 
 

@@ -95,13 +95,15 @@ def anthropic_tools(body: Mapping[str, Any], backend_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     functions = _functions(body.get("tools"), backend_id, "Anthropic Messages")
     if functions:
+        cache = [t.get("cache_control") for t in body.get("tools") or [] if isinstance(t, dict)]
         out["tools"] = [
             {
                 "name": fn.get("name"),
                 **({"description": fn["description"]} if fn.get("description") else {}),
                 "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+                **({"cache_control": c} if c is not None else {}),
             }
-            for fn in functions
+            for fn, c in zip(functions, cache, strict=False)
         ]
     choice = body.get("tool_choice")
     picked: dict[str, Any] | None = None

@@ -222,7 +222,10 @@ def to_openai_tools(tools: Any) -> list[dict[str, Any]]:
         }
         if t.get("description"):
             fn["description"] = t["description"]
-        out.append({"type": "function", "function": fn})
+        tool: dict[str, Any] = {"type": "function", "function": fn}
+        if "cache_control" in t:
+            tool["cache_control"] = t["cache_control"]  # passed through untouched
+        out.append(tool)
     return out
 
 

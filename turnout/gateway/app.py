@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 
 from schemas.types import Kind, ReplyChunk, Request
 from streams.settings import Settings
-from turnout import gcfreeze, logs
+from turnout import gcfreeze, logs, tracing
 from turnout.config import Config, ConfigError, load
 from turnout.errors import InvalidRequest
 from turnout.gateway import ApiKeys, GatewaySettings, load_keys, webhook_secret
@@ -294,7 +294,7 @@ class Gateway:
         timeout = self._timeout(request)
         req = self._request(call, client_id, **extra)
         with self.kafka.listen(req.id, stream=call.stream) as listener:
-            await self.kafka.accept(req)
+            await self._accept(request, req)
             if call.stream:
                 try:
                     return await self._stream(request, dialect, call, req.id, listener, timeout)
@@ -313,6 +313,14 @@ class Gateway:
         final = listener.final
         if final.done() and not final.cancelled() and final.result().status == "ok":
             self.metrics.usage((final.result().body or {}).get("usage"))
+
+    async def _accept(
+        self, http: web.Request, req: Request, *, webhook_url: str | None = None
+    ) -> None:
+        """Publish ``req`` inside the accept span, continuing the caller's trace, whose
+        context travels on as Kafka headers of the request record."""
+        with tracing.accept_span(http.headers, req):
+            await self.kafka.accept(req, webhook_url=webhook_url, headers=tracing.kafka_headers())
 
     def _late(self, request: web.Request, request_id: str, timeout: float) -> EdgeError:
         url = self._status_url(request, request_id)
@@ -408,7 +416,7 @@ class Gateway:
             call.encoder.rid = rid
         if not background:
             return await self._call(request, RESPONSES, call, client, id=req_id)
-        await self.kafka.accept(self._request(call, client, id=req_id))
+        await self._accept(request, self._request(call, client, id=req_id))
         return _json(rsp.queued(rid, call.model), **{"X-Request-Id": req_id})
 
     async def response_status(self, request: web.Request) -> web.Response:
@@ -442,7 +450,7 @@ class Gateway:
                     400, str(exc), param="webhook_url", code="webhook_refused"
                 ) from None
         req = self._request(call, client, **extra)
-        await self.kafka.accept(req, webhook_url=webhook)
+        await self._accept(request, req, webhook_url=webhook)
         url = self._status_url(request, req.id)
         return _json({"id": req.id, "status": "queued", "status_url": url}, 202, Location=url)
 
@@ -551,5 +559,6 @@ def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> int
     except (ValueError, ConfigError) as exc:
         print(f"turnout gateway: refusing to start: {exc}", file=sys.stderr)
         return 2
+    tracing.configure("turnout-gateway")
     asyncio.run(serve(Gateway(settings, gw, config, keys), host, port))
     return 0
