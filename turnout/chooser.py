@@ -142,7 +142,9 @@ class Chooser:
             state = self._rate_state.get(backend_id)
             self._rate_state[backend_id] = limits.check(state, tokens=tokens, now_ms=now_ms).state
 
-    async def choose(self, job: Admitted, tried: frozenset[str]) -> tuple[Decision, bool]:
+    async def choose(
+        self, job: Admitted, tried: frozenset[str], prefer: str | None = None
+    ) -> tuple[Decision, bool]:
         """Decide a backend, or a fallback route's (degraded), waiting while none can serve.
 
         Waiting is bounded by the request's deadline; Kafka buffers whatever does not
@@ -178,7 +180,14 @@ class Chooser:
                         turn=self._turn,
                         latency_ms=self._latency_ms,
                     )
-                    decision = decide(route, snapshot, wanted, tried=tried, rng=self._rng)
+                    decision = decide(
+                        route,
+                        snapshot,
+                        wanted,
+                        tried=tried,
+                        rng=self._rng,
+                        prefer=prefer if i == 0 else None,
+                    )
                     if decision is not None:
                         self._turn += 1
                         self._charge_backend(decision.backend, tokens, now)

@@ -27,6 +27,7 @@ from streams.settings import Settings
 from streams.tables import MemoryTable, StateTable, done_key
 from turnout import logs, tracing
 from turnout.admission import Admitted, Record, Rejected, admit, charge
+from turnout.affinity import affinity_key, table_key
 from turnout.backends import BackendClient
 from turnout.backends.streaming import accumulate
 from turnout.chooser import Chooser
@@ -60,6 +61,7 @@ class Dispatcher:
         publisher: Publisher,
         done: StateTable | None = None,
         buckets: StateTable | None = None,
+        affinity: StateTable | None = None,
         health: HealthBook | None = None,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
@@ -70,6 +72,7 @@ class Dispatcher:
         self._publisher = publisher
         self._done: StateTable = MemoryTable() if done is None else done
         self._buckets: StateTable = MemoryTable() if buckets is None else buckets
+        self._affinity: StateTable = MemoryTable() if affinity is None else affinity
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._trackers: dict[TP, OffsetTracker] = {}
         self._tasks: dict[TP, set[asyncio.Task[None]]] = defaultdict(set)
@@ -315,10 +318,14 @@ class Dispatcher:
         degraded = False
         body: dict[str, object] | None = None
         error: TurnoutError | None = None
+        sticky = self._sticky(job)
+        prefer = self._affinity.get(sticky) if sticky is not None else None
         while True:
             try:
                 with tracing.span("turnout.route", attempt=attempts + 1):
-                    decision, fell_back = await self.chooser.choose(job, frozenset(tried))
+                    decision, fell_back = await self.chooser.choose(
+                        job, frozenset(tried), prefer.decode() if prefer else None
+                    )
             except TurnoutError as exc:
                 error = exc
                 break
@@ -415,6 +422,10 @@ class Dispatcher:
                 done_key(req.client_id, req.id),
                 orjson.dumps({"at_ms": now, "backend": reply.backend, "replay": record.replay}),
             )
+            if sticky is not None and decision is not None and not degraded:
+                served = decision.backend.encode()
+                if served != prefer:
+                    await self._record_affinity(record.partition, sticky, served)
         self.metrics.request_completed(
             job.route_name,
             reply.backend,
@@ -448,6 +459,22 @@ class Dispatcher:
             offset=record.offset,
             **fields,
         )
+
+    def _sticky(self, job: Admitted) -> bytes | None:
+        """The affinity table key of a request on a ``cache_affinity`` route, else None."""
+        if not job.route.cache_affinity:
+            return None
+        req = job.request
+        key = affinity_key(req.body, req.metadata)
+        return None if key is None else table_key(req.client_id, key)
+
+    async def _record_affinity(self, partition: int, key: bytes, backend: bytes) -> None:
+        """Remember which backend served a cache key (in the request's own partition, like
+        ``done``); a failure costs one cache miss later, never the request."""
+        try:
+            await self._affinity.put(partition, key, backend)
+        except Exception:
+            log.exception("affinity_unrecorded", backend=backend.decode())
 
     async def _record_done(self, partition: int, key: bytes, value: bytes) -> None:
         """Remember a request answered ok, after its reply is on the broker.

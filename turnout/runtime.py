@@ -84,6 +84,7 @@ class Runtime:
             publisher=publisher,
             done=ChangelogTable(self._tables.done, self._app),
             buckets=ChangelogTable(self._tables.client_buckets, self._app),
+            affinity=ChangelogTable(self._tables.affinity, self._app),
             metrics=self.metrics,
             health=self.health,
         )
