@@ -15,7 +15,7 @@ import asyncio
 import random
 import signal
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
@@ -59,6 +59,9 @@ class MockOptions:
     models: tuple[str, ...] = ("echo", "embed")
     api_key: str | None = None
     """When set, requests without ``Authorization: Bearer <api_key>`` get 401."""
+    prefix_cache: bool = False
+    """Model a prefix cache (OpenAI chat): the longest message prefix this process has
+    seen before is reported as ``usage.prompt_tokens_details.cached_tokens``."""
 
     def changed(self, updates: Mapping[str, Any]) -> MockOptions:
         """A copy with ``updates`` (field names, ``-`` or ``_``) applied; ValueError if invalid."""
@@ -78,6 +81,10 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
             raise ValueError("models: expected a list of names or a comma-separated string")
         return tuple(m.strip() for m in models if m.strip())
+    if name == "prefix_cache":
+        if not isinstance(value, bool):
+            raise ValueError(f"prefix_cache: expected true or false, got {value!r}")
+        return value
     if name in ("seed", "api_key"):
         kind = int if name == "seed" else str
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
@@ -105,6 +112,7 @@ class MockState:
         self.max_in_flight = 0
         self.by_route: Counter[str] = Counter()
         self.by_status: Counter[int] = Counter()
+        self.prefixes: OrderedDict[bytes, None] = OrderedDict()
         self.traceparents: deque[str] = deque(maxlen=100)
         """The ``traceparent`` headers of the last calls (tracing tests read them)."""
         self.stopping = asyncio.Event()
@@ -119,6 +127,18 @@ class MockState:
         if options.seed != self.options.seed:
             self.rng = random.Random(options.seed)
         self.options = options
+
+    def cached_words(self, messages: list[Any], limit: int = 10_000) -> int:
+        """The prompt words of the longest prefix of ``messages`` seen before; then
+        remember every prefix of them (least recently used ones fall out)."""
+        keys = [orjson.dumps(messages[:i]) for i in range(1, len(messages) + 1)]
+        hit = next((i for i in range(len(keys), 0, -1) if keys[i - 1] in self.prefixes), 0)
+        for k in keys:
+            self.prefixes[k] = None
+            self.prefixes.move_to_end(k)
+        while len(self.prefixes) > limit:
+            self.prefixes.popitem(last=False)
+        return prompt_words("chat", {"messages": messages[:hit]}) if hit else 0
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -255,6 +275,9 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
             if plan is not None:
                 answer["choices"][0]["message"] = mock_tools.openai_message(*plan)
                 answer["choices"][0]["finish_reason"] = "tool_calls"
+            if state.options.prefix_cache and kind == "chat":
+                cached = state.cached_words(body.get("messages") or [])
+                answer["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
             if body.get("stream") is True and kind != "embeddings":
                 return await _sse(request, _openai_chunks(kind, answer, body, plan))
             return _json(answer)
@@ -544,6 +567,7 @@ def parse_args(argv: list[str]) -> MockOptions:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--models", default="echo,embed", help="comma-separated model names")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer <key>")
+    p.add_argument("--prefix-cache", action="store_true", help="model a prefix cache")
     args = vars(p.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
     try:
