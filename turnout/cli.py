@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         from turnout import tracing
 
-        tracing.configure("turnout-worker")
+        try:
+            tracing.configure("turnout-worker", settings.otlp_endpoint)
+        except ValueError as exc:
+            print(f"turnout: refusing to start: {exc}", file=sys.stderr)
+            return 2
         return _worker(settings)
     if args.command == "backends":
         return asyncio.run(_backends(settings))

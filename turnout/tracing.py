@@ -28,7 +28,6 @@ install an in-memory exporter with ``install``.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -53,13 +52,17 @@ def install(provider: Any) -> None:
     _tracer = provider.get_tracer("turnout")
 
 
-def configure(service_name: str, env: Mapping[str, str] | None = None) -> bool:
-    """Turn on OTLP export when ``TURNOUT_OTLP_ENDPOINT`` is set; True if it was."""
-    env = os.environ if env is None else env
-    endpoint = env.get("TURNOUT_OTLP_ENDPOINT", "")
+def configure(service_name: str, endpoint: str) -> bool:
+    """Turn on OTLP export to ``endpoint`` (``TURNOUT_OTLP_ENDPOINT``); "" leaves it off."""
     if not endpoint:
         return False
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        raise ValueError(
+            "TURNOUT_OTLP_ENDPOINT is set but the OTLP exporter is not installed: "
+            "pip install 'turnout[otel]' (or unset it to turn export off)"
+        ) from None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor

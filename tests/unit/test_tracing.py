@@ -7,6 +7,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from streams.settings import Settings
 from tests.unit.test_dispatch import TP0, drain, make
 from tests.unit.test_gateway_http import CHAT, Running, gw, receiver, receiver_prefix  # noqa: F401
 from turnout import tracing
@@ -95,4 +96,14 @@ def test_backend_calls_carry_the_trace_in_http_headers(spans):
 
 def test_configure_is_off_by_default():
     """No TURNOUT_OTLP_ENDPOINT: no exporter is set up."""
-    assert tracing.configure("t", env={}) is False
+    assert tracing.configure("t", "") is False
+    assert Settings.from_env({}).otlp_endpoint == ""
+
+
+def test_export_without_the_exporter_installed_names_the_extra(monkeypatch):
+    """An endpoint set without the otel extra is a clear start-up error, not a crash."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    with pytest.raises(ValueError, match=r"turnout\[otel\]"):
+        tracing.configure("t", "http://127.0.0.1:4318/v1/traces")

@@ -556,9 +556,9 @@ def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> int
         gw = GatewaySettings.from_env()
         keys = load_keys(gw.keys)
         config = load(settings.config_path)
+        tracing.configure("turnout-gateway", settings.otlp_endpoint)
     except (ValueError, ConfigError) as exc:
         print(f"turnout gateway: refusing to start: {exc}", file=sys.stderr)
         return 2
-    tracing.configure("turnout-gateway")
     asyncio.run(serve(Gateway(settings, gw, config, keys), host, port))
     return 0
