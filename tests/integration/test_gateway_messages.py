@@ -106,3 +106,11 @@ def test_tool_use_round_trip(client, protocol, streamed):
     second = client.messages.create(messages=turn, **kwargs)
     assert second.content[0].text == "tool result: sunny"
     assert second.stop_reason == "end_turn"
+
+
+def test_count_tokens_answers_the_sdk(client):
+    """messages.count_tokens returns an estimate through the gateway."""
+    out = client.messages.count_tokens(
+        model="m-openai", messages=[{"role": "user", "content": "hello " * 50}]
+    )
+    assert out.input_tokens > 50

@@ -159,3 +159,14 @@ def test_an_empty_stream_still_starts_and_stops():
     got = events(ant.MessageStream("m").finish({"choices": [{"finish_reason": "length"}]}))
     assert [n for n, _ in got] == ["message_start", "ping", "message_delta", "message_stop"]
     assert got[2][1]["delta"]["stop_reason"] == "max_tokens"
+
+
+def test_count_tokens_estimates_system_messages_and_tools():
+    """max_tokens is not needed; more text, and tools, count more."""
+    small = ant.count_tokens({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    big = ant.count_tokens(
+        {"model": "m", "system": "x" * 400, "tools": [TOOL],
+         "messages": [{"role": "user", "content": "hi"}]}
+    )  # fmt: skip
+    assert 0 < small["input_tokens"] < big["input_tokens"]
+    assert big["input_tokens"] >= small["input_tokens"] + 100

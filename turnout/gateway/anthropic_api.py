@@ -34,6 +34,7 @@ import orjson
 from schemas.types import Reply
 from turnout.backends.streaming import chunks_from_response
 from turnout.gateway.openai_api import Call, Dialect, EdgeError
+from turnout.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
 
 CONTENT_TYPE = "text/event-stream"
 _STOP = {
@@ -246,6 +247,17 @@ def to_openai_tool_choice(choice: Any) -> dict[str, Any]:
     if choice.get("disable_parallel_tool_use") is True:
         out["parallel_tool_calls"] = False
     return out
+
+
+def count_tokens(body: Any) -> dict[str, int]:
+    """``POST /v1/messages/count_tokens``: an estimate (turnout has no tokenizer: about
+    four characters a token, ``turnout/tokens.py``), the system prompt and tools included."""
+    if isinstance(body, dict) and "max_tokens" not in body:
+        body = {**body, "max_tokens": 1}
+    call = parse(body)
+    tools = call.body.get("tools")
+    extra = len(orjson.dumps(tools)) // CHARS_PER_TOKEN if tools else 0
+    return {"input_tokens": estimate_prompt_tokens("chat", call.body) + extra}
 
 
 # -- answers -----------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ class Gateway:
         r.add_post("/v1/embeddings", self._openai("embeddings"))
         r.add_get("/v1/models", self.models)
         r.add_post("/v1/messages", self._parsed(ant.parse, ANTHROPIC))
+        r.add_post("/v1/messages/count_tokens", self.count_tokens)
         r.add_post("/v1/responses", self.responses)
         r.add_get("/v1/responses/{id}", self.response_status)
         r.add_post("/api/chat", self._ollama(lambda b: oll.parse_chat(b), "chat"))
@@ -418,6 +419,10 @@ class Gateway:
             return await self._call(request, RESPONSES, call, client, id=req_id)
         await self._accept(request, self._request(call, client, id=req_id))
         return _json(rsp.queued(rid, call.model), **{"X-Request-Id": req_id})
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        self._client(request)
+        return _json(ant.count_tokens(await self._body(request)))
 
     async def response_status(self, request: web.Request) -> web.Response:
         client = self._client(request)
