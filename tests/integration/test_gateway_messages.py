@@ -114,3 +114,9 @@ def test_count_tokens_answers_the_sdk(client):
         model="m-openai", messages=[{"role": "user", "content": "hello " * 50}]
     )
     assert out.input_tokens > 50
+
+
+def test_models_list_in_anthropics_shape(client):
+    """models.list from the anthropic SDK gets Anthropic's page of models."""
+    ids = [m.id for m in client.models.list()]
+    assert {"default", "m-openai", "m-ollama", "m-anthropic"} <= set(ids)

@@ -249,6 +249,20 @@ def to_openai_tool_choice(choice: Any) -> dict[str, Any]:
     return out
 
 
+def model_list(names: list[str]) -> dict[str, Any]:
+    """``GET /v1/models`` in Anthropic's shape (asked with an ``anthropic-version`` header)."""
+    data = [
+        {"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}
+        for n in names
+    ]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": names[0] if names else None,
+        "last_id": names[-1] if names else None,
+    }
+
+
 def count_tokens(body: Any) -> dict[str, int]:
     """``POST /v1/messages/count_tokens``: an estimate (turnout has no tokenizer: about
     four characters a token, ``turnout/tokens.py``), the system prompt and tools included."""

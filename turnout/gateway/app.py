@@ -492,6 +492,8 @@ class Gateway:
 
     async def models(self, request: web.Request) -> web.Response:
         self._client(request)
+        if "anthropic-version" in request.headers:  # the anthropic SDK's models.list()
+            return _json(ant.model_list(self.config.model_names()))
         data = [
             {"id": m, "object": "model", "created": 0, "owned_by": "turnout"}
             for m in self.config.model_names()
