@@ -322,10 +322,11 @@ class Dispatcher:
         prefer = self._affinity.get(sticky) if sticky is not None else None
         while True:
             try:
-                with tracing.span("turnout.route", attempt=attempts + 1):
+                with tracing.span("turnout.route", attempt=attempts + 1) as span:
                     decision, fell_back = await self.chooser.choose(
                         job, frozenset(tried), prefer.decode() if prefer else None
                     )
+                    span.set_attributes(tracing.decision_attributes(decision, fell_back))
             except TurnoutError as exc:
                 error = exc
                 break

@@ -154,6 +154,18 @@ def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attributes.items() if v is not None}
 
 
+def decision_attributes(decision: Any, degraded: bool) -> dict[str, Any]:
+    """What the routing span records: the backend, the policy and its reason."""
+    return _clean(
+        {
+            "turnout.backend": getattr(decision, "backend", None),
+            "turnout.policy": getattr(decision, "policy", None),
+            "turnout.reason": getattr(decision, "reason", None),
+            "turnout.degraded": degraded,
+        }
+    )
+
+
 def usage_attributes(body: Mapping[str, Any] | None) -> dict[str, Any]:
     """GenAI usage attributes of an OpenAI-shaped answer."""
     if not isinstance(body, Mapping):

@@ -56,6 +56,9 @@ async def test_one_request_is_one_connected_trace(spans, gw: Running):  # noqa: 
     assert request.parent.span_id == accept.context.span_id
     for child in ("turnout.queue_wait", "turnout.route", "chat echo", "turnout.reply_publish"):
         assert got[child].parent.span_id == request.context.span_id, child
+    assert got["turnout.route"].attributes["turnout.backend"] == "a"
+    assert "first" in got["turnout.route"].attributes["turnout.reason"]
+    assert got["turnout.queue_wait"].end_time - got["turnout.queue_wait"].start_time >= 5_000_000
     attempt = got["chat echo"]
     assert attempt.attributes["gen_ai.operation.name"] == "chat"
     assert attempt.attributes["gen_ai.system"] == "openai"
