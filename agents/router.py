@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from turnout import logs
+from turnout import logs, tracing
 from turnout.admission import Record
 from turnout.runtime import Runtime
 
@@ -33,6 +33,7 @@ def to_record(msg: Any) -> Record:
         value=msg.value if msg.value is not None else b"",
         replay=REPLAY in headers,
         force=headers.get(REPLAY_FORCE) == b"1",
+        trace_headers=tuple(tracing.from_kafka(headers).items()),
     )
 
 

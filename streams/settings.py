@@ -150,6 +150,11 @@ class Settings:
     log_content: bool = setting(
         "TURNOUT_LOG_CONTENT", False, "Log prompts and responses (off: they are private)."
     )
+    otlp_endpoint: str = setting(
+        "TURNOUT_OTLP_ENDPOINT",
+        "",
+        "OTLP/HTTP traces URL (e.g. http://127.0.0.1:4318/v1/traces); empty: export off.",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

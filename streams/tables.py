@@ -10,6 +10,8 @@ makes the limits exact across any number of workers without Redis.
   request's dispatch task, in the request's own partition: see ``ChangelogTable``).
   A request already answered ok is not served again: a replay, or a repeat after
   a crash that got as far as recording the outcome.
+- ``affinity``: client id + cache key → the backend that served it last ok (routes
+  with ``cache_affinity``; written like ``done``, see ``turnout/affinity.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ log = logs.get("turnout.tables")
 class Tables:
     client_buckets: faust.Table[bytes, bytes]
     done: faust.Table[bytes, bytes]
+    affinity: faust.Table[bytes, bytes]
 
 
 def declare(app: faust.App, settings: Settings) -> Tables:
@@ -50,6 +53,13 @@ def declare(app: faust.App, settings: Settings) -> Tables:
                 "cleanup.policy": "compact,delete",
                 "retention.ms": str(settings.dedupe_retention_s * 1000),
             },
+        ),
+        affinity=app.Table(
+            "affinity",
+            partitions=settings.request_partitions,
+            key_type=bytes,
+            value_type=bytes,
+            extra_topic_configs={"cleanup.policy": "compact"},
         ),
     )
 

@@ -51,6 +51,8 @@ class Record:
     """Re-published by ``turnout replay``."""
     force: bool = False
     """Serve it even if it was answered ok before (``turnout replay --force``)."""
+    trace_headers: tuple[tuple[str, str], ...] = ()
+    """The W3C trace context its producer sent (``traceparent``, ``tracestate``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

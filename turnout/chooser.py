@@ -144,7 +144,11 @@ class Chooser:
             self._rate_state[backend_id] = limits.check(state, tokens=tokens, now_ms=now_ms).state
 
     async def choose(
-        self, job: Admitted, tried: frozenset[str], parking: Parking | None = None
+        self,
+        job: Admitted,
+        tried: frozenset[str],
+        parking: Parking | None = None,
+        prefer: str | None = None,
     ) -> tuple[Decision, bool]:
         """Decide a backend, or a fallback route's (degraded), waiting while none can serve.
 
@@ -182,7 +186,14 @@ class Chooser:
                         turn=self._turn,
                         latency_ms=self._latency_ms,
                     )
-                    decision = decide(route, snapshot, wanted, tried=tried, rng=self._rng)
+                    decision = decide(
+                        route,
+                        snapshot,
+                        wanted,
+                        tried=tried,
+                        rng=self._rng,
+                        prefer=prefer if i == 0 else None,
+                    )
                     if decision is not None:
                         self._turn += 1
                         self._charge_backend(decision.backend, tokens, now)

@@ -34,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--kind", choices=["chat", "completion", "embeddings"], default="chat")
     send.add_argument("--client", default="cli")
     send.add_argument("--id", help="the request id (default: random)")
-    send.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    send.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="the request's deadline in seconds; the final reply (errors included) is "
+        "awaited a little longer than that",
+    )
 
     mock = sub.add_parser("mock-backend", help="serve a mock OpenAI/Ollama backend", add_help=False)
     mock.add_argument("rest", nargs=argparse.REMAINDER)
@@ -75,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "worker":
+        from turnout import tracing
+
+        try:
+            tracing.configure("turnout-worker", settings.otlp_endpoint)
+        except ValueError as exc:
+            print(f"turnout: refusing to start: {exc}", file=sys.stderr)
+            return 2
         return _worker(settings)
     if args.command == "backends":
         return asyncio.run(_backends(settings))
@@ -163,7 +176,7 @@ async def _backends(settings: Settings) -> int:
 
 async def _send(settings: Settings, args: argparse.Namespace) -> int:
     from schemas.types import Request
-    from turnout.client import ReplyReader, RequestPublisher, ensure_topics
+    from turnout.client import ReplyReader, RequestPublisher, ensure_topics, group_members
 
     if args.kind == "chat":
         body = {"messages": [{"role": "user", "content": args.message}]}
@@ -186,24 +199,53 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
     publisher = RequestPublisher(settings.bootstrap, settings.request_topic)
     await reader.start(from_end=True)
     await publisher.start()
+    wait_s = reply_wait_s(args.timeout)
     try:
         started = time.monotonic()
         await publisher.send(request)
-        replies = await reader.collect({request.id}, args.timeout)
+        replies = await reader.collect({request.id}, wait_s)
     finally:
         await publisher.stop()
         await reader.stop()
     if request.id not in replies:
-        print(
-            f"turnout: no reply to {request.id} on {reply_topic} within {args.timeout} s; "
-            "is a worker running (turnout worker)?",
-            file=sys.stderr,
-        )
+        members = await group_members(settings.bootstrap, settings.app_id)
+        why = no_reply_message(request.id, reply_topic, wait_s, settings.app_id, members)
+        print(f"turnout: {why}", file=sys.stderr)
         return 1
     reply = replies[request.id][0]
     sys.stdout.buffer.write(orjson.dumps(orjson.loads(reply.to_wire()), option=orjson.OPT_INDENT_2))
     print(f"\n# round trip {1000 * (time.monotonic() - started):.0f} ms", file=sys.stderr)
     return 0 if reply.status == "ok" else 1
+
+
+def reply_wait_s(deadline_s: float) -> float:
+    """How long ``turnout send`` listens: past the request's deadline, so that the
+    worker's own ``deadline_exceeded`` reply (sent at the deadline) is still read.
+
+    >>> reply_wait_s(20.0), reply_wait_s(300.0)
+    (25.0, 330.0)
+    """
+    return deadline_s + max(5.0, deadline_s / 10)
+
+
+def no_reply_message(
+    request_id: str, topic: str, waited_s: float, group: str, members: int | None
+) -> str:
+    """What ``turnout send`` says when no reply came: a missing worker is blamed only
+    when the worker group has no member.
+
+    >>> no_reply_message("r1", "t", 25.0, "turnout", 0).split(";")[1]
+    ' no worker is in consumer group turnout: start one (turnout worker)'
+    """
+    head = f"no reply to {request_id} on {topic} within {waited_s:g} s"
+    if members == 0:
+        return f"{head}; no worker is in consumer group {group}: start one (turnout worker)"
+    if members is None:
+        return f"{head}; could not ask the broker whether a worker is in group {group}"
+    return (
+        f"{head}, although {members} consumer(s) are in group {group}; the request stays "
+        "in Kafka and is served when its partition moves on (see turnout status for lag)"
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaError, TopicAlreadyExistsError
 
 from schemas.types import Reply, Request, decode_reply_message
 
@@ -56,6 +56,25 @@ async def partition_counts(admin: AIOKafkaAdminClient, names: Iterable[str]) -> 
             break
         await asyncio.sleep(0.1)
     return {d["topic"]: len(d["partitions"]) for d in described}
+
+
+async def group_members(bootstrap: str, group: str) -> int | None:
+    """How many consumers are in ``group`` now; None when the broker cannot say.
+
+    A broker that has never had a consumer group has no coordinator yet: 0.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        answers = await admin.describe_consumer_groups([group])
+    except GroupCoordinatorNotAvailableError:
+        return 0
+    except (KafkaError, OSError):
+        return None
+    finally:
+        await admin.close()
+    # DescribeGroups: groups = [(error_code, group_id, state, protocol_type, protocol, members)]
+    return sum(len(g[5]) for a in answers for g in a.groups if g[1] == group and g[0] == 0)
 
 
 class ReplyReader:

@@ -22,7 +22,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 
@@ -33,7 +33,7 @@ Policy = Literal[
     "round_robin", "weighted", "least_connections", "latency", "cost", "local_first", "first"
 ]
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _IMPLICIT = "model:"
 
 
@@ -127,6 +127,9 @@ class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Other routes, in order, tried when this one cannot serve (degraded mode)."""
     require: list[str] = []
     """Capabilities a backend must have to be a candidate."""
+    cache_affinity: bool = False
+    """Requests sharing a ``prompt_cache_key`` (else ``metadata.session``) go to the
+    backend that served that key last, while it can serve (``turnout/affinity.py``)."""
     retry_budget: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
     """Retries of calls that reached a backend may add at most this share of the
     route's requests (plus a reserve of 10), so retries cannot multiply an overload."""
@@ -229,13 +232,74 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 def _expand_env(text: str, env: Mapping[str, str], problems: list[str]) -> str:
     def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
+        name, default = m.group(1), m.group(2)
+        if name not in env and default is not None:
+            return default  # ${NAME:-default}, as in a shell
         if name not in env:
             problems.append(f"environment variable {name} is referenced as ${{{name}}} but not set")
             return m.group(0)  # left as is, so the rest of the file is still checked
         return env[name]
 
     return _ENV_REF.sub(sub, text)
+
+
+def schema_problems(raw: Any) -> list[str]:
+    """Every place where the decoded YAML ``raw`` does not fit ``Config``, in file order.
+
+    msgspec reports only the first; this walks structs field by field (unknown
+    fields, missing fields, wrong values) so that one run of ``turnout config
+    check`` names them all.
+    """
+    problems: list[str] = []
+    _walk(raw, Config, "", problems)
+    return problems
+
+
+def _walk(value: Any, typ: Any, where: str, problems: list[str]) -> None:
+    if isinstance(typ, type) and issubclass(typ, msgspec.Struct):
+        _walk_struct(value, typ, where, problems)
+        return
+    origin, args = get_origin(typ), get_args(typ)
+    if origin is list and args and isinstance(value, list):
+        for i, item in enumerate(value):
+            label = item.get("id") or item.get("name") if isinstance(item, dict) else None
+            _walk(item, args[0], f"{where}[{i}{':' + str(label) if label else ''}]", problems)
+        return
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        for key, item in value.items():
+            _walk(item, args[1], f"{where}[{key}]", problems)
+        return
+    try:
+        msgspec.convert(value, typ)
+    except msgspec.ValidationError as exc:
+        problems.append(f"{where}: {_explain(typ, value, exc)}")
+
+
+def _walk_struct(value: Any, cls: type[msgspec.Struct], where: str, problems: list[str]) -> None:
+    prefix = f"{where}." if where else ""
+    if not isinstance(value, dict):
+        problems.append(f"{where or 'the file'}: expected a mapping, got {value!r}")
+        return
+    fields = {f.name: f for f in msgspec.structs.fields(cls)}
+    for key in value:
+        if key not in fields:
+            problems.append(
+                f"{prefix}{key}: unknown field (expected one of: {', '.join(fields)})"
+            )
+    for name, field in fields.items():
+        if name in value:
+            _walk(value[name], field.type, prefix + name, problems)
+        elif field.required:
+            problems.append(f"{prefix}{name}: required field is missing")
+
+
+def _explain(typ: Any, value: Any, exc: msgspec.ValidationError) -> str:
+    """What was expected and what arrived; Literal types list their allowed values."""
+    if get_origin(typ) is Literal:
+        allowed = ", ".join(str(a) for a in get_args(typ))
+        return f"expected one of {allowed}, got {value!r}"
+    detail = str(exc)
+    return f"{detail[0].lower()}{detail[1:]}, got {value!r}" if detail else f"got {value!r}"
 
 
 def check(config: Config, env: Mapping[str, str]) -> list[str]:
@@ -424,7 +488,12 @@ def loads(text: str, *, source: str = "<config>", env: Mapping[str, str] | None 
     text = _expand_env(text, env, problems)
     try:
         config = msgspec.yaml.decode(text, type=Config)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except msgspec.ValidationError as exc:
+        # msgspec stops at the first error; walk the file to name every one of them.
+        raw = msgspec.yaml.decode(text)
+        found = schema_problems(raw) or [str(exc)]
+        raise ConfigError(source, [*problems, *found]) from None
+    except msgspec.DecodeError as exc:
         raise ConfigError(source, [*problems, str(exc)]) from None
     unset = bool(problems)
     # A value holding an unset ${VAR} was reported above; do not report it again.

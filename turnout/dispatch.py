@@ -42,8 +42,9 @@ from faust.types import TP
 from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Timings
 from streams.settings import Settings
 from streams.tables import MemoryTable, StateTable, done_key
-from turnout import logs
+from turnout import logs, tracing
 from turnout.admission import Admitted, Record, Rejected, admit, charge, refuse
+from turnout.affinity import affinity_key, table_key
 from turnout.backends import BackendClient
 from turnout.backends.streaming import accumulate
 from turnout.chooser import Chooser
@@ -102,6 +103,7 @@ class Dispatcher:
         publisher: Publisher,
         done: StateTable | None = None,
         buckets: StateTable | None = None,
+        affinity: StateTable | None = None,
         health: HealthBook | None = None,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
@@ -115,6 +117,7 @@ class Dispatcher:
         self._publisher = publisher
         self._done: StateTable = MemoryTable() if done is None else done
         self._buckets: StateTable = MemoryTable() if buckets is None else buckets
+        self._affinity: StateTable = MemoryTable() if affinity is None else affinity
         self._pool = SlotPool(settings.max_in_flight, settings.max_waiting)
         self._slots = self._pool.slots
         self._trackers = Trackers()
@@ -412,12 +415,19 @@ class Dispatcher:
                 if isinstance(outcome, Rejected):
                     await self._reject(record, outcome)
                 else:
-                    if not lease.held:  # a reservation takes its slot when its turn comes
-                        stage.cause, stage.detail = "rate_limit_wait", "waiting for its rate limit"
-                        await asyncio.sleep(hold_ms / 1000)
-                        await lease.acquire()
-                    stage.cause, stage.detail = "serving", "serving the request"
-                    await self._serve(record, outcome, lease)
+                    trace = dict(record.trace_headers)
+                    picked = _now_ms()
+                    with tracing.request_span(
+                        trace, outcome.request, enqueued_ms=record.timestamp_ms, picked_ms=picked
+                    ):
+                        if not lease.held:  # a reservation takes its slot when its turn comes
+                            stage.cause = "rate_limit_wait"
+                            stage.detail = "waiting for its rate limit"
+                            with tracing.span("turnout.rate_limit_wait", wait_ms=hold_ms):
+                                await asyncio.sleep(hold_ms / 1000)
+                                await lease.acquire()
+                        stage.cause, stage.detail = "serving", "serving the request"
+                        await self._serve(record, outcome, lease)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -590,11 +600,15 @@ class Dispatcher:
         degraded = False
         body: dict[str, object] | None = None
         error: TurnoutError | None = None
+        sticky = self._sticky(job)
+        prefer = self._affinity.get(sticky) if sticky is not None else None
         while True:
             try:
-                decision, fell_back = await self.chooser.choose(
-                    job, frozenset(tried), lease
-                )
+                with tracing.span("turnout.route", attempt=attempts + 1) as span:
+                    decision, fell_back = await self.chooser.choose(
+                        job, frozenset(tried), lease, prefer.decode() if prefer else None
+                    )
+                    span.set_attributes(tracing.decision_attributes(decision, fell_back))
             except TurnoutError as exc:
                 error = exc
                 break
@@ -691,6 +705,10 @@ class Dispatcher:
                 done_key(req.client_id, req.id),
                 orjson.dumps({"at_ms": now, "backend": reply.backend, "replay": record.replay}),
             )
+            if sticky is not None and decision is not None and not degraded:
+                served = decision.backend.encode()
+                if served != prefer:
+                    await self._record_affinity(record.partition, sticky, served)
         self.metrics.request_completed(
             job.route_name,
             reply.backend,
@@ -725,6 +743,22 @@ class Dispatcher:
             **fields,
         )
 
+    def _sticky(self, job: Admitted) -> bytes | None:
+        """The affinity table key of a request on a ``cache_affinity`` route, else None."""
+        if not job.route.cache_affinity:
+            return None
+        req = job.request
+        key = affinity_key(req.body, req.metadata)
+        return None if key is None else table_key(req.client_id, key)
+
+    async def _record_affinity(self, partition: int, key: bytes, backend: bytes) -> None:
+        """Remember which backend served a cache key (in the request's own partition, like
+        ``done``); a failure costs one cache miss later, never the request."""
+        try:
+            await self._affinity.put(partition, key, backend)
+        except Exception:
+            log.exception("affinity_unrecorded", backend=backend.decode())
+
     async def _record_done(self, partition: int, key: bytes, value: bytes) -> None:
         """Remember a request answered ok, after its reply is on the broker.
 
@@ -750,7 +784,8 @@ class Dispatcher:
         """
         _set_stage("publishing_reply", f"publishing the reply to {topic}")
         try:
-            await self._publisher.reply(topic, reply)
+            with tracing.span("turnout.reply_publish", **{"messaging.destination.name": topic}):
+                await self._publisher.reply(topic, reply)
         except PublishFailed as exc:
             log.warning("reply_refused", request_id=reply.id, error=str(exc))
             error = ErrorInfo(

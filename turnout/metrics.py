@@ -14,7 +14,8 @@ Exposed series (latencies in seconds, the Prometheus convention; the API takes m
 - ``turnout_queue_seconds{route}``, ``turnout_total_seconds{route}``,
   ``turnout_backend_seconds{backend}``: the reply's ``timings``
 - ``turnout_in_flight``: backend calls in flight in this worker
-- ``turnout_tokens_total{backend,type}``: ``prompt`` / ``completion`` from the body's ``usage``
+- ``turnout_tokens_total{backend,type}``: ``prompt`` / ``completion`` from the body's
+  ``usage``, and ``cached``: prompt tokens the backend served from its prompt cache
 - ``turnout_cost_total{backend}``: estimated from the config's ``cost`` prices
 - ``turnout_rate_limited_total{limit}``: requests refused by a client limit
 - ``turnout_dead_letters_total{code}``, ``turnout_skipped_total`` (already answered ok)
@@ -56,6 +57,17 @@ class Price:
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         prompt = prompt_tokens * self.input_per_mtok
         return (prompt + completion_tokens * self.output_per_mtok) / 1e6
+
+
+def cached_tokens(usage: Any) -> int:
+    """Prompt tokens served from a prompt cache (``prompt_tokens_details.cached_tokens``).
+
+    >>> cached_tokens({"prompt_tokens_details": {"cached_tokens": 7}}), cached_tokens(None)
+    (7, 0)
+    """
+    details = usage.get("prompt_tokens_details") if isinstance(usage, Mapping) else None
+    value = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def tokens_of(usage: Mapping[str, Any] | None) -> tuple[int, int]:
@@ -248,6 +260,9 @@ class Metrics:
                 self.tokens.labels(backend_l, "prompt").inc(prompt)
             if completion:
                 self.tokens.labels(backend_l, "completion").inc(completion)
+            cached = cached_tokens(usage)
+            if cached:
+                self.tokens.labels(backend_l, "cached").inc(cached)
             price = self._prices.get(backend)
             if price is not None and (prompt or completion):
                 view.cost += price.cost(prompt, completion)

@@ -15,7 +15,7 @@ import asyncio
 import random
 import signal
 import time
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from schemas.types import Kind
+from turnout import mock_tools
 from turnout.backends.fake import (
     count_words,
     echo_content,
@@ -58,6 +59,9 @@ class MockOptions:
     models: tuple[str, ...] = ("echo", "embed")
     api_key: str | None = None
     """When set, requests without ``Authorization: Bearer <api_key>`` get 401."""
+    prefix_cache: bool = False
+    """Model a prefix cache (OpenAI chat): the longest message prefix this process has
+    seen before is reported as ``usage.prompt_tokens_details.cached_tokens``."""
 
     def changed(self, updates: Mapping[str, Any]) -> MockOptions:
         """A copy with ``updates`` (field names, ``-`` or ``_``) applied; ValueError if invalid."""
@@ -77,6 +81,10 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
             raise ValueError("models: expected a list of names or a comma-separated string")
         return tuple(m.strip() for m in models if m.strip())
+    if name == "prefix_cache":
+        if not isinstance(value, bool):
+            raise ValueError(f"prefix_cache: expected true or false, got {value!r}")
+        return value
     if name in ("seed", "api_key"):
         kind = int if name == "seed" else str
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
@@ -104,6 +112,9 @@ class MockState:
         self.max_in_flight = 0
         self.by_route: Counter[str] = Counter()
         self.by_status: Counter[int] = Counter()
+        self.prefixes: OrderedDict[bytes, None] = OrderedDict()
+        self.traceparents: deque[str] = deque(maxlen=100)
+        """The ``traceparent`` headers of the last calls (tracing tests read them)."""
         self.stopping = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -117,6 +128,18 @@ class MockState:
             self.rng = random.Random(options.seed)
         self.options = options
 
+    def cached_words(self, messages: list[Any], limit: int = 10_000) -> int:
+        """The prompt words of the longest prefix of ``messages`` seen before; then
+        remember every prefix of them (least recently used ones fall out)."""
+        keys = [orjson.dumps(messages[:i]) for i in range(1, len(messages) + 1)]
+        hit = next((i for i in range(len(keys), 0, -1) if keys[i - 1] in self.prefixes), 0)
+        for k in keys:
+            self.prefixes[k] = None
+            self.prefixes.move_to_end(k)
+        while len(self.prefixes) > limit:
+            self.prefixes.popitem(last=False)
+        return prompt_words("chat", {"messages": messages[:hit]}) if hit else 0
+
     def stats(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
@@ -124,6 +147,7 @@ class MockState:
             "max_in_flight": self.max_in_flight,
             "by_route": dict(self.by_route),
             "by_status": {str(k): v for k, v in self.by_status.items()},
+            "traceparents": list(self.traceparents),
         }
 
 
@@ -168,6 +192,8 @@ def _backend_route(
         state = request.app[STATE]
         state.requests += 1
         state.by_route[request.path] += 1
+        if request.headers.get("traceparent"):
+            state.traceparents.append(request.headers["traceparent"])
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
@@ -240,14 +266,28 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
         model = body.get("model")
         if model not in state.options.models:
             return _error(wire, 404, f"model '{model}' not found", "model_not_found")
+        plan = mock_tools.tool_call(wire, body) if kind == "chat" else None
+        result = mock_tools.tool_result(wire, body) if kind == "chat" else None
         if wire == "openai":
             answer = openai_response(kind, model, body, created=int(time.time()))
+            if result is not None:
+                answer["choices"][0]["message"]["content"] = f"tool result: {result}"
+            if plan is not None:
+                answer["choices"][0]["message"] = mock_tools.openai_message(*plan)
+                answer["choices"][0]["finish_reason"] = "tool_calls"
+            if state.options.prefix_cache and kind == "chat":
+                cached = state.cached_words(body.get("messages") or [])
+                answer["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
             if body.get("stream") is True and kind != "embeddings":
-                return await _sse(request, _openai_chunks(kind, answer, body))
+                return await _sse(request, _openai_chunks(kind, answer, body, plan))
             return _json(answer)
         if request.path == "/api/embeddings":
             return _json({"embedding": vector(embedding_inputs(body)[0])})
         answer = _ollama_answer(kind, model, body)
+        if result is not None:
+            answer["message"]["content"] = f"tool result: {result}"
+        if plan is not None:
+            answer["message"] = mock_tools.ollama_message(*plan)
         if body.get("stream", True) is not False and kind != "embeddings":
             return await _ndjson(request, _ollama_chunks(kind, answer))
         return _json(answer)
@@ -268,6 +308,10 @@ async def _anthropic_messages(request: web.Request, state: MockState) -> web.Str
         return _error("anthropic", 400, "max_tokens: Field required", "invalid_request_error")
     answer = openai_response("chat", model, {"messages": body.get("messages", [])})
     text = answer["choices"][0]["message"]["content"]
+    result = mock_tools.tool_result("anthropic", body)
+    if result is not None:
+        text = f"tool result: {result}"
+    plan = mock_tools.tool_call("anthropic", body)
     usage = {
         "input_tokens": answer["usage"]["prompt_tokens"],
         "output_tokens": answer["usage"]["completion_tokens"],
@@ -280,8 +324,10 @@ async def _anthropic_messages(request: web.Request, state: MockState) -> web.Str
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn",
+                "content": [mock_tools.anthropic_block(*plan)]
+                if plan
+                else [{"type": "text", "text": text}],
+                "stop_reason": "tool_use" if plan else "end_turn",
                 "stop_sequence": None,
                 "usage": usage,
             }
@@ -302,31 +348,12 @@ async def _anthropic_messages(request: web.Request, state: MockState) -> web.Str
                 },
             },
         ),
-        (
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
-        *[
-            (
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": piece},
-                },
-            )
-            for piece in _pieces(text)
-        ],
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        *_anthropic_blocks(text, plan),
         (
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "end_turn"},
+                "delta": {"stop_reason": "tool_use" if plan else "end_turn"},
                 "usage": {"output_tokens": usage["output_tokens"]},
             },
         ),
@@ -338,6 +365,24 @@ async def _anthropic_messages(request: web.Request, state: MockState) -> web.Str
         await response.write(f"event: {event}\ndata: ".encode() + orjson.dumps(data) + b"\n\n")
     await response.write_eof()
     return response
+
+
+def _anthropic_blocks(
+    text: str, plan: tuple[str, dict[str, Any]] | None
+) -> list[tuple[str, dict[str, Any]]]:
+    if plan is not None:
+        return [(e["type"], e) for e in mock_tools.anthropic_events(0, *plan)]
+    start = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    deltas = [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+        for p in _pieces(text)
+    ]
+    stop = {"type": "content_block_stop", "index": 0}
+    return [(e["type"], e) for e in (start, *deltas, stop)]
 
 
 def _ollama_answer(kind: Kind, model: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -375,7 +420,10 @@ def _pieces(text: str) -> list[str]:
 
 
 def _openai_chunks(
-    kind: Kind, answer: dict[str, Any], body: Mapping[str, Any]
+    kind: Kind,
+    answer: dict[str, Any],
+    body: Mapping[str, Any],
+    plan: tuple[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     choice = answer["choices"][0]
     head = {"id": answer["id"], "created": answer["created"], "model": answer["model"]}
@@ -383,8 +431,10 @@ def _openai_chunks(
         head["object"] = "chat.completion.chunk"
         deltas: list[dict[str, Any]] = [
             {"delta": {"role": "assistant", "content": p} if i == 0 else {"content": p}}
-            for i, p in enumerate(_pieces(choice["message"]["content"]))
+            for i, p in enumerate(_pieces(choice["message"]["content"] or ""))
         ]
+        if plan is not None:
+            deltas = [{"delta": d} for d in mock_tools.openai_deltas(*plan)]
         last: dict[str, Any] = {"delta": {}}
     else:
         head["object"] = "text_completion"
@@ -407,6 +457,8 @@ def _ollama_chunks(kind: Kind, answer: dict[str, Any]) -> list[dict[str, Any]]:
         {**head, field: {"role": "assistant", "content": p} if kind == "chat" else p, "done": False}
         for p in _pieces(text)
     ]
+    if kind == "chat" and answer["message"].get("tool_calls"):
+        chunks = [{**head, "message": answer["message"], "done": False}]
     chunks.append({**answer, field: {"role": "assistant", "content": ""} if kind == "chat" else ""})
     return chunks
 
@@ -515,6 +567,7 @@ def parse_args(argv: list[str]) -> MockOptions:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--models", default="echo,embed", help="comma-separated model names")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer <key>")
+    p.add_argument("--prefix-cache", action="store_true", help="model a prefix cache")
     args = vars(p.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
     try:

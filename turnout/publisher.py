@@ -18,7 +18,7 @@ from faust.exceptions import ProducerSendError
 
 from schemas.types import DeadLetter, Reply, ReplyChunk
 from streams.settings import Settings
-from turnout import logs
+from turnout import logs, tracing
 
 log = logs.get(__name__)
 
@@ -36,7 +36,7 @@ class Publisher:
         self._declared: dict[str, asyncio.Task[None]] = {}
 
     async def reply(self, topic: str, reply: Reply) -> None:
-        headers = [("turnout-request-id", reply.id.encode())]
+        headers = [("turnout-request-id", reply.id.encode()), *tracing.kafka_headers()]
         await self.publish(topic, reply.id.encode(), reply.to_wire(), headers)
 
     async def chunk(self, topic: str, chunk: ReplyChunk) -> None:

@@ -93,13 +93,21 @@ def decide(
     *,
     tried: frozenset[str] = frozenset(),
     rng: random.Random,
+    prefer: str | None = None,
 ) -> Decision | None:
-    """Pick a target of ``route`` for this attempt, or None when none can take it now."""
+    """Pick a target of ``route`` for this attempt, or None when none can take it now.
+
+    ``prefer`` (cache affinity) wins when that backend is an open, untried target.
+    """
     open_ = [t for t in route.targets if _blocked(t, route, snapshot, request) is None]
     untried = [t for t in open_ if t.backend not in tried]
     candidates = untried or open_
     if not candidates:
         return None
+    for t in untried if prefer is not None else ():
+        if t.backend == prefer:
+            reason = f"affinity: {prefer!r} served this cache key last and can serve"
+            return Decision(t.backend, t.model, route.policy, reason)
     ctx = _Ctx(route, snapshot, request, tried, rng)
     pick, reason = _POLICIES[route.policy](candidates, ctx)
     if not untried:

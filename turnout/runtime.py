@@ -24,7 +24,7 @@ from streams.settings import Settings
 from streams.tables import ChangelogTable, Tables
 from streams.topics import declare
 from turnout import config as config_mod
-from turnout import gcfreeze, logs
+from turnout import gcfreeze, logs, tracing
 from turnout.backends.http import HttpBackendClient, new_session
 from turnout.batching import FetchBatching
 from turnout.config import Config, Secret
@@ -85,10 +85,11 @@ class Runtime:
         self._dispatcher = Dispatcher(
             settings=self._settings,
             config=self._config,
-            client=self._client,
+            client=tracing.TracedClient(self._client),
             publisher=publisher,
             done=ChangelogTable(self._tables.done, self._app),
             buckets=ChangelogTable(self._tables.client_buckets, self._app),
+            affinity=ChangelogTable(self._tables.affinity, self._app),
             metrics=self.metrics,
             health=self.health,
             refetch=self._refetch,

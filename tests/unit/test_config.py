@@ -199,3 +199,38 @@ def test_unknown_fields_are_refused():
     """A misspelt field is an error, not silently ignored."""
     found = problems("clients: {c1: {request_per_s: 5}}\n")
     assert "request_per_s" in found[0]
+
+
+def test_schema_errors_are_all_named_at_once():
+    """An unknown protocol and an unknown policy in one file are both reported, with where."""
+    base = """
+backends:
+  - {id: a, protocol: grpc, base_url: "http://a", models: [m], colour: red}
+  - {id: b, protocol: openai, base_url: "http://b", models: [m], max_concurrency: 0}
+routes:
+  main: {targets: [{backend: a}], policy: fastest}
+"""
+    found = problems(base=base)
+    assert found == [
+        "backends[0:a].colour: unknown field (expected one of: id, protocol, base_url, models, "
+        "tier, api_key_env, max_concurrency, timeout_ms, weight, capabilities, cost, rate, "
+        "probe, embed_endpoint)",
+        "backends[0:a].protocol: expected one of openai, ollama, anthropic, got 'grpc'",
+        "backends[1:b].max_concurrency: expected `int` >= 1, got 0",
+        "routes[main].targets[0].model: required field is missing",
+        "routes[main].policy: expected one of round_robin, weighted, least_connections, "
+        "latency, cost, local_first, first, got 'fastest'",
+    ]
+
+
+def test_env_reference_with_a_default_needs_no_variable():
+    """``${NAME:-default}`` uses the default when NAME is unset, and NAME when it is set."""
+    text = "backends: [{id: a, protocol: openai, base_url: '${U:-http://d:1}', models: [m]}]"
+    assert loads(text, env={}).backends[0].base_url == "http://d:1"
+    assert loads(text, env={"U": "http://set:2"}).backends[0].base_url == "http://set:2"
+
+
+def test_quick_start_config_loads_without_the_mock_url():
+    """The gateway started after ``scripts/demo`` needs no TURNOUT_MOCK_URL."""
+    config = loads((CONFIG_DIR / "local.yaml").read_text(), env={})
+    assert {b.base_url for b in config.backends} == {"http://127.0.0.1:8100"}

@@ -79,20 +79,23 @@ class FakeProducer:
         return None
 
     async def send(
-        self, topic: str, value: bytes, key: bytes | None = None
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
     ) -> asyncio.Future[None]:
         """Like aiokafka: a future for the broker's ack (here: acked at once)."""
-        await self.send_and_wait(topic, value, key)
+        await self.send_and_wait(topic, value, key, headers)
         acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         acked.set_result(None)
         return acked
 
-    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> None:
         if topic == self.kafka.gw.status_topic:
             self.kafka.status_writes.append(orjson.loads(value))
             return
         req = Request.from_wire(value)
         self.kafka.published.append((topic, key, req))
+        self.kafka.headers_sent.append(list(headers or ()))
         asyncio.get_running_loop().create_task(self.kafka.play(req))
 
 
@@ -104,6 +107,7 @@ class FakeKafka(GatewayKafka):
         self.script = script
         self.published: list[tuple[str, bytes | None, Request]] = []
         self.status_writes: list[dict[str, Any]] = []
+        self.headers_sent: list[list[tuple[str, bytes]]] = []
         self._producer = FakeProducer(self)  # type: ignore[assignment]
         self.started = True
 

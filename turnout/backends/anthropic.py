@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from schemas.types import Kind
+from turnout.backends import tools
 from turnout.backends.http_call import HttpAnswer, HttpCall, decode_object, shape_error
 from turnout.errors import BackendProtocolError, BackendStatusError
 
@@ -102,6 +103,8 @@ def build(
     user = body.get("user")
     if isinstance(user, str) and user:
         json["metadata"] = {"user_id": user}
+    if kind == "chat":
+        json.update(tools.anthropic_tools(body, backend_id))
     if stream:
         json["stream"] = True
     return HttpCall(PATH, json)
@@ -116,17 +119,23 @@ def split_system(messages: Any) -> tuple[str | None, Any]:
     if not isinstance(messages, list):
         return None, messages
     system: list[str] = []
+    blocks: list[dict[str, Any]] = []  # the system prompt as blocks, if any has cache_control
     out: list[Any] = []
     for m in messages:
         if isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES:
             text = _text(m.get("content"))
             if text:
                 system.append(text)
+            content = m.get("content")
+            parts = content if isinstance(content, list) else [{"type": "text", "text": text}]
+            blocks.extend(b for b in _content(parts) if isinstance(b, dict) and b.get("text"))
         elif isinstance(m, dict):
-            out.append({"role": m.get("role"), "content": _content(m.get("content"))})
+            out.append(tools.anthropic_message(m, _content(m.get("content"))))
         else:
             out.append(m)
-    return ("\n\n".join(system) or None), out
+    if any("cache_control" in b for b in blocks):
+        return blocks, tools.merge_turns(out)  # type: ignore[return-value]
+    return ("\n\n".join(system) or None), tools.merge_turns(out)
 
 
 def parse(
@@ -147,6 +156,9 @@ def parse(
     raw_id = obj.get("id") if isinstance(obj.get("id"), str) else ""
     if kind == "chat":
         choice: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
+        calls = tools.tool_calls_from_anthropic(blocks)
+        if calls:
+            choice["message"] = {"role": "assistant", "content": text or None, "tool_calls": calls}
         prefix, shape = "chatcmpl-", "chat.completion"
     else:
         choice = {"text": text, "logprobs": None}
@@ -161,16 +173,26 @@ def parse(
     }
 
 
-def usage(raw: Any) -> dict[str, int]:
-    """OpenAI usage for Anthropic's ``{input_tokens, output_tokens}``."""
+def usage(raw: Any) -> dict[str, Any]:
+    """OpenAI usage for Anthropic's ``{input_tokens, output_tokens}`` and cache counts.
+
+    Anthropic's ``input_tokens`` excludes tokens read from or written to its prompt
+    cache; OpenAI's ``prompt_tokens`` includes them, with the reads reported as
+    ``prompt_tokens_details.cached_tokens``.
+    """
     raw = raw if isinstance(raw, dict) else {}
-    prompt = _count(raw.get("input_tokens"))
+    read = _count(raw.get("cache_read_input_tokens"))
+    written = _count(raw.get("cache_creation_input_tokens"))
+    prompt = _count(raw.get("input_tokens")) + read + written
     completion = _count(raw.get("output_tokens"))
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if read or written:
+        out["prompt_tokens_details"] = {"cached_tokens": read}
+    return out
 
 
 class StreamTranslator:
@@ -188,7 +210,9 @@ class StreamTranslator:
         self.id = ""
         self.model = ""
         self.input_tokens = 0
+        self.input_usage: dict[str, Any] = {"prompt_tokens": 0}
         self.done = False
+        self._tools: dict[int, int] = {}  # content block index -> tool call index
 
     def __repr__(self) -> str:
         return f"<StreamTranslator kind={self.kind} id={self.id!r} done={self.done}>"
@@ -205,9 +229,13 @@ class StreamTranslator:
             message = data.get("message") if isinstance(data.get("message"), dict) else {}
             self.id = str(message.get("id", ""))
             self.model = str(message.get("model", ""))
-            self.input_tokens = usage(message.get("usage"))["prompt_tokens"]
+            self.input_usage = usage(message.get("usage"))
+            self.input_tokens = self.input_usage["prompt_tokens"]
             return [self._chunk({"role": "assistant", "content": ""}, None)]
         if kind in ("content_block_start", "content_block_delta"):
+            tool = self._tool_delta(kind, data)
+            if tool is not None:
+                return [self._chunk({"tool_calls": [tool]}, None)] if tool else []
             part = data.get("delta") if kind == "content_block_delta" else data.get("content_block")
             text = part.get("text") if isinstance(part, dict) else None
             return [self._chunk({"content": text}, None)] if isinstance(text, str) and text else []
@@ -217,7 +245,7 @@ class StreamTranslator:
             out_tokens = usage(data.get("usage"))["completion_tokens"]
             chunk = self._chunk({}, finish)
             chunk["usage"] = {
-                "prompt_tokens": self.input_tokens,
+                **self.input_usage,
                 "completion_tokens": out_tokens,
                 "total_tokens": self.input_tokens + out_tokens,
             }
@@ -234,6 +262,24 @@ class StreamTranslator:
                 status=_ERROR_STATUS.get(etype, 500),
             )
         return []  # ping, content_block_stop and future event types
+
+    def _tool_delta(self, kind: str, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The tool_calls delta for a tool_use block event; None if the event is not one."""
+        block = data.get("index", 0)
+        if kind == "content_block_start":
+            part = data.get("content_block")
+            if not isinstance(part, dict) or part.get("type") != "tool_use":
+                return None
+            n = self._tools[block] = len(self._tools)
+            fn = {"name": part.get("name", ""), "arguments": ""}
+            return {"index": n, "id": part.get("id", ""), "type": "function", "function": fn}
+        part = data.get("delta")
+        if block not in self._tools or not isinstance(part, dict):
+            return None
+        piece = part.get("partial_json")
+        if not isinstance(piece, str) or not piece:
+            return {}
+        return {"index": self._tools[block], "function": {"arguments": piece}}
 
     def _chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         if self.kind == "chat":
@@ -288,12 +334,19 @@ def _content(content: Any) -> Any:
         if not isinstance(part, dict):
             blocks.append(part)
         elif part.get("type") == "text":
-            blocks.append({"type": "text", "text": part.get("text")})
+            blocks.append(_cached(part, {"type": "text", "text": part.get("text")}))
         elif part.get("type") == "image_url":
-            blocks.append(_image(part.get("image_url")))
+            blocks.append(_cached(part, _image(part.get("image_url"))))
         else:
             blocks.append(part)
     return blocks
+
+
+def _cached(part: Mapping[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """``block`` with the part's ``cache_control`` breakpoint, passed through untouched."""
+    if "cache_control" in part:
+        block["cache_control"] = part["cache_control"]
+    return block
 
 
 def _image(image_url: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import aiohttp
 import orjson
 
 from schemas.types import Kind
+from turnout import tracing
 from turnout.backends import anthropic, ollama, openai
 from turnout.backends.failures import translate
 from turnout.backends.http_call import HttpAnswer, HttpCall, join_url
@@ -99,7 +100,7 @@ class HttpBackendClient:
             calls = ollama.build_legacy_embeddings(model, body)
             answers = [await self._post(backend, call) for call in calls]
             return ollama.parse_legacy_embeddings(backend.id, model, answers)
-        answer = await self._post(backend, ollama.build(kind, model, body))
+        answer = await self._post(backend, ollama.build(kind, model, body, backend_id=backend.id))
         return ollama.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
 
     async def _post(self, backend: Backend, call: HttpCall) -> HttpAnswer:
@@ -109,6 +110,7 @@ class HttpBackendClient:
             headers.update(anthropic.headers(None if key is None else key.reveal()))
         elif key is not None:
             headers["Authorization"] = f"Bearer {key.reveal()}"
+        tracing.inject(headers)
         async with self._session.post(
             join_url(backend.base_url, call.path),
             data=orjson.dumps(call.json),

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.types import Kind
+from turnout.backends import tools
 from turnout.backends.http_call import HttpAnswer, HttpCall, decode_object, shape_error
 
 PATHS: dict[Kind, str] = {
@@ -45,8 +46,14 @@ _OPTIONS = {
 _FINISH = {"stop": "stop", "length": "length"}
 
 
-def build(kind: Kind, model: str, body: Mapping[str, Any]) -> HttpCall:
-    """The Ollama call for an OpenAI ``body`` of ``kind``, served by ``model``."""
+def build(
+    kind: Kind, model: str, body: Mapping[str, Any], *, backend_id: str = "ollama"
+) -> HttpCall:
+    """The Ollama call for an OpenAI ``body`` of ``kind``, served by ``model``.
+
+    Tools and tool turns are translated (``tools.py``); a forced ``tool_choice``
+    raises ``BackendStatusError`` 400, as Ollama cannot force a tool.
+    """
     if kind == "embeddings":
         json: dict[str, Any] = {"model": model, "input": body.get("input")}
         if "dimensions" in body:
@@ -56,8 +63,11 @@ def build(kind: Kind, model: str, body: Mapping[str, Any]) -> HttpCall:
     if kind == "chat":
         messages = body.get("messages")
         json["messages"] = (
-            [_message(m) for m in messages] if isinstance(messages, list) else messages
+            [_with_tools(m, tools.call_names(messages)) for m in messages]
+            if isinstance(messages, list)
+            else messages
         )
+        json.update(tools.ollama_tools(body, backend_id))
     else:
         json["prompt"] = _prompt(body.get("prompt"))
         if "suffix" in body:
@@ -99,6 +109,10 @@ def parse(
             "index": 0,
             "message": {"role": role, "content": message["content"]},
         }
+        calls = tools.tool_calls_from_ollama(message.get("tool_calls"), payload.hex()[:64])
+        if calls:
+            choice["message"] = {"role": role, "content": message["content"] or None,
+                                 "tool_calls": calls}  # fmt: skip
         prefix, shape = "chatcmpl-", "chat.completion"
     else:
         text = obj.get("response")
@@ -107,6 +121,8 @@ def parse(
         choice = {"index": 0, "text": text, "logprobs": None}
         prefix, shape = "cmpl-", "text_completion"
     choice["finish_reason"] = _FINISH.get(str(obj.get("done_reason")), "stop")
+    if choice.get("message", {}).get("tool_calls"):
+        choice["finish_reason"] = "tool_calls"
     prompt_tokens = _count(obj, "prompt_eval_count")
     completion_tokens = _count(obj, "eval_count")
     return {
@@ -162,6 +178,13 @@ def flatten(content: Any) -> Any:
         return content
     texts = [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
     return "\n".join(texts)
+
+
+def _with_tools(message: Any, names: Mapping[str, str]) -> Any:
+    out = _message(message)
+    if isinstance(out, dict):
+        tools.ollama_message(message, out, names)
+    return out
 
 
 def _message(message: Any) -> Any:

@@ -24,10 +24,35 @@ def build(kind: Kind, model: str, body: Mapping[str, Any]) -> HttpCall:
     """The call for ``body``: ``model`` replaces the body's, and chat/completion never stream."""
     json = dict(body)
     json["model"] = model
+    if kind == "chat":
+        _strip_cache_control(json)
     if kind != "embeddings":
         json["stream"] = False
         json.pop("stream_options", None)  # only allowed with stream: true
     return HttpCall(PATHS[kind], json)
+
+
+def _strip_cache_control(json: dict[str, Any]) -> None:
+    """Drop Anthropic's ``cache_control`` breakpoints: OpenAI caches prompt prefixes on
+    its own (``prompt_cache_key`` steers it and is passed through) and rejects the field."""
+    messages = json.get("messages")
+    if isinstance(messages, list) and any(
+        isinstance(m, dict) and isinstance(m.get("content"), list) for m in messages
+    ):
+        json["messages"] = [
+            {**m, "content": [_without(p) for p in m["content"]]}
+            if isinstance(m, dict) and isinstance(m.get("content"), list)
+            else m
+            for m in messages
+        ]
+    if isinstance(json.get("tools"), list):
+        json["tools"] = [_without(t) for t in json["tools"]]
+
+
+def _without(part: Any) -> Any:
+    if isinstance(part, dict) and "cache_control" in part:
+        return {k: v for k, v in part.items() if k != "cache_control"}
+    return part
 
 
 def parse(

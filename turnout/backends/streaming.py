@@ -30,7 +30,8 @@ import aiohttp
 import orjson
 
 from schemas.types import Kind
-from turnout.backends import anthropic, ollama, openai
+from turnout import tracing
+from turnout.backends import anthropic, ollama, openai, tools
 from turnout.backends.failures import translate
 from turnout.backends.http_call import HttpAnswer, check_status, describe, join_url
 from turnout.config import Backend, Secret
@@ -111,7 +112,7 @@ def _request(
         headers["Accept"] = "text/event-stream"
     else:
         if protocol == "ollama":
-            call = ollama.build(kind, model, body)
+            call = ollama.build(kind, model, body, backend_id=backend.id)
             headers["Accept"] = "application/x-ndjson"
         else:
             call = openai.build(kind, model, body)
@@ -121,6 +122,7 @@ def _request(
         call.json["stream"] = True
         if key is not None:
             headers["Authorization"] = f"Bearer {key.reveal()}"
+    tracing.inject(headers)
     return join_url(backend.base_url, call.path), orjson.dumps(call.json), headers
 
 
@@ -255,6 +257,7 @@ class OllamaTranslator:
         self.model = ""
         self.done = False
         self._sent_role = False
+        self._tool_calls = 0
 
     def __repr__(self) -> str:
         return f"<OllamaTranslator kind={self.kind} done={self.done}>"
@@ -287,9 +290,18 @@ class OllamaTranslator:
                 backend=self.backend_id,
             )
         out = [self._chunk(text, None)] if text or not self._sent_role else []
+        message = obj.get("message") if self.kind == "chat" else None
+        if isinstance(message, dict) and message.get("tool_calls"):
+            found = tools.tool_calls_from_ollama(message["tool_calls"], [self.id, self._tool_calls])
+            deltas = [{"index": self._tool_calls + n, **c} for n, c in enumerate(found)]
+            self._tool_calls += len(found)
+            chunk = self._chunk("", None)
+            chunk["choices"][0]["delta"] = {"tool_calls": deltas}
+            out.append(chunk)
         if obj.get("done") is True:
             self.done = True
             finish = "length" if obj.get("done_reason") == "length" else "stop"
+            finish = "tool_calls" if self._tool_calls else finish
             last = self._chunk("", finish)
             prompt = _count(obj.get("prompt_eval_count"))
             completion = _count(obj.get("eval_count"))
@@ -364,6 +376,7 @@ def accumulate(kind: Kind, chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
     For the dispatcher: the final ``Reply`` of a streamed request carries this body.
     """
     head: dict[str, Any] = {}
+    calls: dict[int, dict[int, dict[str, Any]]] = {}
     texts: dict[int, list[str]] = {}
     roles: dict[int, str] = {}
     finish: dict[int, Any] = {}
@@ -380,6 +393,8 @@ def accumulate(kind: Kind, chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
                 if delta.get("role"):
                     roles[i] = delta["role"]
                 piece = delta.get("content")
+                if delta.get("tool_calls"):
+                    tools.merge_deltas(calls.setdefault(i, {}), delta["tool_calls"])
             else:
                 piece = c.get("text")
             if isinstance(piece, str):
@@ -387,10 +402,14 @@ def accumulate(kind: Kind, chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
             if c.get("finish_reason"):
                 finish[i] = c["finish_reason"]
     choices = []
-    for i in sorted(set(texts) | set(finish) | set(roles)):
+    for i in sorted(set(texts) | set(finish) | set(roles) | set(calls)):
         text = "".join(texts.get(i, []))
         if kind == "chat":
-            body: dict[str, Any] = {"message": {"role": roles.get(i, "assistant"), "content": text}}
+            message: dict[str, Any] = {"role": roles.get(i, "assistant"), "content": text}
+            if calls.get(i):
+                message["tool_calls"] = [calls[i][n] for n in sorted(calls[i])]
+                message["content"] = text or None
+            body: dict[str, Any] = {"message": message}
         else:
             body = {"text": text, "logprobs": None}
         choices.append({"index": i, **body, "finish_reason": finish.get(i, "stop")})

@@ -36,13 +36,16 @@ from aiokafka.errors import KafkaError
 
 from schemas.types import Kind, ReplyChunk, Request
 from streams.settings import Settings
-from turnout import gcfreeze, logs
+from turnout import gcfreeze, logs, tracing
 from turnout.config import Config, ConfigError, load
 from turnout.errors import InvalidRequest
 from turnout.gateway import ApiKeys, GatewaySettings, load_keys, webhook_secret
+from turnout.gateway import anthropic_api as ant
 from turnout.gateway import ollama_api as oll
 from turnout.gateway import openai_api as oai
+from turnout.gateway import responses_api as rsp
 from turnout.gateway.kafka import GatewayKafka, Listener, StatusRecord, now_ms
+from turnout.gateway.metrics import GatewayMetrics
 from turnout.gateway.openai_api import Call, ChunkSequencer, Dialect, EdgeError, StreamRestarted
 from turnout.gateway.openapi import document
 from turnout.gateway.webhooks import Allowlist, WebhookRefused, WebhookSender
@@ -51,11 +54,13 @@ log = logs.get("turnout.gateway")
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 3600.0
 
 
-OPENAI, OLLAMA = oai.DIALECT, oll.DIALECT
+OPENAI, OLLAMA, ANTHROPIC, RESPONSES = oai.DIALECT, oll.DIALECT, ant.DIALECT, rsp.DIALECT
 
 
 def _dialect(request: web.Request) -> Dialect:
-    return OLLAMA if request.path.startswith("/api/") else OPENAI
+    if request.path.startswith("/api/"):
+        return OLLAMA
+    return ANTHROPIC if request.path.startswith("/v1/messages") else OPENAI
 
 
 def _json(obj: Any, status: int = 200, **headers: str) -> web.Response:
@@ -85,19 +90,24 @@ class Gateway:
             backoff_s=gw.webhook_backoff_s,
         )
         self.kafka.on_final = self._deliver_webhook
+        self.metrics = GatewayMetrics(lambda: len(self.kafka.store))
 
     def __repr__(self) -> str:
         return f"<Gateway id={self.gw.gateway_id} {self.keys!r} {self.kafka!r}>"
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._errors], client_max_size=self.base.max_request_bytes
+            middlewares=[self._measure, self._errors], client_max_size=self.base.max_request_bytes
         )
         r = app.router
         r.add_post("/v1/chat/completions", self._openai("chat"))
         r.add_post("/v1/completions", self._openai("completion"))
         r.add_post("/v1/embeddings", self._openai("embeddings"))
         r.add_get("/v1/models", self.models)
+        r.add_post("/v1/messages", self._parsed(ant.parse, ANTHROPIC))
+        r.add_post("/v1/messages/count_tokens", self.count_tokens)
+        r.add_post("/v1/responses", self.responses)
+        r.add_get("/v1/responses/{id}", self.response_status)
         r.add_post("/api/chat", self._ollama(lambda b: oll.parse_chat(b), "chat"))
         r.add_post("/api/generate", self._ollama(lambda b: oll.parse_generate(b), "generate"))
         r.add_post("/api/embed", self._ollama(lambda b: oll.parse_embed(b), "embed"))
@@ -111,10 +121,32 @@ class Gateway:
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
         r.add_get("/openapi.json", self.openapi)
+        r.add_get("/metrics", self.metrics_page)
         app.on_cleanup.append(lambda _: self.webhooks.close())
         return app
 
     # -- the edge: errors, auth, bodies --------------------------------------------------------
+
+    @web.middleware
+    async def _measure(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Counts every call by route template and status, its duration, and calls in flight."""
+        started = time.monotonic()
+        self.metrics.in_flight.inc()
+        status = 499  # the client went away before an answer (nginx's convention)
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            resource = request.match_info.route.resource
+            endpoint = resource.canonical if resource is not None else None
+            self.metrics.answered(endpoint, status, time.monotonic() - started)
 
     @web.middleware
     async def _errors(
@@ -156,10 +188,12 @@ class Gateway:
         scheme, _, key = header.partition(" ")
         if not self.keys.enabled:
             return self.keys.client_for(None) or "anonymous"
+        if not header and request.headers.get("x-api-key"):
+            scheme, key = "bearer", request.headers["x-api-key"]  # Anthropic's clients
         if scheme.lower() != "bearer" or not key.strip():
             raise EdgeError(
                 401,
-                "missing API key: send 'Authorization: Bearer <key>'",
+                "missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                 code="missing_api_key",
             )
         client = self.keys.client_for(key.strip())
@@ -232,6 +266,16 @@ class Gateway:
 
         return handle
 
+    def _parsed(
+        self, parse: Callable[[Any], Call], dialect: Dialect
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            client = self._client(request)
+            call = parse(await self._body(request))
+            return await self._call(request, dialect, call, client)
+
+        return handle
+
     def _ollama(
         self, parse: Callable[[Any], Call | None], api: str
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -246,21 +290,38 @@ class Gateway:
         return handle
 
     async def _call(
-        self, request: web.Request, dialect: Dialect, call: Call, client_id: str
+        self, request: web.Request, dialect: Dialect, call: Call, client_id: str, **extra: Any
     ) -> web.StreamResponse:
         timeout = self._timeout(request)
-        req = self._request(call, client_id)
+        req = self._request(call, client_id, **extra)
         with self.kafka.listen(req.id, stream=call.stream) as listener:
-            await self.kafka.accept(req)
+            await self._accept(request, req)
             if call.stream:
-                return await self._stream(request, dialect, call, req.id, listener, timeout)
+                try:
+                    return await self._stream(request, dialect, call, req.id, listener, timeout)
+                finally:
+                    self._count_tokens(listener)
             try:
                 reply = await asyncio.wait_for(asyncio.shield(listener.final), timeout)
             except TimeoutError:
                 raise self._late(request, req.id, timeout) from None
+        self._count_tokens(listener)
         if reply.status != "ok":
             raise oai.reply_error(reply.error)
         return _json(dialect.response_body(call, reply), **{"X-Request-Id": req.id})
+
+    def _count_tokens(self, listener: Listener) -> None:
+        final = listener.final
+        if final.done() and not final.cancelled() and final.result().status == "ok":
+            self.metrics.usage((final.result().body or {}).get("usage"))
+
+    async def _accept(
+        self, http: web.Request, req: Request, *, webhook_url: str | None = None
+    ) -> None:
+        """Publish ``req`` inside the accept span, continuing the caller's trace, whose
+        context travels on as Kafka headers of the request record."""
+        with tracing.accept_span(http.headers, req):
+            await self.kafka.accept(req, webhook_url=webhook_url, headers=tracing.kafka_headers())
 
     def _late(self, request: web.Request, request_id: str, timeout: float) -> EdgeError:
         url = self._status_url(request, request_id)
@@ -345,6 +406,40 @@ class Gateway:
             pass
         return response
 
+    # -- the Responses API: sync, streamed, background, retrieved -------------------------------
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        client = self._client(request)
+        call, background = rsp.parse(await self._body(request))
+        req_id = f"req-{uuid.uuid4().hex}"
+        rid = rsp.response_id(req_id)
+        if isinstance(call.encoder, rsp.ResponseStream):
+            call.encoder.rid = rid
+        if not background:
+            return await self._call(request, RESPONSES, call, client, id=req_id)
+        await self._accept(request, self._request(call, client, id=req_id))
+        return _json(rsp.queued(rid, call.model), **{"X-Request-Id": req_id})
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        self._client(request)
+        return _json(ant.count_tokens(await self._body(request)))
+
+    async def response_status(self, request: web.Request) -> web.Response:
+        client = self._client(request)
+        rid = request.match_info["id"]
+        req_id = rsp.request_id(rid)
+        rec = None if req_id is None else self.kafka.lookup(req_id)
+        if rec is None:
+            raise EdgeError(
+                404,
+                f"no response {rid!r} is known here: it was never created through this "
+                f"gateway, or it expired ({self.gw.status_ttl_s:g} s after completion)",
+                code="response_not_found",
+            )
+        if self.keys.enabled and rec.client_id != client:
+            raise EdgeError(403, f"response {rid!r} belongs to another client", code="forbidden")
+        return _json(rsp.from_status(rid, rec))
+
     # -- async requests ------------------------------------------------------------------------
 
     async def submit(self, request: web.Request) -> web.Response:
@@ -360,7 +455,7 @@ class Gateway:
                     400, str(exc), param="webhook_url", code="webhook_refused"
                 ) from None
         req = self._request(call, client, **extra)
-        await self.kafka.accept(req, webhook_url=webhook)
+        await self._accept(request, req, webhook_url=webhook)
         url = self._status_url(request, req.id)
         return _json({"id": req.id, "status": "queued", "status_url": url}, 202, Location=url)
 
@@ -387,6 +482,7 @@ class Gateway:
             return
         body = orjson.dumps(oai.status_view(request_id, rec))
         ok = await self.webhooks.deliver(rec.webhook_url, body, request_id=request_id)
+        self.metrics.webhook(ok)
         done = msgspec.structs.replace(
             rec, webhook="delivered" if ok else "failed", updated_ms=now_ms()
         )
@@ -396,6 +492,8 @@ class Gateway:
 
     async def models(self, request: web.Request) -> web.Response:
         self._client(request)
+        if "anthropic-version" in request.headers:  # the anthropic SDK's models.list()
+            return _json(ant.model_list(self.config.model_names()))
         data = [
             {"id": m, "object": "model", "created": 0, "owned_by": "turnout"}
             for m in self.config.model_names()
@@ -428,6 +526,10 @@ class Gateway:
             return _json({"status": "ready"})
         reason = self.kafka.failure or "Kafka is unreachable"
         return _json({"status": "not ready", "reason": reason}, 503)
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(document())
@@ -462,6 +564,7 @@ def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> int
         gw = GatewaySettings.from_env()
         keys = load_keys(gw.keys)
         config = load(settings.config_path)
+        tracing.configure("turnout-gateway", settings.otlp_endpoint)
     except (ValueError, ConfigError) as exc:
         print(f"turnout gateway: refusing to start: {exc}", file=sys.stderr)
         return 2

@@ -357,8 +357,15 @@ class GatewayKafka:
         finally:
             self._listeners.pop(request_id, None)
 
-    async def accept(self, request: Request, *, webhook_url: str | None = None) -> StatusRecord:
-        """Record the request as queued (durably), then publish it; raise KafkaError if down."""
+    async def accept(
+        self,
+        request: Request,
+        *,
+        webhook_url: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> StatusRecord:
+        """Record the request as queued (durably), then publish it (with ``headers``, e.g.
+        the trace context); raise KafkaError if down."""
         now = now_ms()
         rec = StatusRecord(
             status="queued",
@@ -376,7 +383,11 @@ class GatewayKafka:
             key = request.id.encode()
             sent.append(await self.producer.send(self.gw.status_topic, rec.to_wire(), key=key))
         key = request.client_id.encode()
-        sent.append(await self.producer.send(self.base.request_topic, request.to_wire(), key=key))
+        sent.append(
+            await self.producer.send(
+                self.base.request_topic, request.to_wire(), key=key, headers=headers or None
+            )
+        )
         await asyncio.gather(*sent)
         return rec
 

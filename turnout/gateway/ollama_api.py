@@ -131,10 +131,29 @@ def parse_chat(body: Any) -> Call | None:
         return None
     if not isinstance(messages, list):
         raise _bad("messages", "a list of message objects")
-    out = {"model": model, "messages": [_message(m, i) for i, m in enumerate(messages)], **fields}
+    converted = link_tool_results([_message(m, i) for i, m in enumerate(messages)], messages)
+    out = {"model": model, "messages": converted, **fields}
     if isinstance(body.get("tools"), list) and body["tools"]:
         out["tools"] = body["tools"]
     return Call(kind="chat", model=model, body=out, stream=stream, api="chat")
+
+
+def link_tool_results(converted: list[dict[str, Any]], raw: list[Any]) -> list[dict[str, Any]]:
+    """Give each ``tool`` message the id of the call it answers (Ollama's have none).
+
+    A tool message names its tool (``tool_name``) or answers the calls of the last
+    assistant message in order; protocols such as Anthropic's need the call's id.
+    """
+    pending: list[dict[str, Any]] = []
+    for msg, original in zip(converted, raw, strict=True):
+        if msg.get("tool_calls"):
+            pending = list(msg["tool_calls"])
+        elif msg.get("role") == "tool" and pending:
+            name = original.get("tool_name") if isinstance(original, dict) else None
+            match = next((c for c in pending if c["function"]["name"] == name), pending[0])
+            pending.remove(match)
+            msg["tool_call_id"] = match["id"]
+    return converted
 
 
 def parse_generate(body: Any) -> Call | None:

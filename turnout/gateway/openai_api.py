@@ -98,7 +98,11 @@ class Call:
     stream: bool = False
     include_usage: bool = False
     api: str = "openai"
-    """``openai``, or the Ollama endpoint (``chat``, ``generate``, ``embed``, ``embeddings``)."""
+    """``openai``, ``anthropic``, ``responses``, or the Ollama endpoint (``chat``,
+    ``generate``, ``embed``, ``embeddings``)."""
+    encoder: Any = None
+    """The per-call stream encoder of a dialect whose events carry state (Anthropic's
+    content blocks, the Responses API's items); None for stateless dialects."""
 
 
 def parse(kind: Kind, body: Any) -> Call:
