@@ -280,3 +280,52 @@ async def test_a_killed_model_is_excluded_and_rejoins_through_probation(stack, n
     assert changes[i + 1] == ("PROBATION", "HEALTHY"), changes
     await publish(names.request_topic, chat("back", stack.client, "Hi", max_tokens=4))
     assert (await answers(stack.client, ["back"]))["back"].backend == "smollm2"
+
+
+async def test_a_hung_model_is_excluded_and_rejoins_after_it_resumes(stack, names, llama):
+    """SIGSTOP of the server: probes time out, it is excluded; SIGCONT: probation, local."""
+    await setup_topics(names, stack.client)
+    health = unique("llm.health")
+    worker = stack.worker(**probing_env(health, 1.0), TURNOUT_PROBE_TIMEOUT_S="2.0")
+    await publish(names.request_topic, chat("w", stack.client, "Hi", max_tokens=4))
+    assert (await answers(stack.client, ["w"]))["w"].backend == "smollm2"
+
+    llama.signal(signal.SIGSTOP)
+    try:
+        await wait_for_state(worker, "smollm2", "UNHEALTHY", timeout_s=45)
+        during = [chat(f"h{i}", stack.client, "Hello", max_tokens=8) for i in range(3)]
+        await publish(names.request_topic, *during)
+        replies = await answers(stack.client, [r.id for r in during])
+        assert {r.backend for r in replies.values()} == {"cloud"}
+    finally:
+        llama.signal(signal.SIGCONT)
+    await wait_for_state(worker, "smollm2", "HEALTHY", timeout_s=60)
+    changes = [(old, new) for old, new, _ in state_changes(worker, "smollm2")]
+    assert ("UNHEALTHY", "PROBATION") in changes, changes
+    await publish(names.request_topic, chat("back", stack.client, "Hi", max_tokens=4))
+    assert (await answers(stack.client, ["back"]))["back"].backend == "smollm2"
+
+
+async def test_a_prompt_too_long_for_the_model_goes_to_the_cloud_by_rule(stack, names):
+    """A prompt estimated past the local context is routed to the cloud by the route's rule."""
+    await setup_topics(names, stack.client)
+    stack.worker()
+    long_text = "word " * 1600  # about 8000 characters: estimated 2000 tokens
+    await publish(names.request_topic, chat("long", stack.client, long_text))
+    reply = (await answers(stack.client, ["long"]))["long"]
+    assert reply.status == "ok", reply.error
+    assert (reply.backend, reply.route) == ("cloud", "cloud")
+
+
+async def test_a_prompt_the_estimate_misjudges_gets_a_clear_error_not_a_truncation(stack, names):
+    """2,900 digits (1,450 estimated tokens, 5,799 real) reach the model and are refused."""
+    await setup_topics(names, stack.client)
+    stack.worker()
+    digits = " ".join(str(i * 7 % 10) for i in range(2900))
+    await publish(names.request_topic, chat("dense", stack.client, digits))
+    reply = (await answers(stack.client, ["dense"]))["dense"]
+    assert reply.status == "error" and reply.error is not None
+    assert reply.backend == "smollm2"
+    assert reply.error.code == "backend_status"
+    assert not reply.error.retryable
+    assert "context_length_exceeded" in reply.error.message
