@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -165,7 +166,12 @@ class Replies:
         await self._consumer.stop()
 
 
-async def wait_for_worker(stack: Stack, replies: Replies, send, timeout_s: float = 90) -> None:
+async def wait_for_worker(
+    stack: Stack,
+    replies: Replies,
+    send: Callable[[str, dict[str, Any], int], Awaitable[None]],
+    timeout_s: float = 90,
+) -> None:
     """Send warm-up requests until one is answered (the worker joins the group first)."""
     deadline = time.monotonic() + timeout_s
     i = 0

@@ -50,6 +50,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 LLAMA_CPP_VERSION = "0.3.16"
 SMOLLM2_VERSION = "0.1.2"
@@ -109,15 +110,16 @@ def server_command(
     ]  # fmt: skip
 
 
-def _post(url: str, body: dict, timeout_s: float) -> dict:
+def _post(url: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
     )
     with urllib.request.urlopen(req, timeout=timeout_s) as r:
-        return json.loads(r.read())
+        answer: dict[str, Any] = json.loads(r.read())
+        return answer
 
 
-def chat(url: str, text: str, *, max_tokens: int = 16, timeout_s: float = 60.0) -> dict:
+def chat(url: str, text: str, *, max_tokens: int = 16, timeout_s: float = 60.0) -> dict[str, Any]:
     """One chat completion straight from the server (no turnout), as the OpenAI body."""
     body = {
         "model": MODEL_ALIAS,
@@ -153,7 +155,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split()[2] == "Z")
 
 
-def measure(url: str, *, max_tokens: int = 64, runs: int = 3) -> dict:
+def measure(url: str, *, max_tokens: int = 64, runs: int = 3) -> dict[str, Any]:
     """Tokens per second of generation, end to end over HTTP, best of ``runs`` warm calls.
 
     The prompt asks for a long answer so the model rarely stops before ``max_tokens``;
