@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+import aiohttp
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -24,6 +26,7 @@ from schemas.types import Reply, ReplyChunk, Request, decode_reply_message
 from tests.integration.harness import (
     BOOTSTRAP,
     ROOT,
+    GatewayProcess,
     collect_replies,
     events,
     free_port,
@@ -329,3 +332,46 @@ async def test_a_prompt_the_estimate_misjudges_gets_a_clear_error_not_a_truncati
     assert reply.error.code == "backend_status"
     assert not reply.error.retryable
     assert "context_length_exceeded" in reply.error.message
+
+
+async def test_the_gateway_streams_the_models_tokens_as_sse(stack, names, tmp_path):
+    """Through the gateway, SSE events carry the model's tokens, then a finish and [DONE]."""
+    await ensure_topics(BOOTSTRAP, [names.request_topic], 2)
+    worker = stack.worker()
+    gateway = GatewayProcess(
+        tmp_path,
+        config_path=worker.config_path,
+        request_topic=names.request_topic,
+        gateway_id=unique("llm-gw"),
+        extra_env={k: worker.env[k] for k in ("TURNOUT_LLM_URL", "TURNOUT_MOCK_URL")},
+    )
+    body = {
+        "model": "default",
+        "messages": [{"role": "user", "content": "Name three fruits."}],
+        "max_tokens": 24,
+        "temperature": 0,
+        "stream": True,
+    }
+    pieces, finishes, done = [], [], False
+    try:
+        url = f"{gateway.url}/v1/chat/completions"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            async with session.post(url, json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["content-type"].startswith("text/event-stream")
+                async for raw in resp.content:
+                    line = raw.decode().strip()
+                    if line == "data: [DONE]":
+                        done = True
+                    elif line.startswith("data:"):
+                        for choice in orjson.loads(line[5:])["choices"]:
+                            pieces.append((choice.get("delta") or {}).get("content") or "")
+                            finishes.append(choice.get("finish_reason"))
+    finally:
+        gateway.stop()
+    # Separate calls to the model may differ (its KV cache reuse changes the numerics),
+    # so the stream is checked for its own completeness: tokens, a finish, the end marker.
+    assert sum(1 for p in pieces if p) >= 3
+    assert "".join(pieces).strip()
+    assert [f for f in finishes if f] in (["stop"], ["length"]), finishes
+    assert done
