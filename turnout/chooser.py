@@ -83,6 +83,11 @@ class Chooser:
         """A call to ``backend_id`` begins."""
         self._in_flight[backend_id] += 1
 
+    def at_cap(self, backend_id: str) -> bool:
+        """Whether this worker has its whole share of ``backend_id``'s cap in flight."""
+        backend = self.backends.get(backend_id)
+        return backend is not None and self._in_flight[backend_id] >= backend.max_concurrency
+
     def finished(self, backend_id: str) -> None:
         """A call to ``backend_id`` ended: its capacity is free for waiting requests."""
         self._in_flight[backend_id] -= 1

@@ -375,3 +375,21 @@ async def test_the_gateway_streams_the_models_tokens_as_sse(stack, names, tmp_pa
     assert "".join(pieces).strip()
     assert [f for f in finishes if f] in (["stop"], ["length"]), finishes
     assert done
+
+
+async def test_a_long_generation_does_not_get_the_busy_model_excluded(stack, names):
+    """Probes are not queued behind the one slot: a long answer leaves the model healthy."""
+    await setup_topics(names, stack.client)
+    health = unique("llm.health")
+    worker = stack.worker(**probing_env(health, 1.0), TURNOUT_PROBE_TIMEOUT_S="2.0")
+    await publish(names.request_topic, chat("w", stack.client, "Hi", max_tokens=4))
+    assert (await answers(stack.client, ["w"]))["w"].backend == "smollm2"
+    started = time.monotonic()
+    story = "Write a very long story about a dragon who learns to cook, with many chapters."
+    await publish(names.request_topic, chat("long", stack.client, story, max_tokens=800))
+    reply = (await answers(stack.client, ["long"], timeout_s=300))["long"]
+    took = time.monotonic() - started
+    assert reply.status == "ok" and reply.backend == "smollm2", reply.error
+    # Long enough that queued probes (one a second, 2 s timeout) would have failed.
+    assert took > 4, f"the answer took only {took:.1f} s: not a test of a busy model"
+    assert state_changes(worker, "smollm2") == []
