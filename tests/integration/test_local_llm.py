@@ -100,9 +100,9 @@ def stack(spawn, names, llama):
         cloud = spawn.backend("--latency-ms", "300")
         client = unique("llm")
 
-        def worker(self, **env: str):
+        def worker(self, config: str = CONFIG, **env: str):
             return spawn.worker(
-                CONFIG,
+                config,
                 app_id=names.app_id,
                 request_topic=names.request_topic,
                 extra_env={
@@ -381,12 +381,17 @@ async def test_a_long_generation_does_not_get_the_busy_model_excluded(stack, nam
     """Probes are not queued behind the one slot: a long answer leaves the model healthy."""
     await setup_topics(names, stack.client)
     health = unique("llm.health")
-    worker = stack.worker(**probing_env(health, 1.0), TURNOUT_PROBE_TIMEOUT_S="2.0")
+    # A loaded machine generates 10 tokens/s or less: room for a long answer.
+    patient = CONFIG.replace("timeout_ms: 60000", "timeout_ms: 300000")
+    assert patient != CONFIG
+    env = {**probing_env(health, 1.0), "TURNOUT_PROBE_TIMEOUT_S": "2.0"}
+    worker = stack.worker(patient, **env)
     await publish(names.request_topic, chat("w", stack.client, "Hi", max_tokens=4))
     assert (await answers(stack.client, ["w"]))["w"].backend == "smollm2"
     started = time.monotonic()
     story = "Write a very long story about a dragon who learns to cook, with many chapters."
-    await publish(names.request_topic, chat("long", stack.client, story, max_tokens=800))
+    long = chat("long", stack.client, story, max_tokens=700, timeout_ms=300_000)
+    await publish(names.request_topic, long)
     reply = (await answers(stack.client, ["long"], timeout_s=300))["long"]
     took = time.monotonic() - started
     assert reply.status == "ok" and reply.backend == "smollm2", reply.error
