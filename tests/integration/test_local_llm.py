@@ -264,12 +264,12 @@ async def test_a_killed_model_is_excluded_and_rejoins_through_probation(stack, n
     """Kill -9 of the server: excluded, the cloud answers; restarted: probation, then local."""
     await setup_topics(names, stack.client)
     health = unique("llm.health")
-    worker = stack.worker(**probing_env(health, 1.0), TURNOUT_PROBE_TIMEOUT_S="2.0")
+    worker = stack.worker(**probing_env(health, 1.0), TURNOUT_PROBE_TIMEOUT_S="3.0")
     await publish(names.request_topic, chat("w", stack.client, "Hi", max_tokens=4))
     assert (await answers(stack.client, ["w"]))["w"].backend == "smollm2"
 
     llama.signal(signal.SIGKILL)
-    await wait_for_state(worker, "smollm2", "UNHEALTHY", timeout_s=30)
+    await wait_for_state(worker, "smollm2", "UNHEALTHY", timeout_s=60)
     during = [chat(f"d{i}", stack.client, "Hello", max_tokens=8) for i in range(3)]
     await publish(names.request_topic, *during)
     replies = await answers(stack.client, [r.id for r in during])
@@ -289,13 +289,13 @@ async def test_a_hung_model_is_excluded_and_rejoins_after_it_resumes(stack, name
     """SIGSTOP of the server: probes time out, it is excluded; SIGCONT: probation, local."""
     await setup_topics(names, stack.client)
     health = unique("llm.health")
-    worker = stack.worker(**probing_env(health, 1.0), TURNOUT_PROBE_TIMEOUT_S="2.0")
+    worker = stack.worker(**probing_env(health, 1.0), TURNOUT_PROBE_TIMEOUT_S="3.0")
     await publish(names.request_topic, chat("w", stack.client, "Hi", max_tokens=4))
     assert (await answers(stack.client, ["w"]))["w"].backend == "smollm2"
 
     llama.signal(signal.SIGSTOP)
     try:
-        await wait_for_state(worker, "smollm2", "UNHEALTHY", timeout_s=45)
+        await wait_for_state(worker, "smollm2", "UNHEALTHY", timeout_s=60)
         during = [chat(f"h{i}", stack.client, "Hello", max_tokens=8) for i in range(3)]
         await publish(names.request_topic, *during)
         replies = await answers(stack.client, [r.id for r in during])
