@@ -64,11 +64,11 @@ class LlamaServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
-    def start(self) -> None:
+    def start(self, *, interrupt_requests: bool = False) -> None:
         log = open(self._tmp / f"llama-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(
-            local_llm.server_command(self.port), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-        )
+        command = local_llm.server_command(self.port)
+        command[command.index("--interrupt_requests") + 1] = str(interrupt_requests).lower()
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
         local_llm.wait_ready(self.url, timeout_s=120, pid=self.proc.pid)
 
@@ -171,12 +171,16 @@ async def test_a_chat_is_answered_by_the_real_model_with_text(stack, names):
     assert reply.body is not None and reply.body["usage"]["completion_tokens"] >= 1
 
 
-async def read_stream(client: str, rid: str, timeout_s: float = 120):
-    """Every chunk of ``rid`` and its final reply, each with its record's timestamp (ms)."""
+async def read_stream(client: str, rid: str, timeout_s: float = 120, on_first_chunk=None):
+    """Every chunk of ``rid`` and its final reply, each with its record's timestamp (ms).
+
+    ``on_first_chunk``, if given, is started as a task when the first chunk arrives.
+    """
     topic = f"turnout.replies.{client}"
     consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
     await consumer.start()
     chunks: list[tuple[int, ReplyChunk]] = []
+    background: list[asyncio.Task] = []
     try:
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
@@ -189,9 +193,12 @@ async def read_stream(client: str, rid: str, timeout_s: float = 120):
                     continue
                 if isinstance(msg, Reply):
                     return chunks, (rec.timestamp, msg)
+                if not chunks and on_first_chunk is not None:
+                    background.append(asyncio.create_task(on_first_chunk()))
                 chunks.append((rec.timestamp, msg))
     finally:
         await consumer.stop()
+        await asyncio.gather(*background)
     raise AssertionError(f"no final reply to {rid} within {timeout_s} s")
 
 
@@ -398,3 +405,28 @@ async def test_a_long_generation_does_not_get_the_busy_model_excluded(stack, nam
     # Long enough that queued probes (one a second, 2 s timeout) would have failed.
     assert took > 4, f"the answer took only {took:.1f} s: not a test of a busy model"
     assert state_changes(worker, "smollm2") == []
+
+
+async def test_a_stream_the_server_interrupts_is_never_passed_off_as_complete(stack, names, llama):
+    """With interrupt_requests on, another request cuts the stream: a clear error, not ok."""
+    llama.stop()
+    llama.start(interrupt_requests=True)  # the server's own default
+    await setup_topics(names, stack.client)
+    stack.worker()
+    await publish(names.request_topic, chat("w", stack.client, "Hi", max_tokens=4))
+    assert (await answers(stack.client, ["w"]))["w"].backend == "smollm2"
+    story = "Write a long story about a lighthouse keeper and a storm."
+    await publish(names.request_topic, chat("s", stack.client, story, max_tokens=300, stream=True))
+
+    async def another_client() -> None:  # waits for the model's lock: the server interrupts
+        await asyncio.to_thread(local_llm.chat, llama.url, "Hello", max_tokens=2)
+
+    chunks, (_, final) = await read_stream(stack.client, "s", on_first_chunk=another_client)
+    assert chunks, "the model never started streaming"
+    # The server ends the stream mid-answer (its [DONE] without a finish_reason, then a
+    # broken chunked body). Chunks were already out, so turnout does not retry: the
+    # reply says the stream broke and that a retry can succeed.
+    assert final.status == "error", f"a cut stream was answered ok: {final.body}"
+    assert final.error is not None and final.error.code == "backend_protocol"
+    assert final.error.retryable
+    assert "stream broke" in final.error.message, final.error.message
