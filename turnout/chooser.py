@@ -32,6 +32,16 @@ from turnout.tokens import estimate_completion_tokens
 
 log = logs.get("turnout.request")
 
+LATENCY_MEMORY_S = 15.0
+"""How long an idle backend's latency average keeps counting for routing.
+
+``local_first`` passes over a local backend whose average says it would miss the
+deadline, and ``latency`` prefers the fastest. Without traffic an average never
+changes, so a local model that was slow once (a burst, a busy machine) would never
+be tried again. An average not refreshed for this long, of a backend with no call
+in flight, is forgotten: the next request measures the backend afresh.
+"""
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -57,6 +67,7 @@ class Chooser:
         self.metrics = metrics
         self._in_flight: dict[str, int] = defaultdict(int)
         self._latency_ms: dict[str, float] = {}
+        self._latency_at: dict[str, int] = {}
         self._turn = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_seq = 0
@@ -72,6 +83,11 @@ class Chooser:
     def started(self, backend_id: str) -> None:
         """A call to ``backend_id`` begins."""
         self._in_flight[backend_id] += 1
+
+    def at_cap(self, backend_id: str) -> bool:
+        """Whether this worker has its whole share of ``backend_id``'s cap in flight."""
+        backend = self.backends.get(backend_id)
+        return backend is not None and self._in_flight[backend_id] >= backend.max_concurrency
 
     def finished(self, backend_id: str) -> None:
         """A call to ``backend_id`` ended: its capacity is free for waiting requests."""
@@ -184,7 +200,7 @@ class Chooser:
                         self._in_flight,
                         excluded=excluded,
                         turn=self._turn,
-                        latency_ms=self._latency_ms,
+                        latency_ms=self._latency_view(now),
                     )
                     decision = decide(
                         route,
@@ -253,7 +269,18 @@ class Chooser:
     def _observe_latency(self, backend_id: str, took_ms: float, alpha: float = 0.2) -> None:
         """Keep an exponentially weighted moving average of each backend's latency."""
         prev = self._latency_ms.get(backend_id)
+        if prev is not None and self._stale(backend_id, _now_ms()):
+            prev = None
         self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
+        self._latency_at[backend_id] = _now_ms()
+
+    def _stale(self, backend_id: str, now_ms: int) -> bool:
+        age_ms = now_ms - self._latency_at.get(backend_id, now_ms)
+        return age_ms > LATENCY_MEMORY_S * 1000 and not self._in_flight.get(backend_id, 0)
+
+    def _latency_view(self, now_ms: int) -> dict[str, float]:
+        """The latency averages routing may use now: see ``LATENCY_MEMORY_S``."""
+        return {b: v for b, v in self._latency_ms.items() if not self._stale(b, now_ms)}
 
 
 class Parking(Protocol):

@@ -26,7 +26,7 @@ from turnout.client import ensure_topics
 from turnout.config import Backend, Config
 from turnout.errors import BackendError
 from turnout.health.book import HealthBook
-from turnout.health.machine import HealthRecord, InvalidHealthRecord
+from turnout.health.machine import HealthRecord, InvalidHealthRecord, State
 from turnout.metrics import Metrics
 from turnout.publisher import Publisher
 
@@ -51,7 +51,10 @@ class Prober:
         client: BackendClient,
         book: HealthBook,
         publisher: Publisher,
+        at_cap: Callable[[str], bool] | None = None,
     ) -> None:
+        self._at_cap = at_cap
+        """Whether this worker has a backend's whole concurrency cap in flight."""
         self._settings = settings
         self._config = config
         self._client = client
@@ -66,11 +69,16 @@ class Prober:
         that traffic is fresher evidence than a probe, and free. So probes cost
         nothing under load and never add a call on top of a busy backend's cap;
         unhealthy backends get no traffic and are always probed.
+
+        A healthy backend with its whole concurrency cap in flight is skipped too: a
+        probe would queue behind those calls, and a one-slot server (llama.cpp's
+        Python server) busy with a long generation would fail it as if it were dead.
+        The calls in flight are the evidence instead: they finish or time out.
         """
         since = _now_ms() - int(self._settings.probe_interval_s * 1000)
         due, busy = [], []
         for b in self._config.backends:
-            if self._book.serving_well(b.id, since):
+            if self._book.serving_well(b.id, since) or self._full(b.id):
                 busy.append(b)
             elif self._rounds % b.probe.every == 0:
                 due.append(b)
@@ -78,6 +86,11 @@ class Prober:
         # Busy backends still get their record published (no probe result in it), so
         # `turnout backends` and the status page list every backend.
         await asyncio.gather(*(self._probe(b) for b in due), *(self._publish(b) for b in busy))
+
+    def _full(self, backend_id: str) -> bool:
+        state = self._book.state(backend_id)
+        healthy = state in (State.HEALTHY, State.DEGRADED)
+        return healthy and self._at_cap is not None and self._at_cap(backend_id)
 
     async def _publish(self, backend: Backend) -> None:
         record = self._book.machines[backend.id].record()

@@ -100,6 +100,7 @@ class Runtime:
             client=self._client,
             book=self.health,
             publisher=publisher,
+            at_cap=self._dispatcher.chooser.at_cap,
         )
         if self._assigned is not None:
             self._dispatcher.share_capacity(self._assigned, self._settings.request_partitions)

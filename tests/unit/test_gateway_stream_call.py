@@ -283,6 +283,27 @@ async def test_a_stream_cut_short_is_a_protocol_error(session: aiohttp.ClientSes
         await runner.cleanup()
 
 
+async def test_done_before_a_finish_reason_is_a_protocol_error(
+    session: aiohttp.ClientSession,
+) -> None:
+    """[DONE] mid-answer (llama-cpp-python interrupting a stream) is not a complete answer."""
+
+    async def interrupted(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"choices": [{"index": 0, "delta": {"content": "par"}, "finish_reason": None}]}
+        await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    runner, url = await serve(interrupted)
+    try:
+        with pytest.raises(BackendProtocolError, match="before any choice had a finish_reason"):
+            await collect(session, backend(url))
+    finally:
+        await runner.cleanup()
+
+
 async def test_an_error_event_mid_stream_is_a_status_error(
     session: aiohttp.ClientSession,
 ) -> None:

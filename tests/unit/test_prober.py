@@ -84,3 +84,34 @@ async def test_a_backend_busy_with_real_traffic_is_not_probed():
     assert client.calls_to("local") == [] and len(client.calls_to("embedder")) == 1
     published = {r.backend: r for r in p._publisher.records}
     assert published["local"].probe_ok is None  # still listed, evidence from traffic
+
+
+def prober_at_cap(client, full: set[str]):
+    pub = Published()
+    book = HealthBook([b.id for b in CONFIG.backends], now_ms=0)
+    p = Prober(settings=Settings(), config=CONFIG, client=client, book=book, publisher=pub,
+               at_cap=lambda backend_id: backend_id in full)
+    return p, pub
+
+
+async def test_a_healthy_backend_with_its_whole_cap_in_flight_is_not_probed():
+    """A probe would queue behind the calls (a one-slot server would time it out): skip it."""
+    client = ScriptedBackendClient()
+    p, pub = prober_at_cap(client, {"local"})
+    await p.round()
+    assert client.calls_to("local") == [] and len(client.calls_to("embedder")) == 1
+    assert {r.backend: r.probe_ok for r in pub.records}["local"] is None  # still published
+
+
+async def test_an_unhealthy_backend_at_its_cap_is_still_probed():
+    """Only probes bring an excluded backend back, whatever its old calls are doing."""
+    import time
+
+    client = ScriptedBackendClient()
+    p, _ = prober_at_cap(client, {"local"})
+    now = int(time.time() * 1000)
+    for _ in range(50):
+        p._book.observe("local", False, 5.0, now)
+    assert p._book.state("local").name == "UNHEALTHY"
+    await p.round()
+    assert len(client.calls_to("local")) == 1

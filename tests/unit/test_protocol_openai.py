@@ -141,6 +141,11 @@ def test_status_error_names_the_error_code_but_not_its_message() -> None:
             b'{"data": [{"embedding": [1]}, 7]}',
             "has no data[1].embedding (got a int)",
         ),
+        (
+            "embeddings",
+            b'{"data": [{"embedding": [[0.1, 0.2], [0.3, 0.4]]}]}',
+            "has no data[0].embedding as a list of numbers (got a list of 2)",
+        ),
     ],
 )
 def test_parse_protocol_error(kind: Any, payload: bytes, expected: str) -> None:

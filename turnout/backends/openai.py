@@ -81,3 +81,9 @@ def _check_embeddings(backend_id: str, status: int, obj: dict[str, Any]) -> None
         embedding = item.get("embedding") if isinstance(item, dict) else None
         if not isinstance(embedding, list | str):
             raise shape_error(backend_id, status, f"data[{i}].embedding", item)
+        # llama.cpp's servers answer a model without pooling (a chat model) with one
+        # vector per token, a list of lists: not one embedding, so not passed on.
+        if embedding and isinstance(embedding, list) and not isinstance(embedding[0], int | float):
+            raise shape_error(
+                backend_id, status, f"data[{i}].embedding as a list of numbers", embedding
+            )

@@ -196,6 +196,14 @@ async def _openai_chunks(backend_id: str, lines: AsyncIterator[bytes]) -> AsyncI
     finished = False
     async for _, data in _sse_events(lines):
         if data.strip() == "[DONE]":
+            if not finished:
+                # llama-cpp-python's server does this when another request waits
+                # (its default interrupt_requests): [DONE] mid-answer, no finish_reason.
+                raise BackendProtocolError(
+                    f"backend {backend_id!r} sent [DONE] before any choice had a "
+                    "finish_reason; the answer is incomplete (cut short by the server)",
+                    backend=backend_id,
+                )
             return
         obj = _json(backend_id, "stream event", data)
         if not isinstance(obj, dict):
