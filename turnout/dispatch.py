@@ -14,8 +14,10 @@ dropped: the new owner reads those requests again (a repeat carries the same id)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -82,6 +84,11 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self.skipped = 0
         self.redelivered = 0
+        # Every serve of a request gets its own generation (this process's random tag
+        # and a counter): a worker that serves the request again after a crash or a
+        # rebalance starts at attempt 1, seq 0 too, and readers must tell them apart.
+        self._generation_tag = uuid.uuid4().hex[:12]
+        self._generations = itertools.count(1)
 
     # -- offsets ---------------------------------------------------------------
 
@@ -298,8 +305,13 @@ class Dispatcher:
             offset=record.offset,
         )
 
+    def new_generation(self) -> str:
+        """A token unique to one serve of one request, in its chunks and final reply."""
+        return f"{self._generation_tag}-{next(self._generations)}"
+
     async def _serve(self, record: Record, job: Admitted) -> None:
         req = job.request
+        generation = self.new_generation()
         tried: set[str] = set()
         attempts = 0
         reached = 0
@@ -328,7 +340,9 @@ class Dispatcher:
             relayed = [0]
             try:
                 if req.stream and req.kind != "embeddings":
-                    body = await self._relay_stream(job, decision, attempts, timeout_s, relayed)
+                    body = await self._relay_stream(
+                        job, decision, attempts, timeout_s, relayed, generation
+                    )
                 else:
                     body = await self._client.call(
                         backend,
@@ -400,6 +414,7 @@ class Dispatcher:
             attempts=attempts,
             degraded=degraded,
             timings=timings,
+            generation=generation,
         )
         await self._reply(job.reply_to, reply)
         if error is None:
@@ -484,6 +499,7 @@ class Dispatcher:
                     route=reply.route,
                     attempts=reply.attempts,
                     timings=reply.timings,
+                    generation=reply.generation,
                 ),
             )
 
@@ -494,8 +510,12 @@ class Dispatcher:
         attempt: int,
         timeout_s: float,
         relayed: list[int],
+        generation: str | None = None,
     ) -> dict[str, object]:
-        """Publish each backend chunk in order on the reply topic; return the whole answer."""
+        """Publish each backend chunk in order on the reply topic; return the whole answer.
+
+        Chunks carry this serve's ``generation``: a reader keeps to one generation.
+        """
         req = job.request
         chunks = []
         async for delta in self._client.stream(
@@ -505,7 +525,9 @@ class Dispatcher:
             body=req.body,
             timeout_s=timeout_s,
         ):
-            chunk = ReplyChunk(id=req.id, seq=relayed[0], attempt=attempt, delta=delta)
+            chunk = ReplyChunk(
+                id=req.id, seq=relayed[0], attempt=attempt, generation=generation, delta=delta
+            )
             await self._publisher.chunk(job.reply_to, chunk)
             relayed[0] += 1
             chunks.append(delta)

@@ -3,8 +3,11 @@
     turnout mock-backend --port 8001 --latency-ms 50 --error-rate 0.1
 
 Answers are deterministic (``"echo: <last user message>"``, hash-derived vectors; see
-``turnout.backends.fake``). Faults are drawn per request from a seeded RNG: latency,
-an error status, a hang (no answer until the client gives up) or a malformed body.
+``turnout.backends.fake``), unless ``--vary`` makes every call's answer different (it
+starts with ``"[call N] "``: a request served twice gets two different answers, which
+is what shows a spliced stream). ``--chunk-delay-ms`` spreads a streamed answer out.
+Faults are drawn per request from a seeded RNG: latency, an error status, a hang (no
+answer until the client gives up) or a malformed body.
 ``GET /stats`` counts requests; ``POST /admin/config`` changes the options at runtime.
 """
 
@@ -58,6 +61,10 @@ class MockOptions:
     models: tuple[str, ...] = ("echo", "embed")
     api_key: str | None = None
     """When set, requests without ``Authorization: Bearer <api_key>`` get 401."""
+    vary: bool = False
+    """Every call's answer differs: its text starts with ``[call N] ``."""
+    chunk_delay_ms: float = 0.0
+    """Pause before each chunk of a streamed answer."""
 
     def changed(self, updates: Mapping[str, Any]) -> MockOptions:
         """A copy with ``updates`` (field names, ``-`` or ``_``) applied; ValueError if invalid."""
@@ -77,6 +84,10 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(models, list | tuple) or not all(isinstance(m, str) for m in models):
             raise ValueError("models: expected a list of names or a comma-separated string")
         return tuple(m.strip() for m in models if m.strip())
+    if name == "vary":
+        if not isinstance(value, bool):
+            raise ValueError(f"vary: expected true or false, got {value!r}")
+        return value
     if name in ("seed", "api_key"):
         kind = int if name == "seed" else str
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
@@ -240,16 +251,28 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
         model = body.get("model")
         if model not in state.options.models:
             return _error(wire, 404, f"model '{model}' not found", "model_not_found")
+        delay_s = state.options.chunk_delay_ms / 1000
+        tag = f"[call {state.requests}] " if state.options.vary else ""
         if wire == "openai":
             answer = openai_response(kind, model, body, created=int(time.time()))
+            if tag and kind != "embeddings":
+                choice = answer["choices"][0]
+                if kind == "chat":
+                    choice["message"]["content"] = tag + choice["message"]["content"]
+                else:
+                    choice["text"] = tag + choice["text"]
             if body.get("stream") is True and kind != "embeddings":
-                return await _sse(request, _openai_chunks(kind, answer, body))
+                return await _sse(request, _openai_chunks(kind, answer, body), delay_s)
             return _json(answer)
         if request.path == "/api/embeddings":
             return _json({"embedding": vector(embedding_inputs(body)[0])})
         answer = _ollama_answer(kind, model, body)
+        if tag and kind == "chat":
+            answer["message"]["content"] = tag + answer["message"]["content"]
+        elif tag and kind == "completion":
+            answer["response"] = tag + answer["response"]
         if body.get("stream", True) is not False and kind != "embeddings":
-            return await _ndjson(request, _ollama_chunks(kind, answer))
+            return await _ndjson(request, _ollama_chunks(kind, answer), delay_s)
         return _json(answer)
 
     return handle
@@ -411,20 +434,28 @@ def _ollama_chunks(kind: Kind, answer: dict[str, Any]) -> list[dict[str, Any]]:
     return chunks
 
 
-async def _sse(request: web.Request, chunks: list[dict[str, Any]]) -> web.StreamResponse:
+async def _sse(
+    request: web.Request, chunks: list[dict[str, Any]], delay_s: float = 0.0
+) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     for chunk in chunks:
+        if delay_s:
+            await asyncio.sleep(delay_s)
         await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
 
 
-async def _ndjson(request: web.Request, chunks: list[dict[str, Any]]) -> web.StreamResponse:
+async def _ndjson(
+    request: web.Request, chunks: list[dict[str, Any]], delay_s: float = 0.0
+) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     for chunk in chunks:
+        if delay_s:
+            await asyncio.sleep(delay_s)
         await response.write(orjson.dumps(chunk) + b"\n")
     await response.write_eof()
     return response
@@ -515,6 +546,10 @@ def parse_args(argv: list[str]) -> MockOptions:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--models", default="echo,embed", help="comma-separated model names")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer <key>")
+    p.add_argument(
+        "--vary", action="store_true", help="every call's answer differs ('[call N] ...')"
+    )
+    p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="pause before each chunk")
     args = vars(p.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
     try:
