@@ -106,17 +106,30 @@ def _worker(settings: Settings) -> int:
 
     import faust
 
-    from turnout.client import ensure_topics
+    from turnout.client import ensure_request_topic, ensure_topics, timestamp_type
     from turnout.config import ConfigError
     from turnout.runtime import build
 
     # faust subscribes to source topics but does not create them. The tables must have
     # exactly the request topic's partition count (each table partition has the one
     # writer of its request partition), so an existing topic's count wins.
-    counts = asyncio.run(
-        ensure_topics(settings.bootstrap, [settings.request_topic], settings.request_partitions)
+    partitions = asyncio.run(
+        ensure_request_topic(
+            settings.bootstrap, settings.request_topic, settings.request_partitions
+        )
     )
-    partitions = counts[settings.request_topic]
+    stamped = asyncio.run(timestamp_type(settings.bootstrap, settings.request_topic))
+    if stamped != "LogAppendTime":
+        # Limits run on the record's timestamp: with CreateTime a producer can set it.
+        logs.get("turnout.worker").warning(
+            "request_topic_producer_time",
+            topic=settings.request_topic,
+            timestamp_type=stamped,
+            fix=f"kafka-configs.sh --alter --entity-type topics --entity-name "
+            f"{settings.request_topic} --add-config message.timestamp.type=LogAppendTime",
+            why="rate limits and deadlines run on the record's timestamp, which producers "
+            "set under CreateTime: spaced fake timestamps would defeat a client's limits",
+        )
     if partitions != settings.request_partitions:
         logs.get("turnout.worker").warning(
             "request_partitions_differ",
@@ -163,7 +176,7 @@ async def _backends(settings: Settings) -> int:
 
 async def _send(settings: Settings, args: argparse.Namespace) -> int:
     from schemas.types import Request
-    from turnout.client import ReplyReader, RequestPublisher, ensure_topics
+    from turnout.client import ReplyReader, RequestPublisher, ensure_request_topic, ensure_topics
 
     if args.kind == "chat":
         body = {"messages": [{"role": "user", "content": args.message}]}
@@ -181,7 +194,9 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
     )
     reply_topic = settings.reply_topic_for(request.client_id)
     await ensure_topics(settings.bootstrap, [reply_topic], settings.reply_partitions)
-    await ensure_topics(settings.bootstrap, [settings.request_topic], settings.request_partitions)
+    await ensure_request_topic(
+        settings.bootstrap, settings.request_topic, settings.request_partitions
+    )
     reader = ReplyReader(settings.bootstrap, reply_topic)
     publisher = RequestPublisher(settings.bootstrap, settings.request_topic)
     await reader.start(from_end=True)
