@@ -3,9 +3,10 @@
     turnout mock-backend --port 8001 --latency-ms 50 --error-rate 0.1
 
 Answers are deterministic (``"echo: <last user message>"``, hash-derived vectors; see
-``turnout.backends.fake``), unless ``--vary`` makes every call's answer different (it
-starts with ``"[call N] "``: a request served twice gets two different answers, which
-is what shows a spliced stream). ``--chunk-delay-ms`` spreads a streamed answer out.
+``turnout.backends.fake``), unless ``--vary`` makes every call's answer different: each
+word carries the call's number (``"echo:~7 hi~7"``), so a request served twice gets two
+answers that differ in every chunk, which is what shows a spliced stream.
+``--chunk-delay-ms`` spreads a streamed answer out.
 Faults are drawn per request from a seeded RNG: latency, an error status, a hang (no
 answer until the client gives up) or a malformed body.
 ``GET /stats`` counts requests; ``POST /admin/config`` changes the options at runtime.
@@ -62,7 +63,7 @@ class MockOptions:
     api_key: str | None = None
     """When set, requests without ``Authorization: Bearer <api_key>`` get 401."""
     vary: bool = False
-    """Every call's answer differs: its text starts with ``[call N] ``."""
+    """Every call's answer differs: each word ends with ``~N``, N counting calls."""
     chunk_delay_ms: float = 0.0
     """Pause before each chunk of a streamed answer."""
 
@@ -252,25 +253,25 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
         if model not in state.options.models:
             return _error(wire, 404, f"model '{model}' not found", "model_not_found")
         delay_s = state.options.chunk_delay_ms / 1000
-        tag = f"[call {state.requests}] " if state.options.vary else ""
+        call = state.requests if state.options.vary else None
         if wire == "openai":
             answer = openai_response(kind, model, body, created=int(time.time()))
-            if tag and kind != "embeddings":
+            if call is not None and kind != "embeddings":
                 choice = answer["choices"][0]
                 if kind == "chat":
-                    choice["message"]["content"] = tag + choice["message"]["content"]
+                    choice["message"]["content"] = _varied(choice["message"]["content"], call)
                 else:
-                    choice["text"] = tag + choice["text"]
+                    choice["text"] = _varied(choice["text"], call)
             if body.get("stream") is True and kind != "embeddings":
                 return await _sse(request, _openai_chunks(kind, answer, body), delay_s)
             return _json(answer)
         if request.path == "/api/embeddings":
             return _json({"embedding": vector(embedding_inputs(body)[0])})
         answer = _ollama_answer(kind, model, body)
-        if tag and kind == "chat":
-            answer["message"]["content"] = tag + answer["message"]["content"]
-        elif tag and kind == "completion":
-            answer["response"] = tag + answer["response"]
+        if call is not None and kind == "chat":
+            answer["message"]["content"] = _varied(answer["message"]["content"], call)
+        elif call is not None and kind == "completion":
+            answer["response"] = _varied(answer["response"], call)
         if body.get("stream", True) is not False and kind != "embeddings":
             return await _ndjson(request, _ollama_chunks(kind, answer), delay_s)
         return _json(answer)
@@ -389,6 +390,11 @@ def _ollama_answer(kind: Kind, model: str, body: Mapping[str, Any]) -> dict[str,
         eval_count=count_words(text),
     )
     return answer
+
+
+def _varied(text: str, call: int) -> str:
+    """``text`` with the call's number on every word: "a b", 7 -> "a~7 b~7"."""
+    return " ".join(f"{word}~{call}" for word in text.split(" "))
 
 
 def _pieces(text: str) -> list[str]:
@@ -547,7 +553,7 @@ def parse_args(argv: list[str]) -> MockOptions:
     p.add_argument("--models", default="echo,embed", help="comma-separated model names")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer <key>")
     p.add_argument(
-        "--vary", action="store_true", help="every call's answer differs ('[call N] ...')"
+        "--vary", action="store_true", help="every call's answer differs (word~N, N per call)"
     )
     p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="pause before each chunk")
     args = vars(p.parse_args(argv))
