@@ -5,6 +5,7 @@ Every drill prints sent / answered / lost / duplicated.
 
 import asyncio
 import itertools
+import signal
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -146,3 +147,44 @@ async def test_a_worker_killed_under_load_and_restarted_serves_again_within_3_s(
     # compete with the broker and other jobs). With TURNOUT_INSTANCE_ID=off the same
     # drill waits out the dead member's session: a gap of 10.0 s.
     assert gap <= 3.0 + 2.0, f"largest gap {gap:.2f} s, of which the process start {boot_s:.2f} s"
+
+
+async def test_sigterm_with_requests_in_flight_answers_each_exactly_once(spawn, names):
+    """SIGTERM within the grace period: every in-flight request gets one reply, 0 lost."""
+    backend = spawn.backend("--latency-ms", "1500")
+    clients = [unique("c") for _ in range(8)]
+    topics = [f"turnout.replies.{c}" for c in clients]
+    await ensure_request_topic(BOOTSTRAP, names.request_topic, 4)
+    config = config_for(("b", "openai", backend.url))
+    first, second = (
+        spawn.worker(config, app_id=names.app_id, request_topic=names.request_topic, name=n)
+        for n in ("w1", "w2")
+    )
+    replies = Replies(topics)
+    await replies.start()
+    pub = RequestPublisher(BOOTSTRAP, names.request_topic)
+    await pub.start()
+    try:
+        warm: set[str] = set()
+        await steady_load(pub, clients, warm, rate=20, seconds=1)
+        await replies.wait_all(warm, 90)  # both workers up, the group settled
+        ids: set[str] = set()
+        await steady_load(pub, clients, ids, rate=100, seconds=1)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            if backend.stats()["in_flight"] >= 50:
+                break
+            await asyncio.sleep(0.05)
+        in_flight = backend.stats()["in_flight"]
+        first.kill(signal.SIGTERM)  # waits for the process to exit
+        await replies.wait_all(ids, 90)
+        await asyncio.sleep(3)  # room for a second reply to show up
+    finally:
+        await pub.stop()
+        await replies.stop()
+    lost, duplicated = tally(f"SIGTERM with {in_flight} in flight", ids, replies)
+    drained = [e for e in events(first, "request_completed") if e.get("request_id") in ids]
+    print(f"the stopping worker answered {len(drained)}; second worker alive: {second.alive()}")
+    assert in_flight >= 20
+    assert lost == 0
+    assert duplicated == 0
