@@ -42,7 +42,7 @@ CONNECTION_ERRORS = (
     "KafkaTimeoutError",
     "NotLeaderForPartition",
     "retrying. Error:",  # the producer's per-batch retry while leaders are elected
-    "Heartbeat failed for group",
+    "is either not started or not valid",  # a heartbeat's coordinator is gone
     "Heartbeat session expired",
 )
 

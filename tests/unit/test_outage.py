@@ -106,3 +106,14 @@ def test_install_filters_what_reaches_the_handler() -> None:
     assert [r.getMessage() for r in handler.records] == ["request_completed"]
     assert names(seen) == ["broker_unreachable"]
     assert f.outage.suppressed == 999
+
+
+def test_a_rebalance_is_not_an_outage() -> None:
+    """'Heartbeat failed ... because it is rebalancing' passes through as it is."""
+    seen: list[OutageEvent] = []
+    f = OutageFilter(BrokerOutage(), seen.append)
+    rebalancing = "Heartbeat failed for group g because it is rebalancing"
+    assert f.filter(record("aiokafka.consumer.group_coordinator", rebalancing, logging.WARNING))
+    gone = "Heartbeat failed for group g: coordinator (node 1) is either not started or not valid"
+    assert not f.filter(record("aiokafka.consumer.group_coordinator", gone, logging.WARNING))
+    assert names(seen) == ["broker_unreachable"]
