@@ -82,6 +82,18 @@ def tally(name: str, sent: set[str], replies: Replies) -> tuple[int, int]:
     return lost, duplicated
 
 
+async def settled(workers, partitions: int, timeout_s: float) -> None:
+    """Wait until the workers' latest assignments split ``partitions`` among all of them."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        latest = [events(w, "partitions_assigned")[-1:] for w in workers]
+        shares = [e[0]["request_partitions"] for e in latest if e]
+        if len(shares) == len(workers) and all(shares) and sum(shares) == partitions:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the group did not settle within {timeout_s} s")
+
+
 async def steady_load(pub, clients, ids: set[str], rate: float, seconds: float) -> None:
     """``rate`` requests/s for ``seconds``, round-robin over ``clients``; new ids each call."""
     start = time.monotonic()
@@ -165,9 +177,12 @@ async def test_sigterm_with_requests_in_flight_answers_each_exactly_once(spawn, 
     pub = RequestPublisher(BOOTSTRAP, names.request_topic)
     await pub.start()
     try:
+        # The drill is SIGTERM, not a rebalance during load: start from a settled group
+        # (a second worker joining as the load starts is issue 12's point 1).
+        await settled([first, second], 4, 90)
         warm: set[str] = set()
         await steady_load(pub, clients, warm, rate=20, seconds=1)
-        await replies.wait_all(warm, 90)  # both workers up, the group settled
+        await replies.wait_all(warm, 90)
         ids: set[str] = set()
         await steady_load(pub, clients, ids, rate=100, seconds=1)
         end = time.monotonic() + 30
