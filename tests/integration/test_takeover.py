@@ -142,23 +142,25 @@ async def test_a_worker_killed_under_load_and_restarted_serves_again_within_3_s(
         await replies.stop()
     lost, _ = tally("kill -9 and restart under 20 req/s", ids, replies)
     times = sorted(t for t, r in replies.arrivals if r.id in ids)
-    gaps = [(b - a, a) for a, b in itertools.pairwise(times)]
-    gap, gap_at = max(gaps)
-    first_after = min(t for t in times if t > killed_at)
+    gap, gap_at = max((b - a, a) for a, b in itertools.pairwise(times))
+    # worker_started is logged when the new process's agent starts, before it has
+    # joined the group: from there on the time is the takeover's, not Python's.
     started = events(worker, "worker_started")[-1]
-    boot_s = log_time(started) - (time.time() - (time.monotonic() - restarted_at))
+    up_at = restarted_at + log_time(started) - (time.time() - (time.monotonic() - restarted_at))
+    takeover = min(t for t in times if t > up_at) - up_at
     print(
         f"largest gap between replies {gap:.2f} s (from {gap_at - killed_at:+.2f} s after the "
-        f"kill); first reply {first_after - killed_at:.2f} s after the kill; the new process "
-        f"took {boot_s:.2f} s to start (worker_started); takeover after start "
-        f"{first_after - restarted_at - boot_s:.2f} s"
+        f"kill); the new process started in {up_at - restarted_at:.2f} s and served its first "
+        f"reply {takeover:.2f} s later"
     )
     assert lost == 0
-    # 3 s for the takeover itself, plus 2 s of margin for starting a Python process on
-    # this shared 2-core machine (1.2 to 2.4 s measured: the imports and faust's services
-    # compete with the broker and other jobs). With TURNOUT_INSTANCE_ID=off the same
-    # drill waits out the dead member's session: a gap of 10.0 s.
-    assert gap <= 3.0 + 2.0, f"largest gap {gap:.2f} s, of which the process start {boot_s:.2f} s"
+    # The takeover (rejoin, assignment, table recovery, first fetch, first reply) within
+    # 3 s, plus 1 s of margin for this shared 2-core machine. The whole gap also holds
+    # the start of a Python process (1.2 to 3.5 s measured here, competing with the
+    # broker and other jobs): 3 s more. With TURNOUT_INSTANCE_ID=off the same drill
+    # waits out the dead member's session: a gap of 10.0 s.
+    assert takeover <= 3.0 + 1.0
+    assert gap <= 3.0 + 1.0 + 3.0
 
 
 async def test_sigterm_with_requests_in_flight_answers_each_exactly_once(spawn, names):
