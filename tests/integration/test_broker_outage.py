@@ -16,6 +16,7 @@ from tests.integration.harness import (
     collect_replies,
     config_for,
     events,
+    free_port,
     unique,
 )
 from turnout.client import RequestPublisher, ensure_request_topic, ensure_topics
@@ -50,6 +51,7 @@ async def test_a_broker_outage_costs_few_lines_little_cpu_and_no_request(spawn, 
         config_for(("b", "openai", backend.url)),
         app_id=names.app_id,
         request_topic=names.request_topic,
+        extra_env={"TURNOUT_WEB_PORT": str(free_port())},  # the lag sampler runs too
     )
     ids: dict[str, set[str]] = {t: set() for t in topics}
     pub = RequestPublisher(BOOTSTRAP, names.request_topic)
