@@ -119,6 +119,10 @@ class Reply(
     attempts: int = 0
     degraded: bool = False
     timings: Timings | None = None
+    generation: str | None = None
+    """Which serve of the request produced this reply: the same token as its ``chunk``
+    messages. A request served twice (a worker crash, a rebalance) has two generations;
+    a reader never mixes chunks of one with the reply of another."""
 
     @classmethod
     def from_wire(cls, raw: bytes) -> Reply:
@@ -133,8 +137,13 @@ class ReplyChunk(msgspec.Struct, frozen=True, kw_only=True, tag="chunk", tag_fie
 
     id: str
     seq: int
-    """0, 1, 2, ... per attempt that streams; a reader keeps the highest ``attempt``."""
+    """0, 1, 2, ... per (``generation``, ``attempt``) that streams."""
     attempt: int = 1
+    """Within one generation, a backend attempt; a reader keeps the highest."""
+    generation: str | None = None
+    """Unique per serve of the request (a worker serving it again, after a crash or a
+    rebalance, starts a new one at attempt 1, seq 0). Chunks of two generations never
+    belong to one answer."""
     delta: dict[str, Any]
     """An OpenAI ``chat.completion.chunk`` (or ``text_completion`` chunk) object."""
 

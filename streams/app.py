@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import faust
 
 from streams.settings import Settings
@@ -21,6 +23,15 @@ def create_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
+        # Static membership: after a kill -9, the restarted worker rejoins under the same
+        # instance id and the broker hands it its partitions back at once (no rebalance,
+        # no wait for the dead member's session to expire). On a graceful stop the
+        # worker still leaves the group (streams/consumer.py), so SIGTERM hands its
+        # partitions over at once as before. The cost: a crashed worker that is not
+        # restarted keeps its partitions for a whole session timeout, as it did with
+        # dynamic membership; and two live workers must never share an instance id (the
+        # broker fences the older one).
+        consumer_group_instance_id=settings.group_instance_id(socket.gethostname()),
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,

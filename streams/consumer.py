@@ -56,7 +56,30 @@ class ShortWaitConsumerThread(AIOKafkaConsumerThread):
         wait_ms = getattr(self.consumer, "fetch_wait_ms", None)
         if wait_ms is not None:
             consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts
+        leave_group_on_stop(consumer)
         return consumer
+
+
+def leave_group_on_stop(consumer: Any) -> None:
+    """A static member leaves the group on a graceful stop, as a dynamic one does.
+
+    aiokafka sends no LeaveGroup for a consumer with a ``group_instance_id`` (a static
+    member is expected back soon). turnout uses static membership for crashes only: a
+    worker that stops on purpose leaves, so another takes its partitions at once
+    instead of after a whole session timeout. A kill -9 runs none of this; the
+    restarted worker then rejoins under the same id and gets its partitions back.
+    """
+    if getattr(consumer, "_group_instance_id", None) is None:
+        return
+    stop = consumer.stop
+
+    async def stop_and_leave() -> None:
+        coordinator = consumer._coordinator
+        if coordinator is not None and hasattr(coordinator, "_group_instance_id"):
+            coordinator._group_instance_id = None  # makes close() send LeaveGroup
+        await stop()
+
+    consumer.stop = stop_and_leave
 
 
 class TrackedConsumer(Consumer):

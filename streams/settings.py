@@ -7,7 +7,9 @@ passed down explicitly, never kept in a mutable module global.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -114,6 +116,14 @@ class Settings:
         10.0,
         "How long a silent worker keeps its partitions before the group reassigns them.",
     )
+    instance_id: str = setting(
+        "TURNOUT_INSTANCE_ID",
+        "auto",
+        "Static group membership: a worker restarted after a crash with the same id gets "
+        "its partitions back at once, without waiting TURNOUT_SESSION_TIMEOUT_S or a "
+        "rebalance. auto: derived from the host name and TURNOUT_DATA_DIR (unique per "
+        "worker on a host); off: dynamic membership. Two live workers must never share one.",
+    )
     health_topic: str = setting(
         "TURNOUT_HEALTH_TOPIC", "turnout.health", "Compacted topic of backend health records."
     )
@@ -174,10 +184,36 @@ class Settings:
             )
         if self.request_partitions < 1:
             raise ValueError("TURNOUT_REQUEST_PARTITIONS must be at least 1")
+        if self.instance_id not in ("auto", "off", "") and not re.fullmatch(
+            r"[A-Za-z0-9._-]{1,249}", self.instance_id
+        ):
+            raise ValueError(
+                f"TURNOUT_INSTANCE_ID must be auto, off, or 1-249 of [A-Za-z0-9._-], "
+                f"got {self.instance_id!r}"
+            )
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(
                 f"TURNOUT_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}"
             )
+
+    def group_instance_id(self, hostname: str) -> str | None:
+        """The consumer's ``group.instance.id``, or None for dynamic membership. Pure.
+
+        >>> Settings(instance_id="w-1").group_instance_id("h")
+        'w-1'
+        >>> Settings(instance_id="off").group_instance_id("h") is None
+        True
+        >>> Settings(data_dir="/srv/a").group_instance_id("h") != Settings(
+        ...     data_dir="/srv/b").group_instance_id("h")
+        True
+        """
+        if self.instance_id in ("off", ""):
+            return None
+        if self.instance_id != "auto":
+            return self.instance_id
+        digest = hashlib.sha256(os.path.abspath(self.data_dir).encode()).hexdigest()[:12]
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", hostname)[:200] or "host"
+        return f"{host}-{digest}"
 
     def reply_topic_for(self, client_id: str) -> str:
         return f"{self.reply_prefix}{client_id}"

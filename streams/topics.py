@@ -7,6 +7,7 @@ import dataclasses
 import faust
 
 from streams.settings import Settings
+from turnout.client import REQUEST_TOPIC_CONFIGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,7 @@ def declare(app: faust.App, settings: Settings) -> Topics:
             partitions=settings.request_partitions,
             key_type=bytes,
             value_type=bytes,
+            config=dict(REQUEST_TOPIC_CONFIGS),
         ),
         dead_letter=app.topic(
             settings.dead_letter_topic, partitions=1, key_type=bytes, value_type=bytes

@@ -119,17 +119,30 @@ def _worker(settings: Settings) -> int:
 
     import faust
 
-    from turnout.client import ensure_topics
+    from turnout.client import ensure_request_topic, ensure_topics, timestamp_type
     from turnout.config import ConfigError
     from turnout.runtime import build
 
     # faust subscribes to source topics but does not create them. The tables must have
     # exactly the request topic's partition count (each table partition has the one
     # writer of its request partition), so an existing topic's count wins.
-    counts = asyncio.run(
-        ensure_topics(settings.bootstrap, [settings.request_topic], settings.request_partitions)
+    partitions = asyncio.run(
+        ensure_request_topic(
+            settings.bootstrap, settings.request_topic, settings.request_partitions
+        )
     )
-    partitions = counts[settings.request_topic]
+    stamped = asyncio.run(timestamp_type(settings.bootstrap, settings.request_topic))
+    if stamped != "LogAppendTime":
+        # Limits run on the record's timestamp: with CreateTime a producer can set it.
+        logs.get("turnout.worker").warning(
+            "request_topic_producer_time",
+            topic=settings.request_topic,
+            timestamp_type=stamped,
+            fix=f"kafka-configs.sh --alter --entity-type topics --entity-name "
+            f"{settings.request_topic} --add-config message.timestamp.type=LogAppendTime",
+            why="rate limits and deadlines run on the record's timestamp, which producers "
+            "set under CreateTime: spaced fake timestamps would defeat a client's limits",
+        )
     if partitions != settings.request_partitions:
         logs.get("turnout.worker").warning(
             "request_partitions_differ",
@@ -139,6 +152,7 @@ def _worker(settings: Settings) -> int:
             using=partitions,
         )
         settings = dataclasses.replace(settings, request_partitions=partitions)
+    settings, _instance_lock = _claim_instance_id(settings)  # held until the process ends
     try:
         app = build(settings)
     except ConfigError as exc:
@@ -167,6 +181,36 @@ def _worker(settings: Settings) -> int:
     return 0
 
 
+def _claim_instance_id(settings: Settings) -> tuple[Settings, object]:
+    """Hold the data dir's instance lock, or fall back to dynamic group membership.
+
+    ``TURNOUT_INSTANCE_ID=auto`` derives the id from the host and the data dir. Two
+    live workers started from one directory with the same data dir would share it,
+    and the broker would fence the older one. The lock (released by the OS when the
+    process dies, kill -9 included) lets only one of them be the static member.
+    """
+    import dataclasses
+    import fcntl
+    import os
+
+    if settings.instance_id != "auto":
+        return settings, None
+    os.makedirs(settings.data_dir, exist_ok=True)
+    lock = open(os.path.join(settings.data_dir, ".instance.lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        logs.get("turnout.worker").warning(
+            "instance_id_in_use",
+            data_dir=settings.data_dir,
+            fallback="dynamic group membership (a crash then waits out the session)",
+            fix="give each worker its own TURNOUT_DATA_DIR or TURNOUT_INSTANCE_ID",
+        )
+        return dataclasses.replace(settings, instance_id="off"), None
+    return settings, lock
+
+
 async def _backends(settings: Settings) -> int:
     from turnout.prober import format_health, read_health
 
@@ -176,7 +220,13 @@ async def _backends(settings: Settings) -> int:
 
 async def _send(settings: Settings, args: argparse.Namespace) -> int:
     from schemas.types import Request
-    from turnout.client import ReplyReader, RequestPublisher, ensure_topics, group_members
+    from turnout.client import (
+        ReplyReader,
+        RequestPublisher,
+        ensure_request_topic,
+        ensure_topics,
+        group_members,
+    )
 
     if args.kind == "chat":
         body = {"messages": [{"role": "user", "content": args.message}]}
@@ -194,7 +244,9 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
     )
     reply_topic = settings.reply_topic_for(request.client_id)
     await ensure_topics(settings.bootstrap, [reply_topic], settings.reply_partitions)
-    await ensure_topics(settings.bootstrap, [settings.request_topic], settings.request_partitions)
+    await ensure_request_topic(
+        settings.bootstrap, settings.request_topic, settings.request_partitions
+    )
     reader = ReplyReader(settings.bootstrap, reply_topic)
     publisher = RequestPublisher(settings.bootstrap, settings.request_topic)
     await reader.start(from_end=True)

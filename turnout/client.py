@@ -12,9 +12,18 @@ from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaError, TopicAlreadyExistsError
 
 from schemas.types import Reply, Request, decode_reply_message
+
+REQUEST_TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
+"""How turnout creates a request topic: records carry the broker's time, not the producer's.
+
+Rate limits and deadlines run on a request record's timestamp. With CreateTime the
+producer sets it, so spacing fake timestamps would defeat a client's limits; with
+LogAppendTime the broker stamps each record as it appends it.
+"""
 
 
 async def ensure_topics(
@@ -40,6 +49,27 @@ async def ensure_topics(
         return await partition_counts(admin, names)
     finally:
         await admin.close()
+
+
+async def ensure_request_topic(bootstrap: str, name: str, partitions: int) -> int:
+    """Create the request topic if missing (broker time, see ``REQUEST_TOPIC_CONFIGS``)."""
+    return (await ensure_topics(bootstrap, [name], partitions, REQUEST_TOPIC_CONFIGS))[name]
+
+
+async def timestamp_type(bootstrap: str, topic: str) -> str | None:
+    """The topic's ``message.timestamp.type`` (CreateTime or LogAppendTime), None if unknown."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    for response in described:
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == "message.timestamp.type":
+                    return str(entry[1])
+    return None
 
 
 async def partition_counts(admin: AIOKafkaAdminClient, names: Iterable[str]) -> dict[str, int]:

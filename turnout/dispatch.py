@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import itertools
 import random
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
@@ -137,6 +139,11 @@ class Dispatcher:
         self.redelivered = 0
         self.stale = 0
         """Records dropped because their partition was not tracked (moved, or not anchored)."""
+        # Every serve of a request gets its own generation (this process's random tag
+        # and a counter): a worker that serves the request again after a crash or a
+        # rebalance starts at attempt 1, seq 0 too, and readers must tell them apart.
+        self._generation_tag = uuid.uuid4().hex[:12]
+        self._generations = itertools.count(1)
 
     # -- offsets ---------------------------------------------------------------
 
@@ -589,8 +596,13 @@ class Dispatcher:
                 )
         raise AssertionError("no forms")  # pragma: no cover
 
+    def new_generation(self) -> str:
+        """A token unique to one serve of one request, in its chunks and final reply."""
+        return f"{self._generation_tag}-{next(self._generations)}"
+
     async def _serve(self, record: Record, job: Admitted, lease: SlotLease | None = None) -> None:
         req = job.request
+        generation = self.new_generation()
         tried: set[str] = set()
         attempts = 0
         reached = 0
@@ -625,7 +637,9 @@ class Dispatcher:
             relayed = [0]
             try:
                 if req.stream and req.kind != "embeddings":
-                    body = await self._relay_stream(job, decision, attempts, timeout_s, relayed)
+                    body = await self._relay_stream(
+                        job, decision, attempts, timeout_s, relayed, generation
+                    )
                 else:
                     body = await self._client.call(
                         backend,
@@ -697,6 +711,7 @@ class Dispatcher:
             attempts=attempts,
             degraded=degraded,
             timings=timings,
+            generation=generation,
         )
         await self._reply(job.reply_to, reply)
         if error is None:
@@ -806,6 +821,7 @@ class Dispatcher:
                         route=reply.route,
                         attempts=reply.attempts,
                         timings=reply.timings,
+                        generation=reply.generation,
                     ),
                 )
             except PublishFailed as again:
@@ -822,8 +838,12 @@ class Dispatcher:
         attempt: int,
         timeout_s: float,
         relayed: list[int],
+        generation: str | None = None,
     ) -> dict[str, object]:
-        """Publish each backend chunk in order on the reply topic; return the whole answer."""
+        """Publish each backend chunk in order on the reply topic; return the whole answer.
+
+        Chunks carry this serve's ``generation``: a reader keeps to one generation.
+        """
         req = job.request
         chunks = []
         async for delta in self._client.stream(
@@ -833,7 +853,9 @@ class Dispatcher:
             body=req.body,
             timeout_s=timeout_s,
         ):
-            chunk = ReplyChunk(id=req.id, seq=relayed[0], attempt=attempt, delta=delta)
+            chunk = ReplyChunk(
+                id=req.id, seq=relayed[0], attempt=attempt, generation=generation, delta=delta
+            )
             await self._publisher.chunk(job.reply_to, chunk)
             relayed[0] += 1
             chunks.append(delta)

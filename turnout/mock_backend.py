@@ -3,8 +3,12 @@
     turnout mock-backend --port 8001 --latency-ms 50 --error-rate 0.1
 
 Answers are deterministic (``"echo: <last user message>"``, hash-derived vectors; see
-``turnout.backends.fake``). Faults are drawn per request from a seeded RNG: latency,
-an error status, a hang (no answer until the client gives up) or a malformed body.
+``turnout.backends.fake``), unless ``--vary`` makes every call's answer different: each
+word carries the call's number (``"echo:~7 hi~7"``), so a request served twice gets two
+answers that differ in every chunk, which is what shows a spliced stream.
+``--chunk-delay-ms`` spreads a streamed answer out.
+Faults are drawn per request from a seeded RNG: latency, an error status, a hang (no
+answer until the client gives up) or a malformed body.
 ``GET /stats`` counts requests; ``POST /admin/config`` changes the options at runtime.
 """
 
@@ -62,6 +66,10 @@ class MockOptions:
     prefix_cache: bool = False
     """Model a prefix cache (OpenAI chat): the longest message prefix this process has
     seen before is reported as ``usage.prompt_tokens_details.cached_tokens``."""
+    vary: bool = False
+    """Every call's answer differs: each word ends with ``~N``, N counting calls."""
+    chunk_delay_ms: float = 0.0
+    """Pause before each chunk of a streamed answer."""
 
     def changed(self, updates: Mapping[str, Any]) -> MockOptions:
         """A copy with ``updates`` (field names, ``-`` or ``_``) applied; ValueError if invalid."""
@@ -84,6 +92,10 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "prefix_cache":
         if not isinstance(value, bool):
             raise ValueError(f"prefix_cache: expected true or false, got {value!r}")
+        return value
+    if name == "vary":
+        if not isinstance(value, bool):
+            raise ValueError(f"vary: expected true or false, got {value!r}")
         return value
     if name in ("seed", "api_key"):
         kind = int if name == "seed" else str
@@ -268,8 +280,16 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
             return _error(wire, 404, f"model '{model}' not found", "model_not_found")
         plan = mock_tools.tool_call(wire, body) if kind == "chat" else None
         result = mock_tools.tool_result(wire, body) if kind == "chat" else None
+        delay_s = state.options.chunk_delay_ms / 1000
+        call = state.requests if state.options.vary else None
         if wire == "openai":
             answer = openai_response(kind, model, body, created=int(time.time()))
+            if call is not None and kind != "embeddings":
+                choice = answer["choices"][0]
+                if kind == "chat":
+                    choice["message"]["content"] = _varied(choice["message"]["content"], call)
+                else:
+                    choice["text"] = _varied(choice["text"], call)
             if result is not None:
                 answer["choices"][0]["message"]["content"] = f"tool result: {result}"
             if plan is not None:
@@ -279,17 +299,21 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
                 cached = state.cached_words(body.get("messages") or [])
                 answer["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
             if body.get("stream") is True and kind != "embeddings":
-                return await _sse(request, _openai_chunks(kind, answer, body, plan))
+                return await _sse(request, _openai_chunks(kind, answer, body, plan), delay_s)
             return _json(answer)
         if request.path == "/api/embeddings":
             return _json({"embedding": vector(embedding_inputs(body)[0])})
         answer = _ollama_answer(kind, model, body)
+        if call is not None and kind == "chat":
+            answer["message"]["content"] = _varied(answer["message"]["content"], call)
+        elif call is not None and kind == "completion":
+            answer["response"] = _varied(answer["response"], call)
         if result is not None:
             answer["message"]["content"] = f"tool result: {result}"
         if plan is not None:
             answer["message"] = mock_tools.ollama_message(*plan)
         if body.get("stream", True) is not False and kind != "embeddings":
-            return await _ndjson(request, _ollama_chunks(kind, answer))
+            return await _ndjson(request, _ollama_chunks(kind, answer), delay_s)
         return _json(answer)
 
     return handle
@@ -413,6 +437,11 @@ def _ollama_answer(kind: Kind, model: str, body: Mapping[str, Any]) -> dict[str,
     return answer
 
 
+def _varied(text: str, call: int) -> str:
+    """``text`` with the call's number on every word: "a b", 7 -> "a~7 b~7"."""
+    return " ".join(f"{word}~{call}" for word in text.split(" "))
+
+
 def _pieces(text: str) -> list[str]:
     """``text`` in word chunks that join back to it: "a b" -> ["a", " b"]."""
     words = text.split(" ")
@@ -463,20 +492,28 @@ def _ollama_chunks(kind: Kind, answer: dict[str, Any]) -> list[dict[str, Any]]:
     return chunks
 
 
-async def _sse(request: web.Request, chunks: list[dict[str, Any]]) -> web.StreamResponse:
+async def _sse(
+    request: web.Request, chunks: list[dict[str, Any]], delay_s: float = 0.0
+) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     for chunk in chunks:
+        if delay_s:
+            await asyncio.sleep(delay_s)
         await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
 
 
-async def _ndjson(request: web.Request, chunks: list[dict[str, Any]]) -> web.StreamResponse:
+async def _ndjson(
+    request: web.Request, chunks: list[dict[str, Any]], delay_s: float = 0.0
+) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     for chunk in chunks:
+        if delay_s:
+            await asyncio.sleep(delay_s)
         await response.write(orjson.dumps(chunk) + b"\n")
     await response.write_eof()
     return response
@@ -568,6 +605,10 @@ def parse_args(argv: list[str]) -> MockOptions:
     p.add_argument("--models", default="echo,embed", help="comma-separated model names")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer <key>")
     p.add_argument("--prefix-cache", action="store_true", help="model a prefix cache")
+    p.add_argument(
+        "--vary", action="store_true", help="every call's answer differs (word~N, N per call)"
+    )
+    p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="pause before each chunk")
     args = vars(p.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 
 import faust
@@ -34,6 +35,10 @@ class Publisher:
         self._app = app
         self._settings = settings
         self._declared: dict[str, asyncio.Task[None]] = {}
+        # While the broker is down every in-flight reply retries: one line per 10 s,
+        # with the count of the retries it stands for (not one per retry).
+        self._retry_logged_at = float("-inf")
+        self._retries_unlogged = 0
 
     async def reply(self, topic: str, reply: Reply) -> None:
         headers = [("turnout-request-id", reply.id.encode()), *tracing.kafka_headers()]
@@ -72,9 +77,23 @@ class Publisher:
                 cause = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
                 if not isinstance(cause, KafkaError) or not _transient(cause):
                     raise PublishFailed(f"{type(cause).__name__} publishing to {topic}") from exc
-                log.warning("publish_retry", topic=topic, error=type(cause).__name__, delay_s=delay)
+                self._log_retry(topic, type(cause).__name__, delay)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
+
+    def _log_retry(self, topic: str, error: str, delay_s: float) -> None:
+        self._retries_unlogged += 1
+        now = time.monotonic()
+        if now - self._retry_logged_at < 10.0:
+            return
+        log.warning(
+            "publish_retry",
+            topic=topic,
+            error=error,
+            delay_s=delay_s,
+            retries=self._retries_unlogged,
+        )
+        self._retry_logged_at, self._retries_unlogged = now, 0
 
     async def _ensure_topic(self, topic: str) -> None:
         """Create a reply topic once; concurrent first publishes share one declaration."""

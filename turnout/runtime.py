@@ -24,7 +24,7 @@ from streams.settings import Settings
 from streams.tables import ChangelogTable, Tables
 from streams.topics import declare
 from turnout import config as config_mod
-from turnout import gcfreeze, logs, tracing
+from turnout import gcfreeze, logs, outage, tracing
 from turnout.backends.http import HttpBackendClient, new_session
 from turnout.batching import FetchBatching
 from turnout.config import Config, Secret
@@ -59,6 +59,8 @@ class Runtime:
         self.metrics = Metrics.from_config(config, settings.request_topic)
         self._web: web.AppRunner | None = None
         self._lag: LagSampler | None = None
+        self._outage: outage.OutageFilter | None = None
+        self._outage_task: asyncio.Task[None] | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -68,6 +70,12 @@ class Runtime:
     async def start(self) -> None:
         if self._dispatcher is not None:
             return
+        # While the broker is down, aiokafka's per-attempt errors become one line per
+        # state change and a summary every 10 s (faust has set up logging by now).
+        self._outage = outage.install(outage.log_event(logs.get("turnout.broker")))
+        self._outage_task = asyncio.create_task(
+            outage.watch(self._outage), name="turnout-outage-watch"
+        )
         keys: dict[str, Secret] = {}
         for b in self._config.backends:
             key = b.api_key(os.environ)
@@ -164,6 +172,10 @@ class Runtime:
             await self._dispatcher.stop(grace_s=self._settings.shutdown_grace_s)
 
     async def stop(self) -> None:
+        if self._outage_task is not None:
+            self._outage_task.cancel()
+            await asyncio.gather(self._outage_task, return_exceptions=True)
+            self._outage_task = None
         if self._lag is not None:
             await self._lag.stop()
             self._lag = None

@@ -35,7 +35,7 @@ Message = Reply | ReplyChunk
 Script = Callable[[Request], list[Message]]
 
 
-def answer(req: Request, text: str = "echo: hi") -> Reply:
+def answer(req: Request, text: str = "echo: hi", gen: str | None = None) -> Reply:
     body = {
         "id": "chatcmpl-1",
         "object": "chat.completion",
@@ -46,7 +46,9 @@ def answer(req: Request, text: str = "echo: hi") -> Reply:
         ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
     }
-    return Reply(id=req.id, status="ok", client_id=req.client_id, body=body, backend="b")
+    return Reply(
+        id=req.id, status="ok", client_id=req.client_id, body=body, backend="b", generation=gen
+    )
 
 
 def failure(req: Request, code: str, retryable: bool = True) -> Reply:
@@ -56,7 +58,9 @@ def failure(req: Request, code: str, retryable: bool = True) -> Reply:
     return Reply(id=req.id, status="error", client_id=req.client_id, error=error)
 
 
-def piece(req: Request, seq: int, text: str, attempt: int = 1) -> ReplyChunk:
+def piece(
+    req: Request, seq: int, text: str, attempt: int = 1, gen: str | None = None
+) -> ReplyChunk:
     delta = {
         "id": "c",
         "object": "chat.completion.chunk",
@@ -64,7 +68,7 @@ def piece(req: Request, seq: int, text: str, attempt: int = 1) -> ReplyChunk:
         "model": "echo",
         "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
     }
-    return ReplyChunk(id=req.id, seq=seq, attempt=attempt, delta=delta)
+    return ReplyChunk(id=req.id, seq=seq, attempt=attempt, generation=gen, delta=delta)
 
 
 class FakeProducer:
@@ -317,6 +321,47 @@ async def test_a_retry_after_chunks_were_sent_ends_the_stream_with_an_error(gw: 
     events = sse(await r.read())
     assert events[-1]["error"]["code"] == "stream_restarted"
     assert events[-1]["error"]["status_url"].startswith(gw.url)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+async def test_a_second_serve_after_chunks_were_sent_ends_the_stream_naming_the_id(
+    gw: Running, path: str
+) -> None:
+    """Another worker serves the request again at seq 0: an error naming the id, no splice."""
+    gw.script = lambda req: [
+        piece(req, 0, "first ", gen="A"),
+        piece(req, 1, "serve", gen="A"),
+        piece(req, 0, "second ", gen="B"),
+        piece(req, 1, "serve", gen="B"),
+        piece(req, 2, " continued", gen="B"),  # the old sequencer relayed this one
+        answer(req, "second serve continued", gen="B"),
+    ]
+    r = await gw.post(path, {**CHAT, "stream": True})
+    raw = await r.read()
+    rid = r.headers["X-Request-Id"]
+    assert b"continued" not in raw and b"second" not in raw
+    if path == "/api/chat":
+        last = orjson.loads(raw.splitlines()[-1])
+        assert last["id"] == rid and rid in last["error"]
+    else:
+        events = sse(raw)
+        assert events[-1]["error"]["code"] == "stream_restarted"
+        assert rid in events[-1]["error"]["message"]
+
+
+async def test_a_second_serve_before_anything_was_sent_streams_cleanly(gw: Running) -> None:
+    """Serve A's chunk 0 never came; serve B's whole answer reaches the client, A's ignored."""
+    gw.script = lambda req: [
+        piece(req, 1, " lost", gen="A"),
+        piece(req, 0, "whole", gen="B"),
+        piece(req, 0, "stale", gen="A"),
+        piece(req, 1, " answer", gen="B"),
+        answer(req, "whole answer", gen="B"),
+    ]
+    r = await gw.post("/v1/chat/completions", {**CHAT, "stream": True})
+    events = sse(await r.read())
+    assert [e["choices"][0]["delta"]["content"] for e in events[:-1]] == ["whole", " answer"]
+    assert events[-1] == "[DONE]"
 
 
 async def test_an_ollama_stream_is_ndjson(gw: Running) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from schemas.types import ReplyChunk
+from schemas.types import Reply, ReplyChunk
 from turnout.gateway import ANONYMOUS, GatewaySettings, load_keys
 from turnout.gateway.kafka import StatusRecord, StatusStore
 from turnout.gateway.openai_api import ChunkSequencer, StreamRestarted
@@ -56,11 +58,18 @@ def test_status_records_round_trip() -> None:
     assert b"webhook" not in rec().to_wire()
 
 
-def chunk(seq: int, attempt: int = 1) -> ReplyChunk:
-    return ReplyChunk(id="r", seq=seq, attempt=attempt, delta={"n": f"{attempt}.{seq}"})
+def chunk(seq: int, attempt: int = 1, gen: str | None = "A") -> ReplyChunk:
+    return ReplyChunk(
+        id="r", seq=seq, attempt=attempt, generation=gen, delta={"n": f"{gen}{attempt}.{seq}"}
+    )
 
 
-def names(deltas: list[dict[str, object]]) -> list[object]:
+def final(gen: str | None = "A") -> Reply:
+    return Reply(id="r", status="ok", body={"answer": gen}, generation=gen)
+
+
+def names(deltas: list[dict[str, object]] | None) -> list[object]:
+    assert deltas is not None
     return [d["n"] for d in deltas]
 
 
@@ -68,10 +77,10 @@ def test_chunks_come_out_in_seq_order() -> None:
     """A gap waits for the missing chunk; a repeat is dropped."""
     s = ChunkSequencer()
     assert names(s.feed(chunk(1))) == []
-    assert names(s.feed(chunk(0))) == ["1.0", "1.1"]
+    assert names(s.feed(chunk(0))) == ["A1.0", "A1.1"]
     assert names(s.feed(chunk(1))) == []
     assert names(s.feed(chunk(3))) == []
-    assert names(s.flush()) == ["1.3"]
+    assert names(s.finish(final())) == ["A1.3"]
     assert s.emitted == 3
 
 
@@ -79,7 +88,7 @@ def test_a_later_attempt_replaces_one_that_reached_nobody() -> None:
     """Chunks of attempt 2 restart the sequence; attempt 1 is then ignored."""
     s = ChunkSequencer()
     s.feed(chunk(1, attempt=1))  # waiting for seq 0: nothing emitted
-    assert names(s.feed(chunk(0, attempt=2))) == ["2.0"]
+    assert names(s.feed(chunk(0, attempt=2))) == ["A2.0"]
     assert names(s.feed(chunk(0, attempt=1))) == []
     assert s.attempt == 2
 
@@ -90,6 +99,80 @@ def test_a_later_attempt_after_emission_is_a_restart() -> None:
     s.feed(chunk(0))
     with pytest.raises(StreamRestarted):
         s.feed(chunk(0, attempt=2))
+
+
+def test_a_second_serve_after_emission_is_a_restart_not_a_splice() -> None:
+    """Serve B restarts at attempt 1, seq 0: after A's chunks were sent, that is an error."""
+    s = ChunkSequencer()
+    assert names(s.feed(chunk(0, gen="A"))) == ["A1.0"]
+    assert names(s.feed(chunk(1, gen="A"))) == ["A1.1"]
+    with pytest.raises(StreamRestarted, match="generation B"):
+        s.feed(chunk(2, gen="B"))  # the old sequencer emitted this: a splice
+
+
+def test_a_second_serve_replaces_one_that_reached_nobody() -> None:
+    """Nothing sent yet: serve B's chunks start over cleanly and serve A's are ignored."""
+    s = ChunkSequencer()
+    assert names(s.feed(chunk(1, gen="A"))) == []  # seq 0 of A never came
+    assert names(s.feed(chunk(0, gen="B"))) == ["B1.0"]
+    assert names(s.feed(chunk(0, gen="A"))) == []
+    assert names(s.feed(chunk(1, gen="A"))) == []
+    assert names(s.feed(chunk(1, gen="B"))) == ["B1.1"]
+    assert names(s.finish(final("B"))) == []
+    assert s.generation == "B"
+
+
+def test_a_final_reply_of_another_serve_after_emission_is_a_restart() -> None:
+    """Chunks of A reached the client; the final reply of B cannot finish them."""
+    s = ChunkSequencer()
+    s.feed(chunk(0, gen="A"))
+    with pytest.raises(StreamRestarted, match="final reply of generation B"):
+        s.finish(final("B"))
+
+
+def test_a_final_reply_before_any_emission_is_sent_whole() -> None:
+    """Nothing emitted: the reply's whole body goes out, whichever serve it is from."""
+    s = ChunkSequencer()
+    s.feed(chunk(1, gen="A"))  # pending behind a gap, never emitted
+    assert s.finish(final("B")) is None
+    assert ChunkSequencer().finish(final("A")) is None
+
+
+def test_chunks_without_a_generation_still_sequence() -> None:
+    """Chunks and replies from a worker that predates generations keep working."""
+    s = ChunkSequencer()
+    assert names(s.feed(chunk(0, gen=None))) == ["None1.0"]
+    assert names(s.finish(final(None))) == []
+
+
+SERVES = st.lists(st.tuples(st.sampled_from("ABC"), st.integers(0, 4)), min_size=1, max_size=30)
+
+
+@given(SERVES, st.sampled_from("ABC"))
+def test_what_reaches_the_client_is_one_serve_in_order(events, last) -> None:
+    """Whatever the interleaving of serves, the client gets one serve's chunks, in order."""
+    s = ChunkSequencer()
+    streamed: list[object] = []
+    try:
+        for gen, seq in events:
+            streamed += names(s.feed(chunk(seq, gen=gen)))
+        rest = s.finish(final(last))
+    except StreamRestarted:  # the stream ends with an error event: nothing more is mixed in
+        rest = []
+        finished = False
+    else:
+        finished = True
+    if rest is None:  # the reply's whole body goes out instead
+        assert streamed == []
+        return
+    assert len({str(n)[0] for n in streamed}) <= 1
+    seqs = [int(str(n).split(".")[1]) for n in streamed]
+    assert seqs == list(range(len(seqs)))  # no gap skipped while streaming
+    tail = names(rest)
+    if finished:
+        assert {str(n)[0] for n in streamed + tail} == {last}
+        more = [int(str(n).split(".")[1]) for n in tail]
+        assert more == sorted(set(more)) and (not more or more[0] > len(seqs))
 
 
 def test_settings_name_the_topics_and_group() -> None:

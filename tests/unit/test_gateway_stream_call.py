@@ -421,3 +421,31 @@ def test_chunks_from_response_and_accumulate_are_inverse(kind: Any) -> None:
         "usage": usage,
     }
     assert accumulate(kind, chunks_from_response(kind, whole)) == whole
+
+
+@pytest.mark.parametrize("protocol", ["openai", "ollama"])
+async def test_vary_makes_every_call_answer_differently(
+    session: aiohttp.ClientSession, protocol: str
+) -> None:
+    """With --vary two calls of the same request get two different answers, streamed or not."""
+    runner, url = await start_mock(MockOptions(port=0, vary=True, chunk_delay_ms=5))
+    try:
+        b = backend(url, protocol)
+        texts = []
+        for _ in range(2):
+            chunks = await collect(session, b)
+            texts.append(accumulate("chat", chunks)["choices"][0]["message"]["content"])
+        assert texts == ["echo:~1 hello~1 there~1 world~1", "echo:~2 hello~2 there~2 world~2"]
+    finally:
+        await runner.cleanup()
+
+
+def test_vary_and_chunk_delay_are_runtime_options() -> None:
+    """Both can be set on the command line and changed live; wrong types are refused."""
+    from turnout.mock_backend import parse_args
+
+    options = parse_args(["--vary", "--chunk-delay-ms", "20"])
+    assert options.vary and options.chunk_delay_ms == 20.0
+    assert not options.changed({"vary": False}).vary
+    with pytest.raises(ValueError, match="vary"):
+        options.changed({"vary": "yes"})

@@ -387,13 +387,18 @@ class Gateway:
                     continue
                 if message.status != "ok":
                     await fail(oai.reply_error(message.error))
-                elif not order.seen:
+                    break
+                try:
+                    rest = order.finish(message)
+                except StreamRestarted:
+                    await fail(oai.restarted(request_id, self._status_url(request, request_id)))
+                    break
+                if rest is None:  # nothing sent yet: the whole answer, from one serve
                     await emit(dialect.fallback(call, message))
-                    await emit(dialect.finish(call, message))
                 else:
-                    for delta in order.flush():
+                    for delta in rest:
                         await emit(dialect.relay(call, delta))
-                    await emit(dialect.finish(call, message))
+                await emit(dialect.finish(call, message))
                 break
         except ConnectionResetError:
             log.info("gateway_stream_client_gone", request_id=request_id)

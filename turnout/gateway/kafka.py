@@ -55,7 +55,7 @@ from schemas.types import Reply, ReplyChunk, Request, decode_reply_message
 from streams.settings import Settings
 from turnout import logs
 from turnout.batching import FetchBatching, set_fetch
-from turnout.client import partition_counts
+from turnout.client import REQUEST_TOPIC_CONFIGS, partition_counts
 from turnout.gateway import GatewaySettings
 
 log = logs.get("turnout.gateway")
@@ -286,7 +286,10 @@ class GatewayKafka:
         retention = int((self.gw.status_ttl_s + 3600) * 1000)
         wanted = {
             self.base.request_topic: NewTopic(
-                self.base.request_topic, self.base.request_partitions, 1
+                self.base.request_topic,
+                self.base.request_partitions,
+                1,
+                topic_configs=dict(REQUEST_TOPIC_CONFIGS),
             ),
             self.gw.reply_topic: NewTopic(self.gw.reply_topic, self.base.reply_partitions, 1),
             self.gw.status_topic: NewTopic(

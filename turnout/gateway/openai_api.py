@@ -212,48 +212,74 @@ def stream_error(err: EdgeError) -> bytes:
 
 
 def restarted(request_id: str, status_url: str) -> EdgeError:
-    """The error that ends a stream whose backend failed after chunks were sent."""
+    """The error that ends a stream whose request was served again after chunks were sent.
+
+    A later serve (a backend retried after failing mid-stream, or another worker after
+    a crash or a rebalance) produces a different answer: it cannot continue what the
+    client already has, so the stream ends here, naming the request id.
+    """
     return EdgeError(
         502,
-        "the backend failed mid-stream and the request was retried on another; the partial "
-        f"answer above is void; the whole answer will be at {status_url}",
+        f"request {request_id} was served again (a worker or backend failed mid-stream) "
+        "after part of its answer was sent; the partial answer above is void; the whole "
+        f"answer will be at {status_url}",
         code="stream_restarted",
         extra={"id": request_id, "status_url": status_url},
     )
 
 
 class StreamRestarted(Exception):
-    """Chunks of a later attempt arrived after chunks of an earlier one reached the client."""
+    """A different serve of the request arrived after chunks of another reached the client."""
 
 
 class ChunkSequencer:
-    """Puts one request's ``ReplyChunk`` messages in order; pure.
+    """Puts one request's ``ReplyChunk`` messages in order, from one serve only; pure.
 
-    Keeps the highest ``attempt``: lower attempts are ignored, and a higher one
-    starts over, unless chunks were already emitted (``StreamRestarted``: what
-    reached the client cannot be taken back). Within an attempt, chunks come out
-    in ``seq`` order; a repeat is dropped and a gap waits for the missing chunk.
+    Invariant: everything emitted to the client comes from one ``generation`` (one
+    serve of the request) and, within it, one ``attempt``, in ``seq`` order.
+
+    - Nothing emitted yet: a chunk of another generation (or a higher attempt) starts
+      over with it, and the generation left behind is ignored from then on.
+    - Something emitted: a chunk of another generation or attempt raises
+      ``StreamRestarted`` (what reached the client cannot be taken back).
+    - Within the current one, a repeat is dropped and a gap waits for the missing chunk.
+    - ``finish(reply)``: the rest of the answer, or None when the client should get the
+      reply's whole body instead; ``StreamRestarted`` if the reply is another serve's
+      and part of this one was already emitted.
     """
 
     def __init__(self) -> None:
+        self.generation: str | None = None
         self.attempt = 0
         self.next_seq = 0
         self.emitted = 0
         self._pending: dict[int, dict[str, Any]] = {}
+        self._left: set[str | None] = set()
 
     def __repr__(self) -> str:
         return (
-            f"<ChunkSequencer attempt={self.attempt} next_seq={self.next_seq} "
-            f"emitted={self.emitted} pending={sorted(self._pending)}>"
+            f"<ChunkSequencer generation={self.generation} attempt={self.attempt} "
+            f"next_seq={self.next_seq} emitted={self.emitted} pending={sorted(self._pending)} "
+            f"left={len(self._left)}>"
         )
 
     @property
     def seen(self) -> bool:
-        """Whether any chunk of the current attempt arrived."""
+        """Whether any chunk of the current serve arrived."""
         return self.attempt > 0
 
     def feed(self, chunk: ReplyChunk) -> list[dict[str, Any]]:
         """The deltas that can be emitted now, in order."""
+        if self.seen and chunk.generation != self.generation:
+            if chunk.generation in self._left:
+                return []
+            if self.emitted:
+                raise StreamRestarted(
+                    f"generation {chunk.generation} began after {self.emitted} chunk(s) of "
+                    f"generation {self.generation} were sent"
+                )
+            self._left.add(self.generation)
+            self.attempt = 0
         if chunk.attempt < self.attempt:
             return []
         if chunk.attempt > self.attempt:
@@ -262,7 +288,8 @@ class ChunkSequencer:
                     f"attempt {chunk.attempt} began after {self.emitted} chunk(s) of attempt "
                     f"{self.attempt} were sent"
                 )
-            self.attempt, self.next_seq, self._pending = chunk.attempt, 0, {}
+            self.generation, self.attempt = chunk.generation, chunk.attempt
+            self.next_seq, self._pending = 0, {}
         if chunk.seq < self.next_seq:
             return []
         self._pending[chunk.seq] = chunk.delta
@@ -273,8 +300,21 @@ class ChunkSequencer:
         self.emitted += len(out)
         return out
 
-    def flush(self) -> list[dict[str, Any]]:
-        """What is still waiting behind a gap, in order (the final reply has come)."""
+    def finish(self, reply: Reply) -> list[dict[str, Any]] | None:
+        """What ends the stream, given the final ``reply`` (status ok).
+
+        None: nothing was emitted, so the client gets the reply's whole answer (clean
+        whichever serve it came from). Otherwise the chunks still waiting behind a gap,
+        in order, if the reply is the same serve's; ``StreamRestarted`` if not.
+        """
+        if not self.emitted:
+            self._pending = {}
+            return None
+        if reply.generation != self.generation:
+            raise StreamRestarted(
+                f"the final reply of generation {reply.generation} came after "
+                f"{self.emitted} chunk(s) of generation {self.generation} were sent"
+            )
         out = [self._pending[s] for s in sorted(self._pending)]
         self._pending = {}
         self.emitted += len(out)

@@ -48,7 +48,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.types import DeadLetter, Reply, decode_reply_message
-from turnout.client import ensure_topics
+from turnout.client import ensure_request_topic, ensure_topics
 from turnout.ops.replay_core import (
     REPLAY_HEADER,
     Candidate,
@@ -205,8 +205,8 @@ async def replay(settings: Any, options: Options, progress: Progress) -> Summary
             return summary
         if not candidates:
             return summary
-        await ensure_topics(
-            settings.bootstrap, [settings.request_topic], settings.request_partitions
+        await ensure_request_topic(
+            settings.bootstrap, settings.request_topic, settings.request_partitions
         )
         if options.wait:
             await _wait_for_earlier_replays(settings, offsets, options, progress)

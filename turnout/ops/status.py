@@ -117,7 +117,8 @@ class LagSampler:
     """Every ``interval_s``, sets ``metrics.consumer_lag`` from the group's commits.
 
     The worker starts one beside its web server: ``await sampler.start()`` ...
-    ``await sampler.stop()``. A failed sample is logged and retried next time.
+    ``await sampler.stop()``. A failed sample is retried next time; the first failure
+    and the recovery are logged.
     """
 
     def __init__(
@@ -139,11 +140,20 @@ class LagSampler:
         self._metrics.consumer_lag({p.partition: p.lag for p in lags})
 
     async def _run(self) -> None:
+        # One line when sampling starts failing and one when it works again (with the
+        # count), not one per sample: a broker outage is reported by turnout.outage.
+        failures = 0
         while True:
             try:
                 await self.sample()
             except Exception as exc:
-                log.warning("lag_sample_failed", error=f"{type(exc).__name__}: {exc}")
+                failures += 1
+                if failures == 1:
+                    log.warning("lag_sample_failed", error=f"{type(exc).__name__}: {exc}")
+            else:
+                if failures:
+                    log.info("lag_sample_recovered", failed_samples=failures)
+                failures = 0
             await asyncio.sleep(self._interval_s)
 
     async def stop(self) -> None:
