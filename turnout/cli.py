@@ -62,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "settings":
-        for env, default, doc in Settings.describe():
+        from turnout.durability import DurabilitySettings
+        from turnout.kafka_security import VARIABLES
+
+        for env, default, doc in [*Settings.describe(), *DurabilitySettings.describe()]:
             print(f"{env:28} {default:24} {doc}")
+        for env, doc in VARIABLES:  # Kafka security: never a value, secrets least of all
+            print(f"{env:28} {'(unset)':24} {doc}")
         return 0
     if args.command == "config":
         return _config_check(args.file)
@@ -74,6 +79,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"turnout: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    from turnout.kafka_admin import KafkaStartupError
+
+    try:
+        return _command(settings, args)
+    except KafkaStartupError as exc:  # one line: unreachable, refused, unsafe topics
+        print(f"turnout {args.command}: refusing to start: {exc}", file=sys.stderr)
+        return 2
+
+
+def _command(settings: Settings, args: argparse.Namespace) -> int:
+    from turnout import ops
+
     if args.command == "worker":
         return _worker(settings)
     if args.command == "backends":
@@ -106,15 +123,24 @@ def _worker(settings: Settings) -> int:
 
     import faust
 
+    # faust subscribes to source topics but does not create them. The tables must have
+    # exactly the request topic's partition count (each table partition has the one
+    # writer of its request partition), so an existing topic's count wins.
+    from streams import durable
+    from turnout import kafka_admin
     from turnout.client import ensure_topics
     from turnout.config import ConfigError
     from turnout.runtime import build
 
-    # faust subscribes to source topics but does not create them. The tables must have
-    # exactly the request topic's partition count (each table partition has the one
-    # writer of its request partition), so an existing topic's count wins.
-    counts = asyncio.run(
-        ensure_topics(settings.bootstrap, [settings.request_topic], settings.request_partitions)
+    kafka = kafka_admin.KafkaEnv.from_env()
+    counts, policy = asyncio.run(
+        kafka_admin.ensure_topics_and_policy(
+            settings.bootstrap,
+            {settings.request_topic: (settings.request_partitions, {})},
+            kafka=kafka,
+            check_safe=[settings.request_topic],
+            check_prefix=settings.reply_prefix,
+        )
     )
     partitions = counts[settings.request_topic]
     if partitions != settings.request_partitions:
@@ -131,6 +157,14 @@ def _worker(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"turnout: refusing to start: {exc}", file=sys.stderr)
         return 2
+    durable.install(app, policy)  # every topic faust creates, its producer: durable
+    log_kafka = logs.get("turnout.kafka")
+    log_kafka.info(
+        "kafka_durability",
+        replication_factor=policy.replication_factor,
+        min_insync_replicas=policy.min_insync,
+        security=kafka.security.describe(),
+    )
     # A table whose changelog is not in the metadata yet fails its first write.
     for table in app.tables.values():
         changelog = table.changelog_topic
