@@ -32,7 +32,7 @@ node_pid() {  # the pid of node i if this script started it and it is alive; emp
     [[ -f "$dir/kafka.pid" ]] || return 0
     pid="$(cat "$dir/kafka.pid" 2>/dev/null || true)"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+    cmdline="$({ tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null || true)"
     if [[ "$cmdline" == *kafka.Kafka*"$dir/server.properties"* ]] \
         && [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]; then
         echo "$pid"
@@ -295,9 +295,29 @@ cluster_start() {
 
 cluster_stop() {
     lock_state
-    local i
-    # Stop in reverse so the last voters keep a quorum while the others shut down.
-    for ((i = NODES; i >= 1; i--)); do stop_node "$i"; done
+    local i pids=() k
+    # All at once: stopped one by one, the last node loses its quorum and its
+    # controlled shutdown waits for a controller that is gone.
+    for ((i = 1; i <= NODES; i++)); do
+        pids[i]="$(node_pid "$i")"
+        [[ -n "${pids[i]}" ]] && kill -TERM "${pids[i]}" 2>/dev/null
+    done
+    # The last node's controlled shutdown may wait for a quorum that is gone: after
+    # 20 s it gets SIGKILL (its logs are recovered at the next start).
+    for ((k = 0; k < 200; k++)); do
+        local alive=0
+        for ((i = 1; i <= NODES; i++)); do [[ -n "$(node_pid "$i")" ]] && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for ((i = 1; i <= NODES; i++)); do
+        if [[ -n "$(node_pid "$i")" ]]; then
+            stop_node "$i" KILL
+        elif [[ -n "${pids[i]}" ]]; then
+            rm -f "$(node_dir "$i")/kafka.pid"
+            say "node $i: stopped (pid ${pids[i]})"
+        fi
+    done
 }
 
 cluster_status() {
