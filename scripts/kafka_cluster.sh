@@ -119,7 +119,7 @@ write_node_config() {  # node
             echo "ssl.keystore.location=$SECRETS/server-keystore.pem"
             echo "ssl.truststore.type=PEM"
             echo "ssl.truststore.location=$SECRETS/ca.pem"
-            echo "ssl.client.auth=requested"
+            echo "listener.name.sasl_ssl.ssl.client.auth=requested"
             echo "ssl.endpoint.identification.algorithm=https"
             echo "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer"
             echo "allow.everyone.if.no.acl.found=false"

@@ -45,6 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file")
 
     sub.add_parser("settings", help="list every setting with its env var and default")
+    sub.add_parser(
+        "intake",
+        help="forward per-client intake topics (turnout.intake.<client>) to the request topic, "
+        "vetted: client isolation on a secured cluster (docs/kafka.md)",
+    )
+    acls = sub.add_parser(
+        "acls", help="the Kafka ACLs turnout and its clients need (docs/kafka.md)"
+    )
+    acls.add_argument("--service", default="turnout", help="turnout's own principal name")
+    acls.add_argument("--client", action="append", default=[], help="client id (= principal)")
+    acls.add_argument("--apply", action="store_true", help="create them (needs Alter on cluster)")
     sub.add_parser("backends", help="every backend's health, as the prober last published it")
 
     gateway = sub.add_parser("gateway", help="serve the OpenAI/Ollama-compatible HTTP gateway")
@@ -93,6 +104,14 @@ def _command(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.command == "worker":
         return _worker(settings)
+    if args.command == "intake":
+        from turnout import intake
+
+        return intake.main(settings)
+    if args.command == "acls":
+        from turnout import acls
+
+        return acls.main(settings, args)
     if args.command == "backends":
         return asyncio.run(_backends(settings))
     if args.command == "send":

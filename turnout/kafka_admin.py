@@ -98,7 +98,12 @@ KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM'
             return f"authentication failed at {bootstrap}: {exc}"
     for exc in errors:
         if isinstance(exc, ssl.SSLError):
-            reason = getattr(exc, "verify_message", None) or exc.reason or type(exc).__name__
+            verify = getattr(exc, "verify_message", None)
+            reason = (
+                f"certificate verify failed: {verify}"
+                if verify
+                else getattr(exc, "reason", None) or type(exc).__name__
+            )
             return (
                 f"TLS handshake with {bootstrap} failed ({reason}): check KAFKA_SSL_CAFILE and "
                 "that the listener speaks TLS"

@@ -42,7 +42,11 @@ class Cluster:
         return self.port + 2 * (node - 1)
 
     def script(
-        self, *args: str, timeout_s: float = 120, check: bool = True
+        self,
+        *args: str,
+        timeout_s: float = 120,
+        check: bool = True,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
@@ -50,6 +54,7 @@ class Cluster:
             "KAFKA_BOOTSTRAP": f"127.0.0.1:{self.port}",
             "TURNOUT_STATE": str(self.state),
             "KAFKA_START_TIMEOUT": "180",
+            **(extra_env or {}),
         }
         return subprocess.run(
             [str(self.root / "scripts" / "kafka"), *args],
