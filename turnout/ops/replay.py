@@ -391,7 +391,7 @@ async def _publish(
     settings: Any, options: Options, candidates: list[Candidate], progress: Progress
 ) -> list[Published]:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
         **kafka_kwargs(),
     )
     await producer.start()
