@@ -290,8 +290,16 @@ async def check_topics(
     present = sorted(n for n in names if n in existing)
     if not present:
         return [], brokers
-    described = await admin.describe_topics(present)
-    _raise_for_topic_errors(described, security)
+    # A topic another process just created is described without partitions (or
+    # replicas) for a moment: wait for it, as partition_counts does.
+    for _ in range(100):
+        described = await admin.describe_topics(present)
+        _raise_for_topic_errors(described, security)
+        if all(d["partitions"] and all(p["replicas"] for p in d["partitions"]) for d in described):
+            break
+        await asyncio.sleep(0.1)
+    described = [d for d in described if d["partitions"]]  # still unknown: nothing to judge
+    present = [d["topic"] for d in described]
     rf = {
         d["topic"]: min((len(p["replicas"]) for p in d["partitions"]), default=0) for d in described
     }
