@@ -129,12 +129,21 @@ class DrillResult:
     duplicated: int  # ids answered more than once
     pause_s: float  # longest gap between replies after the action
     elapsed_s: float
+    http_sent: int = 0  # sync chat calls through the gateway, during the same load
+    http_ok: int = 0
+    http_errors: tuple[str, ...] = ()
 
     def line(self) -> str:
+        http = (
+            f"; through the gateway: sent {self.http_sent} answered {self.http_ok}"
+            if self.http_sent
+            else ""
+        )
         return (
             f"drill {self.name}: sent {self.sent} answered {self.answered} lost {self.lost} "
-            f"duplicated {self.duplicated} refused {self.refused}; longest pause in replies "
-            f"{self.pause_s:.1f}s; {self.elapsed_s:.0f}s in all (2 shared cores: times are rough)"
+            f"duplicated {self.duplicated} refused {self.refused}{http}; longest pause in "
+            f"replies {self.pause_s:.1f}s; {self.elapsed_s:.0f}s in all (2 shared cores: "
+            "times are rough)"
         )
 
 
@@ -142,8 +151,21 @@ class Load:
     """``total`` requests from ``clients`` client ids at ``rate`` per second, all replies read."""
 
     def __init__(
-        self, bootstrap: str, request_topic: str, *, clients: int, total: int, rate: float
+        self,
+        bootstrap: str,
+        request_topic: str,
+        *,
+        clients: int,
+        total: int,
+        rate: float,
+        http_url: str | None = None,
+        http_rate: float = 5.0,
     ) -> None:
+        self.http_url = http_url
+        self.http_rate = http_rate
+        self.http_sent = 0
+        self.http_ok = 0
+        self.http_errors: list[str] = []
         self.bootstrap = bootstrap
         self.request_topic = request_topic
         self.clients = [f"drill-{i}-{os.urandom(3).hex()}" for i in range(clients)]
@@ -169,6 +191,32 @@ class Load:
                     if isinstance(reply, Reply):
                         self.arrivals.setdefault(reply.id, []).append(now)
 
+    async def _http(self, stop: asyncio.Event) -> None:
+        """Sync chat calls through the gateway at ``http_rate`` until ``stop``."""
+        import aiohttp
+
+        async def one(i: int, http: aiohttp.ClientSession) -> None:
+            body = {"model": "default", "messages": [{"role": "user", "content": f"gw {i}"}]}
+            try:
+                async with http.post(f"{self.http_url}/v1/chat/completions", json=body) as r:
+                    await r.read()
+                    if r.status == 200:
+                        self.http_ok += 1
+                    else:
+                        self.http_errors.append(f"{r.status}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.http_errors.append(type(exc).__name__)
+
+        calls = []
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while not stop.is_set():
+                self.http_sent += 1
+                calls.append(asyncio.create_task(one(self.http_sent, http)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1 / self.http_rate)
+            await asyncio.gather(*calls)
+
     async def run(
         self,
         name: str,
@@ -189,6 +237,8 @@ class Load:
             await consumer.position(tp)
         stop = asyncio.Event()
         reader = asyncio.create_task(self._read(consumer, stop))
+        http_stop = asyncio.Event()
+        http = asyncio.create_task(self._http(http_stop)) if self.http_url else None
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
@@ -225,8 +275,11 @@ class Load:
                 if delay > 0:
                     await asyncio.sleep(delay)
             await asyncio.gather(*pending)
+            http_stop.set()
             if action_task is not None:
                 await action_task
+            if http is not None:
+                await http
             deadline = time.monotonic() + answer_timeout_s
             # The reader task fills arrivals; poll them.
             while time.monotonic() < deadline and not self.acked <= self.arrivals.keys():  # noqa: ASYNC110
@@ -234,6 +287,7 @@ class Load:
             await asyncio.sleep(2)  # late duplicates show up too
         finally:
             stop.set()
+            http_stop.set()
             await reader
             await producer.stop()
             await consumer.stop()
@@ -252,4 +306,7 @@ class Load:
             duplicated=sum(1 for ts in self.arrivals.values() if len(ts) > 1),
             pause_s=pause,
             elapsed_s=time.monotonic() - started,
+            http_sent=self.http_sent,
+            http_ok=self.http_ok,
+            http_errors=tuple(self.http_errors),
         )

@@ -1,8 +1,9 @@
 """Broker failures under load on a real three-node cluster: no accepted request is lost.
 
-Each drill runs 2,000 requests from 10 clients through one worker (a gateway runs
-beside it and must survive too), takes brokers away mid-load, and prints sent /
-answered / lost / duplicated and the longest pause in replies. Duplicates are
+Each drill runs 2,000 requests from 10 Kafka clients through one worker, and
+sync chat calls through a gateway at 5/s meanwhile (every one must succeed),
+takes brokers away mid-load, and prints sent / answered / lost / duplicated and
+the longest pause in replies. Duplicates are
 allowed by the contract (readers dedupe by id) and reported; losses are not.
 """
 
@@ -43,7 +44,14 @@ async def setup(cluster: Cluster, procs, *, rate: float) -> tuple[Load, object, 
         assert worker.alive(), worker.log_path.read_text()[-3000:]
         assert time.monotonic() < deadline, "worker got no partitions in 120 s"
         await asyncio.sleep(0.5)
-    load = Load(cluster.bootstrap, request_topic, clients=CLIENTS, total=TOTAL, rate=rate)
+    load = Load(
+        cluster.bootstrap,
+        request_topic,
+        clients=CLIENTS,
+        total=TOTAL,
+        rate=rate,
+        http_url=gateway.url,
+    )
     await load.prepare()
     return load, worker, gateway
 
@@ -62,6 +70,9 @@ def assert_survived(result: DrillResult, worker, gateway) -> None:
     assert result.sent == TOTAL, result.line()
     assert result.lost == 0, result.line()
     assert result.answered == TOTAL, result.line()
+    assert result.http_sent > 0 and result.http_ok == result.http_sent, (
+        f"gateway calls failed: {result.http_errors[:5]}; {result.line()}"
+    )
 
 
 async def test_kill_9_of_the_busiest_request_leader(cluster: Cluster, procs, capsys) -> None:
