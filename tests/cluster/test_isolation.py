@@ -335,3 +335,62 @@ async def test_no_secret_in_any_log(secured, deployment):
     for user in ("turnout", "alice", "bob", "admin"):
         assert secured.password(user) not in text
     assert "request_completed" in text  # the logs are real, not empty
+
+
+# -- every turnout process and command over SASL_SSL --------------------------------------------
+
+
+async def test_gateway_serves_over_sasl_ssl(secured, deployment, tmp_path):
+    """A gateway authenticated as turnout is ready and answers a sync chat call."""
+    import aiohttp
+
+    from tests.integration.harness import GatewayProcess
+
+    env = {k: v for k, v in secured.env("turnout").items() if k.startswith("KAFKA_")}
+    gateway = GatewayProcess(
+        tmp_path,
+        config_path=deployment["worker"].config_path,
+        request_topic="turnout.requests",
+        gateway_id="iso",
+        extra_env=env,
+    )
+    try:
+        body = {"model": "default", "messages": [{"role": "user", "content": "over TLS"}]}
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
+            http.post(f"{gateway.url}/v1/chat/completions", json=body) as r,
+        ):
+            assert r.status == 200, await r.text()
+            assert (await r.json())["object"] == "chat.completion"
+    finally:
+        gateway.stop()
+    text = gateway.log_path.read_text()
+    assert secured.password("turnout") not in text
+
+
+@pytest.mark.parametrize(
+    "args", [("dlq", "stats"), ("status",), ("backends",), ("acls", "--client", "carol")]
+)
+async def test_cli_commands_over_sasl_ssl(secured, deployment, args):
+    """Operator commands authenticate with the same variables and succeed."""
+    env = secured.env("turnout", TURNOUT_APP_ID=APP_ID, TURNOUT_HEALTH_TOPIC=f"{APP_ID}.health")
+    rc, out = await run_cli(env, *args)
+    assert rc == 0, out
+    assert secured.password("turnout") not in out
+
+
+async def test_client_certificate_with_sasl(secured, deployment):
+    """KAFKA_SSL_CERTFILE/KEYFILE present a client certificate; SASL still names the principal."""
+    env = secured.env(
+        "bob",
+        KAFKA_SSL_CERTFILE=str(secured.secrets / "client.pem"),
+        KAFKA_SSL_KEYFILE=str(secured.secrets / "client.key"),
+    )
+    kwargs = SecuritySettings.from_env(env).client_kwargs()
+    producer = AIOKafkaProducer(bootstrap_servers=secured.bootstrap, acks="all", **kwargs)
+    await producer.start()
+    try:
+        await producer.send_and_wait("turnout.intake.bob", wire("b-cert", "bob"), key=b"bob")
+    finally:
+        await producer.stop()
+    assert [r.status for r in (await replies(secured, "bob", {"b-cert"}))["b-cert"]] == ["ok"]
