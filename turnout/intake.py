@@ -33,6 +33,7 @@ import re
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from schemas.types import DeadLetter, Source, salvage_reply_address
@@ -125,6 +126,32 @@ def _dead_letter(rec: ConsumerRecord[bytes, bytes], reject: Reject) -> DeadLette
     )
 
 
+async def _forward(
+    producer: AIOKafkaProducer, rec: ConsumerRecord[bytes, bytes], settings: Settings
+) -> asyncio.Future[object]:
+    """Send one intake record on (vetted) or to the dead letters; the send's future."""
+    verdict = vet(rec.topic, rec.value or b"", settings)
+    if isinstance(verdict, Forward):
+        return await producer.send(
+            settings.request_topic,
+            rec.value,
+            key=verdict.client_id.encode(),
+            headers=list(rec.headers or ()),
+        )
+    log.warning(
+        "intake_rejected",
+        code=verdict.code,
+        client_id=verdict.client_id,
+        request_id=verdict.request_id,
+        topic=rec.topic,
+    )
+    return await producer.send(
+        settings.dead_letter_topic,
+        _dead_letter(rec, verdict).to_wire(),
+        key=verdict.client_id.encode() or None,
+    )
+
+
 async def run(
     settings: Settings, *, group: str | None = None, stop: asyncio.Event | None = None
 ) -> None:
@@ -162,37 +189,22 @@ async def run(
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
-            sends = []
-            for records in batches.values():
-                for rec in records:
-                    verdict = vet(rec.topic, rec.value or b"", settings)
-                    if isinstance(verdict, Forward):
-                        sends.append(
-                            await producer.send(
-                                settings.request_topic,
-                                rec.value,
-                                key=verdict.client_id.encode(),
-                                headers=list(rec.headers or ()),
-                            )
-                        )
-                    else:
-                        log.warning(
-                            "intake_rejected",
-                            code=verdict.code,
-                            client_id=verdict.client_id,
-                            request_id=verdict.request_id,
-                            topic=rec.topic,
-                        )
-                        sends.append(
-                            await producer.send(
-                                settings.dead_letter_topic,
-                                _dead_letter(rec, verdict).to_wire(),
-                                key=verdict.client_id.encode() or None,
-                            )
-                        )
-            if sends:
+            if not batches:
+                continue
+            try:
+                sends = [
+                    await _forward(producer, rec, settings)
+                    for records in batches.values()
+                    for rec in records
+                ]
                 await asyncio.gather(*sends)  # acknowledged before the offsets move
                 await consumer.commit()
+            except KafkaError as exc:
+                # Not acknowledged (broker away too long) or not committed: read the
+                # batch again from the last commit; forwarding it twice is harmless.
+                log.warning("intake_retry", error=type(exc).__name__)
+                await asyncio.sleep(1)
+                await consumer.seek_to_committed()
     finally:
         await consumer.stop()
         await producer.stop()
