@@ -29,8 +29,8 @@ MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 VARIABLES: tuple[tuple[str, str], ...] = (
     (
         "KAFKA_SECURITY_PROTOCOL",
-        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default: from "
-        "the others: SASL_SSL if a mechanism and a CA file are set, ...)",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default: SASL_ if a mechanism is "
+        "set, SSL if a CA or certificate file is set; public CAs: set SASL_SSL)",
     ),
     ("KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
     ("KAFKA_SASL_USERNAME", "SASL user name"),
@@ -92,8 +92,6 @@ class SecuritySettings:
         keyfile = env.get("KAFKA_SSL_KEYFILE") or None
         tls_wanted = bool(cafile or certfile)
         default = ("SASL_" if mechanism else "") + ("SSL" if tls_wanted else "PLAINTEXT")
-        if default == "SASL_PLAINTEXT" and not mechanism:
-            default = "PLAINTEXT"
         protocol = (env.get("KAFKA_SECURITY_PROTOCOL") or default).upper()
         if protocol not in PROTOCOLS:
             problems.append(
