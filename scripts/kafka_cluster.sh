@@ -266,6 +266,15 @@ cluster_start() {
             KAFKA_FRESH=1   # a different layout: start from empty data dirs
         fi
     fi
+    # Every port must be free (or be one of our running nodes) before anything is
+    # written: a cluster must never half-start beside someone else's broker.
+    local j
+    for ((j = 1; j <= NODES; j++)); do
+        [[ -n "$(node_pid "$j")" ]] && continue
+        if port_open "$HOST" "$(node_port "$j")" || port_open 127.0.0.1 "$(node_cport "$j")"; then
+            die "node $j: port $(node_port "$j") or $(node_cport "$j") is taken by something this script did not start; set KAFKA_BOOTSTRAP to a free base port" 3
+        fi
+    done
     if [[ "${KAFKA_FRESH:-0}" == 1 ]]; then
         local i
         for ((i = 1; i <= 9; i++)); do NODES=9 stop_node "$i" >/dev/null; done

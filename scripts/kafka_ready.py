@@ -65,7 +65,8 @@ async def _attempt(bootstrap: str, request_timeout_ms: int, brokers: int) -> Non
         if len(have) < brokers:
             raise RuntimeError(f"{len(have)} of {brokers} brokers registered: {have}")
         response = await admin.create_topics(
-            [NewTopic(name=PROBE_TOPIC, num_partitions=1, replication_factor=1)]
+            # On a cluster, replicated like any topic (min(3, brokers)).
+            [NewTopic(name=PROBE_TOPIC, num_partitions=1, replication_factor=min(3, brokers))]
         )
         for topic_error in response.topic_errors:
             code = topic_error[1]
