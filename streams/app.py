@@ -7,12 +7,15 @@ import socket
 import faust
 
 from streams.settings import Settings
+from turnout.kafka_security import SecuritySettings
 
 
 def create_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.bootstrap}",
+        # A cluster's bootstrap list (h1:p1,h2:p2) is one URL per server for faust.
+        broker=";".join(f"kafka://{hp.strip()}" for hp in settings.bootstrap.split(",")),
+        broker_credentials=SecuritySettings.from_env().faust_credentials(),
         store=settings.store,
         datadir=settings.data_dir,
         key_serializer="raw",

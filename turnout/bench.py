@@ -34,6 +34,7 @@ import orjson
 from turnout import bench_http, bench_load
 from turnout.bench_load import report
 from turnout.client import ensure_topics
+from turnout.kafka_admin import client_kwargs as kafka_kwargs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -642,7 +643,7 @@ async def count_records(bootstrap: str, topic: str) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     partitions = (await ensure_topics(bootstrap, [topic], 1))[topic]
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **kafka_kwargs())
     await c.start()
     try:
         return sum((await c.end_offsets([TopicPartition(topic, p) for p in range(partitions)]))
@@ -654,7 +655,7 @@ async def count_records(bootstrap: str, topic: str) -> int:
 async def delete_topics(bootstrap: str, run: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_kwargs())
     await admin.start()
     try:
         mine = [t for t in await admin.list_topics() if f"bench-{run}" in t]

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas.types import Reply, Request, Timings
 from turnout.backends.fake import openai_response
 from turnout.client import ensure_topics
+from turnout.kafka_admin import client_kwargs as kafka_kwargs
 
 REPLY_PREFIX = "turnout.replies."
 
@@ -52,7 +53,9 @@ async def produce(a: argparse.Namespace) -> dict[str, Any]:
         )
         records.append((client.encode(), req.to_wire()))
         priority.append(prio)
-    producer = AIOKafkaProducer(bootstrap_servers=a.bootstrap, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=a.bootstrap, **kafka_kwargs(), acks="all", linger_ms=1,
+    )
     await producer.start()
     sent_at = [0.0] * n
     futures = []
@@ -114,7 +117,8 @@ _reply_lite = msgspec.json.Decoder(_ReplyLite)
 
 async def consume(a: argparse.Namespace) -> dict[str, Any]:
     topics = a.topics.split(",")
-    consumer = AIOKafkaConsumer(bootstrap_servers=a.bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=a.bootstrap, **kafka_kwargs(), enable_auto_commit=False,
                                 fetch_max_wait_ms=100, max_partition_fetch_bytes=4 << 20)
     await consumer.start()
     stop = asyncio.Event()
@@ -164,9 +168,12 @@ async def consume(a: argparse.Namespace) -> dict[str, Any]:
 
 
 async def echo(a: argparse.Namespace) -> None:
-    consumer = AIOKafkaConsumer(a.topic, bootstrap_servers=a.bootstrap, group_id=a.group,
+    consumer = AIOKafkaConsumer(
+        a.topic, bootstrap_servers=a.bootstrap, **kafka_kwargs(), group_id=a.group,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=a.bootstrap, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=a.bootstrap, **kafka_kwargs(), acks="all", linger_ms=1,
+    )
     await producer.start()
     await consumer.start()
     stop = asyncio.Event()

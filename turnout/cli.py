@@ -51,6 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file")
 
     sub.add_parser("settings", help="list every setting with its env var and default")
+    sub.add_parser(
+        "intake",
+        help="forward per-client intake topics (turnout.intake.<client>) to the request topic, "
+        "vetted: client isolation on a secured cluster (docs/kafka.md)",
+    )
+    acls = sub.add_parser(
+        "acls", help="the Kafka ACLs turnout and its clients need (docs/kafka.md)"
+    )
+    acls.add_argument("--service", default="turnout", help="turnout's own principal name")
+    acls.add_argument("--client", action="append", default=[], help="client id (= principal)")
+    acls.add_argument("--apply", action="store_true", help="create them (needs Alter on cluster)")
     sub.add_parser("backends", help="every backend's health, as the prober last published it")
 
     gateway = sub.add_parser("gateway", help="serve the OpenAI/Ollama-compatible HTTP gateway")
@@ -68,8 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "settings":
-        for env, default, doc in Settings.describe():
+        from turnout.durability import DurabilitySettings
+        from turnout.kafka_security import VARIABLES
+
+        for env, default, doc in [*Settings.describe(), *DurabilitySettings.describe()]:
             print(f"{env:28} {default:24} {doc}")
+        for env, doc in VARIABLES:  # Kafka security: never a value, secrets least of all
+            print(f"{env:28} {'(unset)':24} {doc}")
         return 0
     if args.command == "config":
         return _config_check(args.file)
@@ -80,6 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"turnout: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    from turnout.kafka_admin import KafkaStartupError
+
+    try:
+        return _command(settings, args)
+    except KafkaStartupError as exc:  # one line: unreachable, refused, unsafe topics
+        print(f"turnout {args.command}: refusing to start: {exc}", file=sys.stderr)
+        return 2
+
+
+def _command(settings: Settings, args: argparse.Namespace) -> int:
+    from turnout import ops
+
     if args.command == "worker":
         from turnout import tracing
 
@@ -89,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"turnout: refusing to start: {exc}", file=sys.stderr)
             return 2
         return _worker(settings)
+    if args.command == "intake":
+        from turnout import intake
+
+        return intake.main(settings)
+    if args.command == "acls":
+        from turnout import acls
+
+        return acls.main(settings, args)
     if args.command == "backends":
         return asyncio.run(_backends(settings))
     if args.command == "send":
@@ -119,18 +155,26 @@ def _worker(settings: Settings) -> int:
 
     import faust
 
-    from turnout.client import ensure_request_topic, ensure_topics, timestamp_type
-    from turnout.config import ConfigError
-    from turnout.runtime import build
-
     # faust subscribes to source topics but does not create them. The tables must have
     # exactly the request topic's partition count (each table partition has the one
     # writer of its request partition), so an existing topic's count wins.
-    partitions = asyncio.run(
-        ensure_request_topic(
-            settings.bootstrap, settings.request_topic, settings.request_partitions
+    from streams import durable
+    from turnout import kafka_admin
+    from turnout.client import REQUEST_TOPIC_CONFIGS, ensure_topics, timestamp_type
+    from turnout.config import ConfigError
+    from turnout.runtime import build
+
+    kafka = kafka_admin.KafkaEnv.from_env()
+    counts, policy = asyncio.run(
+        kafka_admin.ensure_topics_and_policy(
+            settings.bootstrap,
+            {settings.request_topic: (settings.request_partitions, dict(REQUEST_TOPIC_CONFIGS))},
+            kafka=kafka,
+            check_safe=[settings.request_topic],
+            check_prefix=settings.reply_prefix,
         )
     )
+    partitions = counts[settings.request_topic]
     stamped = asyncio.run(timestamp_type(settings.bootstrap, settings.request_topic))
     if stamped != "LogAppendTime":
         # Limits run on the record's timestamp: with CreateTime a producer can set it.
@@ -158,6 +202,14 @@ def _worker(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"turnout: refusing to start: {exc}", file=sys.stderr)
         return 2
+    durable.install(app, policy)  # every topic faust creates, its producer: durable
+    log_kafka = logs.get("turnout.kafka")
+    log_kafka.info(
+        "kafka_durability",
+        replication_factor=policy.replication_factor,
+        min_insync_replicas=policy.min_insync,
+        security=kafka.security.describe(),
+    )
     # A table whose changelog is not in the metadata yet fails its first write.
     for table in app.tables.values():
         changelog = table.changelog_topic

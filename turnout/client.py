@@ -6,16 +6,19 @@ languages do the same with the JSON Schema files in ``schemas/``.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaError
 
 from schemas.types import Reply, Request, decode_reply_message
+from turnout import kafka_admin
+from turnout.kafka_admin import partition_counts
+
+__all__ = ["ReplyReader", "RequestPublisher", "ensure_topics", "partition_counts"]
 
 REQUEST_TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
 """How turnout creates a request topic: records carry the broker's time, not the producer's.
@@ -32,23 +35,12 @@ async def ensure_topics(
     partitions: int,
     configs: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
-    """Create the topics that do not exist; return every named topic's partition count."""
-    names = set(names)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        new = [
-            NewTopic(n, partitions, 1, topic_configs=dict(configs or {})) for n in names - existing
-        ]
-        if new:
-            try:
-                await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-        return await partition_counts(admin, names)
-    finally:
-        await admin.close()
+    """Create the topics that do not exist, durably; return every named topic's partition count.
+
+    Replication factor and min.insync.replicas come from the cluster's ``TopicPolicy``
+    and security from the environment (``turnout.kafka_admin``).
+    """
+    return await kafka_admin.ensure_topics(bootstrap, names, partitions, configs)
 
 
 async def ensure_request_topic(bootstrap: str, name: str, partitions: int) -> int:
@@ -58,7 +50,7 @@ async def ensure_request_topic(bootstrap: str, name: str, partitions: int) -> in
 
 async def timestamp_type(bootstrap: str, topic: str) -> str | None:
     """The topic's ``message.timestamp.type`` (CreateTime or LogAppendTime), None if unknown."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_admin.client_kwargs())
     await admin.start()
     try:
         described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
@@ -72,28 +64,12 @@ async def timestamp_type(bootstrap: str, topic: str) -> str | None:
     return None
 
 
-async def partition_counts(admin: AIOKafkaAdminClient, names: Iterable[str]) -> dict[str, int]:
-    """Every named topic's partition count, once each partition has a leader.
-
-    A topic just created is described with no partitions, or partitions without a
-    leader, for a moment; readers and writers that arrive then fail or retry.
-    """
-    for _ in range(100):
-        described = await admin.describe_topics(sorted(names))
-        if all(
-            d["partitions"] and all(p["leader"] >= 0 for p in d["partitions"]) for d in described
-        ):
-            break
-        await asyncio.sleep(0.1)
-    return {d["topic"]: len(d["partitions"]) for d in described}
-
-
 async def group_members(bootstrap: str, group: str) -> int | None:
     """How many consumers are in ``group`` now; None when the broker cannot say.
 
     A broker that has never had a consumer group has no coordinator yet: 0.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_admin.client_kwargs())
     try:
         await admin.start()
         answers = await admin.describe_consumer_groups([group])
@@ -114,7 +90,10 @@ class ReplyReader:
         self.topic = topic
         self._bootstrap = bootstrap
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **kafka_admin.client_kwargs(),
         )
 
     async def start(self, *, from_end: bool) -> None:
@@ -152,7 +131,13 @@ class ReplyReader:
 class RequestPublisher:
     def __init__(self, bootstrap: str, topic: str = "turnout.requests") -> None:
         self.topic = topic
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            **kafka_admin.client_kwargs(),
+        )
 
     async def start(self) -> None:
         await self._producer.start()

@@ -27,6 +27,7 @@ from turnout.config import Backend, Config
 from turnout.errors import BackendError
 from turnout.health.book import HealthBook
 from turnout.health.machine import HealthRecord, InvalidHealthRecord, State
+from turnout.kafka_admin import client_kwargs as kafka_kwargs
 from turnout.metrics import Metrics
 from turnout.publisher import Publisher
 
@@ -141,7 +142,7 @@ class HealthFeed:
         topic = self._settings.health_topic
         partitions = (await ensure_topics(self._settings.bootstrap, [topic], 1))[topic]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap, enable_auto_commit=False
+            bootstrap_servers=self._settings.bootstrap, **kafka_kwargs(), enable_auto_commit=False
         )
         await consumer.start()
         try:
@@ -183,7 +184,9 @@ async def read_health(settings: Settings, timeout_s: float = 5.0) -> dict[str, H
     """The latest published record of every backend (what ``turnout backends`` shows)."""
     topic = settings.health_topic
     partitions = (await ensure_topics(settings.bootstrap, [topic], 1))[topic]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, **kafka_kwargs(), enable_auto_commit=False,
+    )
     await consumer.start()
     latest: dict[str, HealthRecord] = {}
     try:

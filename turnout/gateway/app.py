@@ -49,6 +49,7 @@ from turnout.gateway.metrics import GatewayMetrics
 from turnout.gateway.openai_api import Call, ChunkSequencer, Dialect, EdgeError, StreamRestarted
 from turnout.gateway.openapi import document
 from turnout.gateway.webhooks import Allowlist, WebhookRefused, WebhookSender
+from turnout.kafka_admin import KafkaStartupError
 
 log = logs.get("turnout.gateway")
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 3600.0
@@ -573,5 +574,9 @@ def run(settings: Settings, *, host: str = "127.0.0.1", port: int = 8080) -> int
     except (ValueError, ConfigError) as exc:
         print(f"turnout gateway: refusing to start: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(Gateway(settings, gw, config, keys), host, port))
+    try:
+        asyncio.run(serve(Gateway(settings, gw, config, keys), host, port))
+    except KafkaStartupError as exc:  # one line: unreachable, refused, unsafe topics
+        print(f"turnout gateway: refusing to start: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -43,20 +43,15 @@ from typing import Any, Literal
 import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import (
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-    TopicAlreadyExistsError,
-)
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from schemas.types import Reply, ReplyChunk, Request, decode_reply_message
 from streams.settings import Settings
-from turnout import logs
+from turnout import kafka_admin, logs
 from turnout.batching import FetchBatching, set_fetch
-from turnout.client import REQUEST_TOPIC_CONFIGS, partition_counts
+from turnout.client import REQUEST_TOPIC_CONFIGS
 from turnout.gateway import GatewaySettings
+from turnout.kafka_admin import client_kwargs as kafka_kwargs
 
 log = logs.get("turnout.gateway")
 
@@ -220,7 +215,11 @@ class GatewayKafka:
     async def start(self) -> None:
         partitions = await self._ensure_topics()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.base.bootstrap, acks="all", linger_ms=2, enable_idempotence=True
+            bootstrap_servers=self.base.bootstrap,
+            acks="all",
+            linger_ms=2,
+            enable_idempotence=True,
+            **kafka_kwargs(),
         )
         await self._producer.start()
         loaded = await self._load_status(partitions[self.gw.status_topic])
@@ -229,6 +228,7 @@ class GatewayKafka:
             group_id=self.gw.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **kafka_kwargs(),
         )
         await consumer.start()
         topic = self.gw.reply_topic
@@ -280,40 +280,35 @@ class GatewayKafka:
         return True
 
     async def _ensure_topics(self) -> dict[str, int]:
-        """Create the topics the gateway uses if missing; return their partition counts."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.base.bootstrap)
-        await admin.start()
+        """Create the topics the gateway uses if missing, durably; refuse unsafe ones.
+
+        Returns their partition counts. Raises ``KafkaStartupError`` (one line) when
+        Kafka is unreachable, refuses us, or a request or reply topic can lose records.
+        """
         retention = int((self.gw.status_ttl_s + 3600) * 1000)
-        wanted = {
-            self.base.request_topic: NewTopic(
-                self.base.request_topic,
-                self.base.request_partitions,
-                1,
-                topic_configs=dict(REQUEST_TOPIC_CONFIGS),
-            ),
-            self.gw.reply_topic: NewTopic(self.gw.reply_topic, self.base.reply_partitions, 1),
-            self.gw.status_topic: NewTopic(
-                self.gw.status_topic,
-                1,
-                1,
-                topic_configs={"cleanup.policy": "compact,delete", "retention.ms": str(retention)},
-            ),
-        }
-        try:
-            existing = set(await admin.list_topics())
-            new = [t for name, t in wanted.items() if name not in existing]
-            if new:
-                try:
-                    await admin.create_topics(new)
-                except TopicAlreadyExistsError:
-                    pass
-            return await partition_counts(admin, wanted)
-        finally:
-            await admin.close()
+        return await kafka_admin.ensure_topics(
+            self.base.bootstrap,
+            [],
+            1,
+            specs={
+                self.base.request_topic: (
+                    self.base.request_partitions,
+                    dict(REQUEST_TOPIC_CONFIGS),
+                ),
+                self.gw.reply_topic: (self.base.reply_partitions, {}),
+                self.gw.status_topic: (
+                    1,
+                    {"cleanup.policy": "compact,delete", "retention.ms": str(retention)},
+                ),
+            },
+            check_safe=[self.base.request_topic, self.gw.reply_topic],
+        )
 
     async def _load_status(self, partitions: int) -> int:
         """Read the status topic from the beginning to its end at start; return records read."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.base.bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.base.bootstrap, **kafka_kwargs(), enable_auto_commit=False,
+        )
         await consumer.start()
         count = 0
         try:

@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.types import DeadLetter, Reply, decode_reply_message
 from turnout.client import ensure_request_topic, ensure_topics
+from turnout.kafka_admin import client_kwargs as kafka_kwargs
 from turnout.ops.replay_core import (
     REPLAY_HEADER,
     Candidate,
@@ -249,7 +250,9 @@ async def read_ranges(bootstrap: str, topic: str, ranges: dict[int, tuple[int, i
     """Yield the records of ``topic`` in ``{partition: (start, stop)}``, stop exclusive."""
     if not ranges:
         return
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, **kafka_kwargs(), enable_auto_commit=False,
+    )
     await consumer.start()
     try:
         tps = {TopicPartition(topic, p): stop for p, (_, stop) in ranges.items()}
@@ -388,7 +391,8 @@ async def _publish(
     settings: Any, options: Options, candidates: list[Candidate], progress: Progress
 ) -> list[Published]:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+        **kafka_kwargs(),
     )
     await producer.start()
     published: list[Published] = []
@@ -442,7 +446,9 @@ class _Watch:
         s = self._settings
         counts = await ensure_topics(s.bootstrap, self._topics, s.reply_partitions)
         counts.update(await ensure_topics(s.bootstrap, [s.dead_letter_topic], 1))
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap, **kafka_kwargs(), enable_auto_commit=False,
+        )
         await self._consumer.start()
         self._tps = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
         self._consumer.assign(self._tps)

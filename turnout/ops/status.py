@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from turnout import logs
+from turnout.kafka_admin import client_kwargs as kafka_kwargs
 
 log = logs.get(__name__)
 
@@ -51,8 +52,10 @@ class Offsets:
     """Reads topic offsets and a group's commits; one admin client and one group-less consumer."""
 
     def __init__(self, bootstrap: str) -> None:
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_kwargs())
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, **kafka_kwargs(), enable_auto_commit=False,
+        )
 
     async def start(self) -> None:
         await self._admin.start()
