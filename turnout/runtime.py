@@ -24,7 +24,7 @@ from streams.settings import Settings
 from streams.tables import ChangelogTable, Tables
 from streams.topics import declare
 from turnout import config as config_mod
-from turnout import gcfreeze, logs
+from turnout import gcfreeze, logs, region_sync
 from turnout.backends.http import HttpBackendClient, new_session
 from turnout.batching import FetchBatching
 from turnout.config import Config, Secret
@@ -58,6 +58,7 @@ class Runtime:
         self.metrics = Metrics.from_config(config, settings.request_topic)
         self._web: web.AppRunner | None = None
         self._lag: LagSampler | None = None
+        self._regions: region_sync.RegionSync | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -108,6 +109,7 @@ class Runtime:
             self.metrics.backend_state(b.id, self.health.state(b.id))
         feed = HealthFeed(self._settings, self.health, self._dispatcher.wake, self.metrics)
         self._feed_task = asyncio.create_task(feed.run(), name="turnout-health-feed")
+        self._regions = await region_sync.start_for(self._settings, self._config, self.metrics)
         await self._start_web()
         log.info(
             "worker_started",
@@ -121,7 +123,13 @@ class Runtime:
         """/metrics, /status.json and the status page, when TURNOUT_WEB_PORT is set."""
         if self._settings.web_port <= 0:
             return
-        app = build_app(self.metrics, lambda: {"worker": {"app_id": self._settings.app_id}})
+        app = build_app(
+            self.metrics,
+            lambda: {
+                "worker": {"app_id": self._settings.app_id},
+                **region_sync.status(self._regions),
+            },
+        )
         self._web = await start_web(app, self._settings.web_host, self._settings.web_port)
         self._lag = LagSampler(
             self._settings.bootstrap,
@@ -147,6 +155,9 @@ class Runtime:
             await self._dispatcher.stop(grace_s=self._settings.shutdown_grace_s)
 
     async def stop(self) -> None:
+        if self._regions is not None:
+            await self._regions.stop()
+            self._regions = None
         if self._lag is not None:
             await self._lag.stop()
             self._lag = None
