@@ -4,8 +4,10 @@
 - ``create-topics``: in every region, the compacted ``turnout.regions`` and, for every
   other region X, ``turnout.forward.X`` and ``turnout.forward-replies.X``. They exist
   before MirrorMaker 2 starts, so its first topic scan already mirrors them.
-- ``wait-mirrored``: until every region holds ``<other>.turnout.regions`` for both
-  other regions (MirrorMaker 2 created the remote topics), or the timeout.
+- ``wait-mirrored``: until every flow A->B replicates: B holds ``A.turnout.regions``
+  and a record of ``A.heartbeats`` stamped after ``--since-ms`` (MM2 emits heartbeats
+  every 5 s into each target cluster and mirrors them like any topic, so a fresh one
+  in ``A.heartbeats`` on B proves the flow A->B runs now), or the timeout.
 - ``describe``: per region, which turnout topics are local and which are mirrored.
 
 Exit codes: 0 ok; 1 timed out or failed; 2 the watched process (--pid) died.
@@ -20,6 +22,7 @@ import os
 import sys
 import time
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -83,31 +86,66 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-async def wait_mirrored(clusters: dict[str, str], timeout: float, pid: int | None) -> int:
-    deadline = time.monotonic() + timeout
+async def _fresh_record(bootstrap: str, topic: str, since_ms: int) -> bool:
+    """Whether ``topic`` holds a record stamped at or after ``since_ms``."""
+    admin = await _admin(bootstrap)
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [p["partition"] for t in described for p in t.get("partitions", [])]
+    if not partitions:
+        return False
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await consumer.start()
+    try:
+        found = await consumer.offsets_for_times(
+            {TopicPartition(topic, p): since_ms for p in partitions}
+        )
+        return any(v is not None for v in found.values())
+    finally:
+        await consumer.stop()
+
+
+async def _flow_missing(clusters: dict[str, str], since_ms: int) -> dict[str, list[str]]:
     missing: dict[str, list[str]] = {}
-    while True:
-        missing = {}
-        for region, bootstrap in clusters.items():
-            want = [f"{o}.{STATE_TOPIC}" for o in clusters if o != region]
+    for region, bootstrap in clusters.items():
+        lacking = []
+        try:
+            admin = await _admin(bootstrap)
             try:
-                admin = await _admin(bootstrap)
-                try:
-                    have = set(await admin.list_topics())
-                finally:
-                    await admin.close()
-            except KafkaError:
-                have = set()
-            lacking = [t for t in want if t not in have]
-            if lacking:
-                missing[region] = lacking
+                have = set(await admin.list_topics())
+            finally:
+                await admin.close()
+            for other in clusters:
+                if other == region:
+                    continue
+                if f"{other}.{STATE_TOPIC}" not in have:
+                    lacking.append(f"{other}.{STATE_TOPIC}")
+                elif f"{other}.heartbeats" not in have or not await _fresh_record(
+                    bootstrap, f"{other}.heartbeats", since_ms
+                ):
+                    lacking.append(f"a fresh {other}.heartbeats record")
+        except KafkaError as exc:
+            lacking.append(f"an answer ({exc})")
+        if lacking:
+            missing[region] = lacking
+    return missing
+
+
+async def wait_mirrored(
+    clusters: dict[str, str], timeout_s: float, pid: int | None, since_ms: int
+) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = await _flow_missing(clusters, since_ms)
         if not missing:
             return 0
         if not _alive(pid):
             print(f"regions: MirrorMaker 2 (pid {pid}) exited", file=sys.stderr)
             return 2
         if time.monotonic() > deadline:
-            print(f"regions: still not mirrored: {missing}", file=sys.stderr)
+            print(f"regions: still not mirrored, per region: {missing}", file=sys.stderr)
             return 1
         await asyncio.sleep(2)
 
@@ -132,6 +170,9 @@ def main() -> int:
     parser.add_argument("command", choices=["create-topics", "wait-mirrored", "describe"])
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--pid", type=int, default=None)
+    parser.add_argument(
+        "--since-ms", type=int, default=0, help="heartbeats must be at least this recent"
+    )
     parser.add_argument("--clusters", nargs="+", required=True, help="region=host:port ...")
     args = parser.parse_args()
     logging.basicConfig(level=logging.CRITICAL)
@@ -139,7 +180,7 @@ def main() -> int:
     if args.command == "create-topics":
         return asyncio.run(create_topics(clusters))
     if args.command == "wait-mirrored":
-        return asyncio.run(wait_mirrored(clusters, args.timeout, args.pid))
+        return asyncio.run(wait_mirrored(clusters, args.timeout, args.pid, args.since_ms))
     return asyncio.run(describe(clusters))
 
 

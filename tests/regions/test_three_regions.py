@@ -28,7 +28,7 @@ REGIONS = ["us", "eu", "ap"]
 PORT_BASE = int(os.environ.get("REGIONS_PORT_BASE", "63100"))
 STALE_AFTER_S = 6.0
 PUBLISH_S = 1.0
-SEE_ALL_WITHIN_S = 120.0
+SEE_ALL_WITHIN_S = 150.0
 """From the workers' start: faust startup (tens of seconds on a loaded 2-core box) + mirroring."""
 STALE_WITHIN_S = STALE_AFTER_S + 15.0
 
@@ -64,7 +64,15 @@ def regions(tmp_path_factory):
         if out.returncode != 0:
             pytest.fail(f"scripts/regions start failed ({out.returncode}):\n{out.stderr[-3000:]}")
         print(f"regions up after {time.monotonic() - started:.0f}s")
-        yield state
+
+        def regions_cmd(*args: str) -> None:
+            out = subprocess.run(
+                [script, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+            )
+            print(out.stdout, out.stderr)
+            assert out.returncode == 0, f"scripts/regions {' '.join(args)}: {out.stderr[-2000:]}"
+
+        yield regions_cmd
     finally:
         subprocess.run([script, "stop"], env=env, cwd=ROOT, capture_output=True, timeout=180)
 
@@ -94,7 +102,11 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
 
 
 def test_every_region_sees_the_others_and_a_silent_region_goes_stale(regions, tmp_path):
-    """Each worker trusts all three regions' state; after ap's worker stops, ap is unknown."""
+    """Each worker trusts all three regions' state; a region that falls silent is unknown.
+
+    Silent twice: ap's worker stops (ap stale in us and eu, fresh again after a restart),
+    then MirrorMaker 2 stops (every region sees only itself fresh until it is back).
+    """
     started = []
     try:
         workers = {}
@@ -176,6 +188,31 @@ def test_every_region_sees_the_others_and_a_silent_region_goes_stale(regions, tm
             assert any(
                 x.get("event") == "region_state_stale" and x.get("region") == "ap" for x in lines
             ), f"{region} did not log ap going stale"
+
+        ap_worker.start()
+        t2 = time.monotonic()
+        wait_for(all_fresh_everywhere, SEE_ALL_WITHIN_S, "ap fresh again after its restart")
+        print(f"ap fresh everywhere again {time.monotonic() - t2:.1f}s after its worker restarted")
+
+        # Cut every link: each region must stop trusting the other two, never itself.
+        regions("stop", "mm2")
+        t3 = time.monotonic()
+
+        def only_self_fresh():
+            seen = {r: regions_seen(web) for r, (_, web) in workers.items()}
+            ok = all(
+                seen[r].get(r, {}).get("status") == "fresh"
+                and all(seen[r].get(o, {}).get("status") == "stale" for o in REGIONS if o != r)
+                for r in REGIONS
+            )
+            return seen if ok else None
+
+        wait_for(only_self_fresh, STALE_WITHIN_S, "each region trusting only itself without MM2")
+        print(f"links cut: every region trusts only itself {time.monotonic() - t3:.1f}s later")
+        regions("start", "mm2")
+        t4 = time.monotonic()
+        wait_for(all_fresh_everywhere, SEE_ALL_WITHIN_S, "every region fresh after MM2 is back")
+        print(f"links healed: all fresh everywhere {time.monotonic() - t4:.1f}s after MM2 started")
     finally:
         for p in reversed(started):
             p.stop()
