@@ -137,7 +137,7 @@ class RegionSync:
                 log.warning("region_state_publish_failed", region=self.region, error=str(exc))
             except Exception:  # the loop must survive a bad summary; say so loudly
                 log.exception("region_state_publish_failed", region=self.region)
-            self._log_transitions()
+            self.log_transitions()
             await asyncio.sleep(self._interval_s)
 
     async def _read_loop(self) -> None:
@@ -154,10 +154,10 @@ class RegionSync:
                 if via is None:
                     continue
                 for rec in records:
-                    self._receive(via, tp.topic, rec.value)
-            self._log_transitions()
+                    self.receive(via, tp.topic, rec.value)
+            self.log_transitions()
 
-    def _receive(self, via: str, topic: str, raw: bytes | None) -> None:
+    def receive(self, via: str, topic: str, raw: bytes | None) -> None:
         if raw is None:
             return  # a tombstone: the region was retired; its last state ages out
         try:
@@ -172,7 +172,7 @@ class RegionSync:
             return
         self._latest = merged
 
-    def _log_transitions(self) -> None:
+    def log_transitions(self) -> None:
         """One line when a region becomes trusted or stops being trusted."""
         views = self.view()
         now = {name for name, v in views.items() if v.trusted}
