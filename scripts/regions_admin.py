@@ -8,7 +8,8 @@
   and a record of ``A.heartbeats`` stamped after ``--since-ms`` (MM2 emits heartbeats
   every 5 s into each target cluster and mirrors them like any topic, so a fresh one
   in ``A.heartbeats`` on B proves the flow A->B runs now), or the timeout.
-- ``describe``: per region, which turnout topics are local and which are mirrored.
+- ``describe``: per region, which turnout topics are local and which are mirrored, and
+  which flows into it delivered a heartbeat in the last ``--recent-s`` seconds.
 
 Exit codes: 0 ok; 1 timed out or failed; 2 the watched process (--pid) died.
 """
@@ -150,7 +151,9 @@ async def wait_mirrored(
         await asyncio.sleep(2)
 
 
-async def describe(clusters: dict[str, str]) -> int:
+async def describe(clusters: dict[str, str], recent_s: float) -> int:
+    since_ms = int((time.time() - recent_s) * 1000)
+    stalled = 0
     for region, bootstrap in clusters.items():
         admin = await _admin(bootstrap)
         try:
@@ -160,9 +163,17 @@ async def describe(clusters: dict[str, str]) -> int:
         others = [o for o in clusters if o != region]
         local = [n for n in names if n.startswith("turnout.") and n != "turnout.ready-probe"]
         mirrored = [n for n in names if any(n.startswith(f"{o}.turnout.") for o in others)]
+        flows = []
+        for other in others:
+            ok = f"{other}.heartbeats" in names and await _fresh_record(
+                bootstrap, f"{other}.heartbeats", since_ms
+            )
+            stalled += not ok
+            flows.append(f"{other}->{region} {'replicating' if ok else 'NO RECENT HEARTBEAT'}")
         print(f"  {region}: local {', '.join(local) or '-'}")
         print(f"  {region}: mirrored in {', '.join(mirrored) or '-'}")
-    return 0
+        print(f"  {region}: flows {', '.join(flows)}")
+    return 1 if stalled else 0
 
 
 def main() -> int:
@@ -173,6 +184,7 @@ def main() -> int:
     parser.add_argument(
         "--since-ms", type=int, default=0, help="heartbeats must be at least this recent"
     )
+    parser.add_argument("--recent-s", type=float, default=30.0)
     parser.add_argument("--clusters", nargs="+", required=True, help="region=host:port ...")
     args = parser.parse_args()
     logging.basicConfig(level=logging.CRITICAL)
@@ -181,7 +193,7 @@ def main() -> int:
         return asyncio.run(create_topics(clusters))
     if args.command == "wait-mirrored":
         return asyncio.run(wait_mirrored(clusters, args.timeout, args.pid, args.since_ms))
-    return asyncio.run(describe(clusters))
+    return asyncio.run(describe(clusters, args.recent_s))
 
 
 if __name__ == "__main__":
