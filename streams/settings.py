@@ -101,23 +101,6 @@ class Settings:
         5.0,
         "On SIGTERM, how long in-flight requests may finish; the rest stay in Kafka.",
     )
-    web_port: int = setting(
-        "TURNOUT_WEB_PORT", 0, "Port of /metrics, /status.json and the status page; 0: off."
-    )
-    web_host: str = setting("TURNOUT_WEB_HOST", "127.0.0.1", "Address the web port binds.")
-    store: str = setting(
-        "TURNOUT_STORE", "memory://", "Table store: memory:// or rocksdb:// (rocksdict)."
-    )
-    data_dir: str = setting(
-        "TURNOUT_DATA_DIR", "var/worker", "Where the worker keeps local table state."
-    )
-    log_level: str = setting("TURNOUT_LOG_LEVEL", "info", "debug, info, warning or error.")
-    log_format: str = setting(
-        "TURNOUT_LOG_FORMAT", "auto", "json, console, or auto (console on a TTY)."
-    )
-    log_content: bool = setting(
-        "TURNOUT_LOG_CONTENT", False, "Log prompts and responses (off: they are private)."
-    )
     region: str = setting(
         "TURNOUT_REGION",
         "",
@@ -138,6 +121,23 @@ class Settings:
         "TURNOUT_REGION_ROUTER",
         "",
         "host:port where clients reach this region's router (gateway), published to others.",
+    )
+    web_port: int = setting(
+        "TURNOUT_WEB_PORT", 0, "Port of /metrics, /status.json and the status page; 0: off."
+    )
+    web_host: str = setting("TURNOUT_WEB_HOST", "127.0.0.1", "Address the web port binds.")
+    store: str = setting(
+        "TURNOUT_STORE", "memory://", "Table store: memory:// or rocksdb:// (rocksdict)."
+    )
+    data_dir: str = setting(
+        "TURNOUT_DATA_DIR", "var/worker", "Where the worker keeps local table state."
+    )
+    log_level: str = setting("TURNOUT_LOG_LEVEL", "info", "debug, info, warning or error.")
+    log_format: str = setting(
+        "TURNOUT_LOG_FORMAT", "auto", "json, console, or auto (console on a TTY)."
+    )
+    log_content: bool = setting(
+        "TURNOUT_LOG_CONTENT", False, "Log prompts and responses (off: they are private)."
     )
 
     @classmethod

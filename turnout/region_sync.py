@@ -184,7 +184,7 @@ class RegionSync:
         self._trusted = now
 
 
-async def start_for(settings: Any, config: Any, metrics: Any) -> RegionSync | None:
+async def start_region_sync(settings: Any, config: Any, metrics: Any) -> RegionSync | None:
     """The runtime's hook: a started RegionSync, or None when the worker is single-region."""
     if not settings.region:
         return None
@@ -211,7 +211,7 @@ async def start_for(settings: Any, config: Any, metrics: Any) -> RegionSync | No
     return sync
 
 
-def status(sync: RegionSync | None) -> dict[str, Any]:
+def region_status(sync: RegionSync | None) -> dict[str, Any]:
     """The ``regions`` block of ``/status.json`` (empty when single-region)."""
     if sync is None:
         return {}

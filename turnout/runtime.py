@@ -24,7 +24,7 @@ from streams.settings import Settings
 from streams.tables import ChangelogTable, Tables
 from streams.topics import declare
 from turnout import config as config_mod
-from turnout import gcfreeze, logs, region_sync
+from turnout import gcfreeze, logs
 from turnout.backends.http import HttpBackendClient, new_session
 from turnout.batching import FetchBatching
 from turnout.config import Config, Secret
@@ -35,6 +35,7 @@ from turnout.metrics import Metrics
 from turnout.ops.status import LagSampler
 from turnout.prober import HealthFeed, Prober
 from turnout.publisher import Publisher
+from turnout.region_sync import RegionSync, region_status, start_region_sync
 from turnout.web import build_app, start_web
 
 log = logs.get(__name__)
@@ -58,7 +59,7 @@ class Runtime:
         self.metrics = Metrics.from_config(config, settings.request_topic)
         self._web: web.AppRunner | None = None
         self._lag: LagSampler | None = None
-        self._regions: region_sync.RegionSync | None = None
+        self._regions: RegionSync | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -109,8 +110,8 @@ class Runtime:
             self.metrics.backend_state(b.id, self.health.state(b.id))
         feed = HealthFeed(self._settings, self.health, self._dispatcher.wake, self.metrics)
         self._feed_task = asyncio.create_task(feed.run(), name="turnout-health-feed")
-        self._regions = await region_sync.start_for(self._settings, self._config, self.metrics)
         await self._start_web()
+        self._regions = await start_region_sync(self._settings, self._config, self.metrics)
         log.info(
             "worker_started",
             request_topic=self._settings.request_topic,
@@ -127,7 +128,7 @@ class Runtime:
             self.metrics,
             lambda: {
                 "worker": {"app_id": self._settings.app_id},
-                **region_sync.status(self._regions),
+                **region_status(self._regions),
             },
         )
         self._web = await start_web(app, self._settings.web_host, self._settings.web_port)
