@@ -143,6 +143,27 @@ class Settings:
         5.0,
         "On SIGTERM, how long in-flight requests may finish; the rest stay in Kafka.",
     )
+    region: str = setting(
+        "TURNOUT_REGION",
+        "",
+        "This worker's region (e.g. us); empty: single-region, no routing-state sync. "
+        "See docs/multi-region.md.",
+    )
+    region_stale_after_s: float = setting(
+        "TURNOUT_REGION_STALE_AFTER_S",
+        15.0,
+        "A region's synced state older than this is unknown and never trusted.",
+    )
+    region_publish_interval_s: float = setting(
+        "TURNOUT_REGION_PUBLISH_INTERVAL_S",
+        3.0,
+        "How often the worker publishes its region's summary to turnout.regions.",
+    )
+    region_router: str = setting(
+        "TURNOUT_REGION_ROUTER",
+        "",
+        "host:port where clients reach this region's router (gateway), published to others.",
+    )
     web_port: int = setting(
         "TURNOUT_WEB_PORT", 0, "Port of /metrics, /status.json and the status page; 0: off."
     )
@@ -195,6 +216,17 @@ class Settings:
             raise ValueError(
                 f"TURNOUT_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}"
             )
+        if self.region:
+            from turnout.region_state import check_region
+
+            check_region(self.region)
+            if not 0 < self.region_publish_interval_s < self.region_stale_after_s:
+                raise ValueError(
+                    "TURNOUT_REGION_PUBLISH_INTERVAL_S must be > 0 and below "
+                    f"TURNOUT_REGION_STALE_AFTER_S ({self.region_stale_after_s}), got "
+                    f"{self.region_publish_interval_s}: a region would go stale between "
+                    "its own summaries"
+                )
 
     def group_instance_id(self, hostname: str) -> str | None:
         """The consumer's ``group.instance.id``, or None for dynamic membership. Pure.

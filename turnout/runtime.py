@@ -35,6 +35,7 @@ from turnout.metrics import Metrics
 from turnout.ops.status import LagSampler
 from turnout.prober import HealthFeed, Prober
 from turnout.publisher import Publisher
+from turnout.region_sync import RegionSync, region_status, start_region_sync
 from turnout.web import build_app, start_web
 
 log = logs.get(__name__)
@@ -61,6 +62,7 @@ class Runtime:
         self._lag: LagSampler | None = None
         self._outage: outage.OutageFilter | None = None
         self._outage_task: asyncio.Task[None] | None = None
+        self._regions: RegionSync | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -122,6 +124,7 @@ class Runtime:
         if self._settings.commit_stall_s > 0:
             self._stall_task = asyncio.create_task(self._watch_commits(), name="turnout-stalls")
         await self._start_web()
+        self._regions = await start_region_sync(self._settings, self._config, self.metrics)
         log.info(
             "worker_started",
             request_topic=self._settings.request_topic,
@@ -134,7 +137,13 @@ class Runtime:
         """/metrics, /status.json and the status page, when TURNOUT_WEB_PORT is set."""
         if self._settings.web_port <= 0:
             return
-        app = build_app(self.metrics, lambda: {"worker": {"app_id": self._settings.app_id}})
+        app = build_app(
+            self.metrics,
+            lambda: {
+                "worker": {"app_id": self._settings.app_id},
+                **region_status(self._regions),
+            },
+        )
         self._web = await start_web(app, self._settings.web_host, self._settings.web_port)
         self._lag = LagSampler(
             self._settings.bootstrap,
@@ -176,6 +185,9 @@ class Runtime:
             self._outage_task.cancel()
             await asyncio.gather(self._outage_task, return_exceptions=True)
             self._outage_task = None
+        if self._regions is not None:
+            await self._regions.stop()
+            self._regions = None
         if self._lag is not None:
             await self._lag.stop()
             self._lag = None
