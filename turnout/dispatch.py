@@ -17,7 +17,7 @@ import asyncio
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import orjson
 from faust.types import TP
@@ -88,8 +88,8 @@ class Dispatcher:
     def wake(self) -> None:
         self.chooser.wake()
 
-    def share_capacity(self, assigned: int, total: int) -> None:
-        self.chooser.share_capacity(assigned, total)
+    def share_capacity(self, partitions: Collection[int], total: int) -> None:
+        self.chooser.share_capacity(partitions, total)
 
     def committable(self, tp: TP) -> int | None:
         tracker = self._trackers.get(tp)

@@ -50,7 +50,7 @@ class Runtime:
         self._prober: Prober | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self.health: HealthBook | None = None
-        self._assigned: int | None = None
+        self._assigned: frozenset[int] | None = None
         self.metrics = Metrics.from_config(config, settings.request_topic)
         self._web: web.AppRunner | None = None
         self._lag: LagSampler | None = None
@@ -161,11 +161,14 @@ class Runtime:
         return None if self._dispatcher is None else self._dispatcher.committable(tp)
 
     async def on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
-        mine = sum(1 for tp in assigned if tp.topic == self._settings.request_topic)
+        partitions = frozenset(
+            tp.partition for tp in assigned if tp.topic == self._settings.request_topic
+        )
+        mine = len(partitions)
         first = self._assigned is None
-        self._assigned = mine
+        self._assigned = partitions
         if self._dispatcher is not None:
-            self._dispatcher.share_capacity(mine, self._settings.request_partitions)
+            self._dispatcher.share_capacity(partitions, self._settings.request_partitions)
         log.info(
             "partitions_assigned", request_partitions=mine, of=self._settings.request_partitions
         )
