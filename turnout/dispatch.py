@@ -19,7 +19,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 
-import orjson
 from faust.types import TP
 
 from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Source, Timings
@@ -41,6 +40,7 @@ from turnout.health.book import HealthBook
 from turnout.metrics import Metrics
 from turnout.offsets import OffsetTracker
 from turnout.publisher import Publisher, PublishFailed
+from turnout.retention import done_value
 from turnout.routing import Decision, retry_delay_s
 
 log = logs.get("turnout.request")
@@ -406,7 +406,12 @@ class Dispatcher:
             await self._record_done(
                 record.partition,
                 done_key(req.client_id, req.id),
-                orjson.dumps({"at_ms": now, "backend": reply.backend, "replay": record.replay}),
+                done_value(
+                    at_ms=now,
+                    backend=reply.backend,
+                    replay=record.replay,
+                    partition=record.partition,
+                ),
             )
         self.metrics.request_completed(
             job.route_name,
@@ -449,8 +454,9 @@ class Dispatcher:
         the agent's context: faust's current event is this request's record, so the
         write lands in the ``done`` partition of the request's own partition (the
         single writer of it). The changelog record is flushed before the next
-        commit. A failure here costs dedupe of one request, never the request: it
-        must not leave the offset unfinished.
+        commit. The entry says when, so ``DoneSweeper`` can evict it after the dedupe
+        window (``turnout.retention``). A failure here costs dedupe of one request,
+        never the request: it must not leave the offset unfinished.
         """
         try:
             await self._done.put(partition, key, value)

@@ -20,7 +20,7 @@ from streams import consumer
 from streams import tables as tables_mod
 from streams.app import create_app
 from streams.settings import Settings
-from streams.tables import ChangelogTable, Tables
+from streams.tables import ChangelogTable, DoneSweeper, Tables
 from streams.topics import declare
 from turnout import config as config_mod
 from turnout import gcfreeze, logs
@@ -49,6 +49,7 @@ class Runtime:
         self._client: HttpBackendClient | None = None
         self._prober: Prober | None = None
         self._feed_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self.health: HealthBook | None = None
         self._assigned: frozenset[int] | None = None
         self.metrics = Metrics.from_config(config, settings.request_topic)
@@ -77,12 +78,13 @@ class Runtime:
         self.health = HealthBook(
             [b.id for b in self._config.backends], now_ms=int(time.time() * 1000), policy=policy
         )
+        done = ChangelogTable(self._tables.done, self._app)
         self._dispatcher = Dispatcher(
             settings=self._settings,
             config=self._config,
             client=self._client,
             publisher=publisher,
-            done=ChangelogTable(self._tables.done, self._app),
+            done=done,
             buckets=ChangelogTable(self._tables.client_buckets, self._app),
             metrics=self.metrics,
             health=self.health,
@@ -100,6 +102,15 @@ class Runtime:
             self.metrics.backend_state(b.id, self.health.state(b.id))
         feed = HealthFeed(self._settings, self.health, self._dispatcher.wake, self.metrics)
         self._feed_task = asyncio.create_task(feed.run(), name="turnout-health-feed")
+        sweeper = DoneSweeper(
+            done,
+            self._owned_done_partitions,
+            window_s=self._settings.dedupe_retention_s,
+            budget=self._settings.dedupe_sweep_keys,
+        )
+        self._sweep_task = asyncio.create_task(
+            sweeper.run(self._settings.dedupe_sweep_interval_s), name="turnout-done-sweeper"
+        )
         await self._start_web()
         log.info(
             "worker_started",
@@ -149,6 +160,10 @@ class Runtime:
             self._feed_task.cancel()
             await asyncio.gather(self._feed_task, return_exceptions=True)
             self._feed_task = None
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
+            await asyncio.gather(self._sweep_task, return_exceptions=True)
+            self._sweep_task = None
         if self._dispatcher is not None:
             await self._dispatcher.stop(grace_s=0)
         if self._client is not None:
@@ -156,6 +171,11 @@ class Runtime:
         self._dispatcher = None
         self._client = None
         self._prober = None
+
+    def _owned_done_partitions(self) -> set[int]:
+        """The ``done`` partitions this worker writes (its active ones, not standbys)."""
+        topic = self._tables.done.changelog_topic.get_topic_name()
+        return {tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == topic}
 
     def committable(self, tp: TP) -> int | None:
         return None if self._dispatcher is None else self._dispatcher.committable(tp)
@@ -187,7 +207,8 @@ def build(settings: Settings) -> faust.App:
     from agents import health, router
 
     config = config_mod.load(settings.config_path)
-    os.makedirs(settings.data_dir, exist_ok=True)
+    # Held until the process exits: two workers sharing RocksDB files would fight over them.
+    tables_mod.lock_data_dir(settings.data_dir)
     app = create_app(settings)
     topics = declare(app, settings)
     tables = tables_mod.declare(app, settings)
