@@ -153,8 +153,10 @@ class ChangelogTable:
         dbs = self._dbs()
         if dbs is None:
             store[key] = value
-        else:
-            store._db_for_partition(partition).put(key, value)  # type: ignore[attr-defined]
+        elif partition in dbs:
+            dbs[partition].put(key, value)
+        # else: the partition was revoked while its request finished. faust would
+        # reopen its database; the changelog record still tells the next owner.
         await self._send(partition, key, value)
 
     async def _send(self, partition: int, key: bytes, value: bytes | None) -> None:

@@ -89,9 +89,11 @@ class RocksStore:
 
     offset_key = b"__faust\x00offset__"
 
-    def __init__(self, path):
+    def __init__(self, path, assigned=(0, 1, 2)):
         self.path = path
         self._dbs = {}
+        for partition in assigned:  # faust opens them when the partitions are assigned
+            self._db_for_partition(partition)
 
     def _db_for_partition(self, partition):
         if partition not in self._dbs:
@@ -200,3 +202,12 @@ def test_a_data_dir_cannot_be_shared_by_two_workers(tmp_path):
     finally:
         os.close(fd)
     os.close(lock_data_dir(str(tmp_path / "w")))  # free again once the holder is gone
+
+
+async def test_a_write_for_a_revoked_partition_goes_only_to_the_changelog(tmp_path):
+    """A request finishing after its partition moved away reopens no database here."""
+    store = RocksStore(tmp_path, assigned=[0])
+    table, producer = changelog_table(store)
+    await table.put(5, b"k", entry(1_000_000, 5))
+    assert 5 not in store._dbs
+    assert producer.sent == [(TOPIC, 5, b"k", entry(1_000_000, 5))]
