@@ -296,6 +296,10 @@ class DoneSweeper:
                 log.debug("done_evicted", entries=evicted, total=self.evicted)
 
 
+class DataDirInUse(RuntimeError):
+    """Another live worker holds this data directory."""
+
+
 def lock_data_dir(path: str) -> int:
     """Hold ``path`` for this process: two workers must never share a RocksDB directory.
 
@@ -310,7 +314,7 @@ def lock_data_dir(path: str) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
         os.close(fd)
-        raise RuntimeError(
+        raise DataDirInUse(
             f"TURNOUT_DATA_DIR {path!r} is in use by another worker (pid {holder}); "
             "give every worker on this machine its own TURNOUT_DATA_DIR"
         ) from None

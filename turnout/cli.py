@@ -126,9 +126,11 @@ def _worker(settings: Settings) -> int:
             using=partitions,
         )
         settings = dataclasses.replace(settings, request_partitions=partitions)
+    from streams.tables import DataDirInUse
+
     try:
         app = build(settings)
-    except ConfigError as exc:
+    except (ConfigError, DataDirInUse) as exc:
         print(f"turnout: refusing to start: {exc}", file=sys.stderr)
         return 2
     # A table whose changelog is not in the metadata yet fails its first write.
