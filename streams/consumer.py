@@ -18,7 +18,7 @@ batched under load; and it shortens the fetch wait (``ShortWaitConsumerThread``)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -32,6 +32,7 @@ from turnout.batching import FetchBatching, set_fetch
 log = logs.get("turnout.consumer")
 
 CommittableFn = Callable[[TP], "int | None"]
+AnchorFn = Callable[[Mapping[TP, int]], None]
 
 
 class ShortWaitConsumerThread(AIOKafkaConsumerThread):
@@ -57,6 +58,7 @@ class ShortWaitConsumerThread(AIOKafkaConsumerThread):
 class TrackedConsumer(Consumer):
     tracked_topics: frozenset[str] = frozenset()
     committable: CommittableFn | None = None
+    anchor: AnchorFn | None = None
     fetch_wait_ms: int | None = None
     fetch_batching: FetchBatching | None = None
 
@@ -170,6 +172,59 @@ class TrackedConsumer(Consumer):
         finally:
             unset_flag(CONSUMER_FETCHING)
 
+    _refetching: dict[TP, asyncio.Future[None]] | None = None
+
+    def refetch(self, tp: TP, offset: int) -> None:
+        """Read ``tp`` again from ``offset``: records of it were skipped on their way.
+
+        One seek per partition at a time; none during a rebalance, which seeks every
+        partition to its committed offset anyway. faust's read offset moves back with
+        the seek, so the records come again instead of being dropped as read.
+        """
+        if self._refetching is None:
+            self._refetching = {}
+        if tp in self._refetching or self.app.rebalancing or tp not in self.assignment():
+            return
+
+        async def seek() -> None:
+            try:
+                await self.seek_wait({tp: offset})
+            except Exception as exc:  # the next rebalance or restart reads it again
+                log.warning("refetch_failed", partition=tp.partition, error=repr(exc))
+            finally:
+                assert self._refetching is not None
+                self._refetching.pop(tp, None)
+
+        self._refetching[tp] = asyncio.ensure_future(seek())
+
+    async def perform_seek(self) -> None:
+        """faust's seek to the committed offsets, then anchor the tracked partitions there.
+
+        faust seeks every assigned partition to its committed offset before it resumes
+        the streams after each rebalance (and whenever it fetches with flow stopped), so
+        from here on the next record of each partition comes from that offset. A
+        partition without a committed offset is read from its earliest one (the group's
+        ``auto_offset_reset``). faust records offset 0 as "no offset": same answer.
+        """
+        await super().perform_seek()
+        if self.anchor is None:
+            return
+        tps = [tp for tp in self.assignment() if tp.topic in self.tracked_topics]
+        if not tps:
+            return
+        positions: dict[TP, int] = {}
+        unknown = []
+        for tp in tps:
+            committed = self._committed_offset.get(tp)
+            if committed is None:
+                unknown.append(tp)
+            else:
+                positions[tp] = committed
+        if unknown:
+            earliest = await self.earliest_offsets(*unknown)
+            positions.update({tp: earliest[tp] for tp in unknown})
+        self.anchor(positions)
+
     def _new_offset(self, tp: TP) -> int | None:
         if tp.topic not in self.tracked_topics or self.committable is None:
             return super()._new_offset(tp)
@@ -183,6 +238,7 @@ def install(
     app: object,
     topics: frozenset[str],
     committable: CommittableFn,
+    anchor: AnchorFn,
     fetch_wait_ms: int | None = None,
     fetch_batching: FetchBatching | None = None,
 ) -> None:
@@ -194,6 +250,7 @@ def install(
         {
             "tracked_topics": topics,
             "committable": staticmethod(committable),
+            "anchor": staticmethod(anchor),
             "fetch_wait_ms": fetch_wait_ms,
             "fetch_batching": fetch_batching,
         },

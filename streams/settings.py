@@ -65,6 +65,12 @@ class Settings:
         4096,
         "Backend calls in flight per worker; more waits (backpressure).",
     )
+    max_waiting: int = setting(
+        "TURNOUT_MAX_WAITING",
+        4096,
+        "Requests per worker that may wait for backend capacity without holding one of the "
+        "TURNOUT_MAX_IN_FLIGHT slots; past that a waiting request keeps its slot.",
+    )
     max_request_bytes: int = setting(
         "TURNOUT_MAX_REQUEST_BYTES", 1_048_576, "Larger request records are dead-lettered."
     )

@@ -38,7 +38,7 @@ from turnout.client import ensure_topics
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PY = sys.executable
 CLK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ("instant", "slow", "two-workers", "priorities", "gateway")
+SCENARIOS = ("instant", "slow", "two-workers", "priorities", "gateway", "fairness")
 
 
 # -- processes and /proc ------------------------------------------------------------------------
@@ -209,14 +209,15 @@ class Bench:
         return proc, wait_line(proc, b"listening on", 30).split()[-1]
 
     def turnout(self, name: str, workers: int = 1, latency_ms: float = 0.0,
-                mock: tuple[subprocess.Popen[bytes], str] | None = None) -> System:
+                mock: tuple[subprocess.Popen[bytes], str] | None = None,
+                clients_yaml: str = "") -> System:
         mock, url = mock or self.mock(latency_ms)
         app_id, topic = f"bench-{self.run}-{name}", f"bench-{self.run}.requests.{name}"
         config = self.dir / f"{name}.yaml"
         config.write_text(f"backends:\n  - {{id: mock-openai, protocol: openai, base_url: '{url}'"
                           ", models: [echo], max_concurrency: 4096}\nroutes:\n  default:\n    "
                           "targets: [{backend: mock-openai, model: echo}]\n"
-                          "default_route: default\n")
+                          "default_route: default\n" + clients_yaml)
         env = {"KAFKA_BOOTSTRAP": self.args.bootstrap, "TURNOUT_CONFIG": str(config),
                "TURNOUT_APP_ID": app_id, "TURNOUT_REQUEST_TOPIC": topic,
                "TURNOUT_REQUEST_PARTITIONS": str(self.args.partitions),
@@ -264,7 +265,8 @@ class Bench:
 
     def step(self, system: System, label: str, rate: float, duration: float, *,
              priorities: str = "5", grace: float = 20.0, latency_s: float = 0.0,
-             on_running: Any = None) -> dict[str, Any]:
+             on_running: Any = None, clients: list[str] | None = None,
+             weights: list[float] | None = None) -> dict[str, Any]:
         self.steps += 1
         tag = f"{self.run}.{self.steps:02d}.{label}"
         n = round(rate * duration)
@@ -283,7 +285,8 @@ class Bench:
         prod = self.procs.start(f"{tag}.produce", [
             *common, "load-produce", "--bootstrap", self.args.bootstrap, "--tag", tag,
             "--topic", system.topic, "--rate", str(rate), "--duration", str(duration),
-            "--clients", ",".join(self.clients), "--priorities", priorities, "--out", str(out_p)])
+            "--clients", ",".join(clients or self.clients), "--priorities", priorities,
+            "--out", str(out_p), *(["--weights", ",".join(map(str, weights))] if weights else [])])
         pids["load-producer"] = prod.pid
         extra = on_running() if on_running else None
         prod.wait(duration + 120)
@@ -384,7 +387,7 @@ class Bench:
         res: dict[str, Any] = {"run": self.run, "settings": {k: v for k, v in vars(a).items()},
                                "machine": self.machine, "scenarios": {}}
         sc, started, top = res["scenarios"], time.time(), max(a.rates)
-        kafka = bool(scen - {"gateway"}) or a.profile
+        kafka = bool(scen - {"gateway", "fairness"}) or a.profile
         if kafka:  # the floor of the Kafka-path scenarios
             floor = self.floor()
             fl: dict[str, Any] = {"warmup": self.warm(floor), "steps": []}
@@ -427,6 +430,8 @@ class Bench:
             out["steps"] = [self.step(t, "slow", a.slow_rate, a.slow_duration, latency_s=lat,
                                       grace=15)]
             sc["slow"] = self.finish(t, out)
+        if "fairness" in scen:
+            sc["fairness"] = self.fairness()
         if "gateway" in scen:
             print("HTTP path, instant mock backend: direct, LiteLLM proxy, turnout gateway:")
             sc["gateway"] = self.gateway()
@@ -434,6 +439,35 @@ class Bench:
             self.finish(floor, fl)
         res["elapsed_s"] = round(time.time() - started, 1)
         return res
+
+    def fairness(self) -> dict[str, Any]:
+        """Ten clients at their rate limit; then the same, with one sending 20 times its limit.
+
+        Same worker, same run, same mock (``--fair-latency-ms``): the nine quiet clients'
+        p99 side by side, including those whose requests share the noisy client's partition.
+        """
+        a, ten = self.args, self.clients[:10]
+        limit, factor = a.fair_limit, 20.0
+        part = partition_of(ten, a.partitions)
+        # The noisy one is a client that shares its partition with a quiet one, if any.
+        shared = [c for c in ten if sum(part[o] == part[c] for o in ten) > 1]
+        if shared:
+            ten.remove(shared[0])
+            ten.insert(0, shared[0])
+        print(f"fairness: 10 clients at {limit:g}/s (their limit), then one at {factor:g}x:")
+        limits = "clients:\n" + "".join(
+            f"  {c}: {{requests_per_s: {limit:g}, burst: {limit:g}, max_wait_ms: 1000}}\n"
+            for c in ten)
+        t = self.turnout("fair", latency_ms=a.fair_latency_ms, clients_yaml=limits)
+        out: dict[str, Any] = {"warmup": self.warm(t, a.fair_latency_ms / 1000)}
+        lat = a.fair_latency_ms / 1000
+        base = self.step(t, "fair-base", limit * 10, a.duration, clients=ten, latency_s=lat)
+        noisy = self.step(t, "fair-noisy", limit * (9 + factor), a.duration, clients=ten,
+                          weights=[factor] + [1.0] * 9, latency_s=lat)
+        out.update(steps=[base, noisy], clients=ten, noisy=ten[0], limit_rps=limit,
+                   factor=factor, run=self.run,
+                   sharing=[c for c in ten[1:] if part[c] == part[ten[0]]])
+        return self.finish(t, out)
 
     # the HTTP path: the gateway scenario
     def gateway(self) -> dict[str, Any]:
@@ -665,6 +699,13 @@ def machine(bootstrap: str) -> dict[str, Any]:
                                   capture_output=True, text=True).stdout.strip()}
 
 
+def partition_of(clients: list[str], partitions: int) -> dict[str, int]:
+    """The request-topic partition of each client's records (Kafka's default partitioner)."""
+    from aiokafka.partitioner import murmur2
+
+    return {c: (murmur2(c.encode()) & 0x7FFFFFFF) % partitions for c in clients}
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     def rates(s: str) -> list[float]:
         return [float(x) for x in s.split(",") if x]
@@ -696,6 +737,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--http-timeout-s", type=float, default=10,
                    help="a request with no answer by then counts as not answered")
     p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--fair-limit", type=float, default=20,
+                   help="fairness scenario: each client's rate limit and normal rate, req/s")
+    p.add_argument("--fair-latency-ms", type=float, default=50,
+                   help="fairness scenario: the mock backend's latency")
     p.add_argument("--partitions", type=int, default=8, help="of the request topics")
     p.add_argument("--profile", action="store_true", help="py-spy the worker in an extra step")
     p.add_argument("--quiet-cores", type=float, default=0.5,

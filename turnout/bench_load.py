@@ -37,10 +37,11 @@ async def produce(a: argparse.Namespace) -> dict[str, Any]:
     clients = a.clients.split(",")
     rng = random.Random(a.seed)
     prios = [int(p) for p in a.priorities.split(",")]
+    order = weighted_order(clients, a.weights, n)
     records: list[tuple[bytes, bytes]] = []
     priority: list[int] = []
     for i in range(n):  # encode everything first: the send loop only sends
-        client, prio = clients[i % len(clients)], rng.choice(prios)
+        client, prio = clients[order[i]], rng.choice(prios)
         req = Request(
             id=f"{a.tag}-{i}",
             client_id=client,
@@ -74,7 +75,29 @@ async def produce(a: argparse.Namespace) -> dict[str, Any]:
         await producer.stop()
     errors = sum(isinstance(r, BaseException) for r in results)
     return {"t0": t0, "rate": a.rate, "n": n, "sent_at": sent_at, "priority": priority,
-            "send_errors": errors, "all_acked_at": acked}
+            "send_errors": errors, "all_acked_at": acked, "clients": clients, "client": order}
+
+
+def weighted_order(clients: list[str], weights: str | None, n: int) -> list[int]:
+    """Which client sends each of ``n`` requests: round robin, or smooth weighted round robin.
+
+    >>> weighted_order(["a", "b"], None, 4)
+    [0, 1, 0, 1]
+    >>> weighted_order(["a", "b", "c"], "3,1,1", 5)
+    [0, 1, 0, 2, 0]
+    """
+    if not weights:
+        return [i % len(clients) for i in range(n)]
+    w = [float(x) for x in weights.split(",")]
+    if len(w) != len(clients):
+        raise SystemExit(f"--weights has {len(w)} values for {len(clients)} clients")
+    current, total, out = [0.0] * len(w), sum(w), []
+    for _ in range(n):
+        current = [c + x for c, x in zip(current, w, strict=True)]
+        best = max(range(len(w)), key=lambda k: current[k])
+        current[best] -= total
+        out.append(best)
+    return out
 
 
 # -- reply consumer -----------------------------------------------------------------------------
@@ -219,7 +242,15 @@ def summarize(prod: dict[str, Any], cons: dict[str, Any], *, duration: float,
         level += d
         peak = max(peak, level)
     lag = [(t - (t0 + i / rate)) * 1000 for i, t in enumerate(prod["sent_at"])]
+    by_client: dict[str, list[float]] = {}
+    if "client" in prod:
+        names = prod["clients"]
+        for seq, (recv, ok, *_rest) in received.items():
+            if ok:
+                by_client.setdefault(names[prod["client"][seq]], []).append(
+                    (recv - (t0 + seq / rate)) * 1000)
     return {
+        "by_client": {c: {"n": len(v), **percentiles(v)} for c, v in sorted(by_client.items())},
         "offered_rps": rate,
         "sent": n,
         "replies": len(received),
@@ -253,7 +284,7 @@ def main(command: str, argv: list[str]) -> int:
     for flag, kind in (("bootstrap", str), ("out", str), ("topic", str), ("topics", str),
                        ("tag", str), ("rate", float), ("duration", float), ("clients", str),
                        ("priorities", str), ("seed", int), ("n", int), ("max-s", float),
-                       ("linger-s", float), ("group", str)):
+                       ("linger-s", float), ("group", str), ("weights", str)):
         p.add_argument(f"--{flag}", type=kind)
     p.set_defaults(bootstrap="127.0.0.1:9092", priorities="5", seed=1, linger_s=1.0)
     a = p.parse_args(argv)
@@ -443,6 +474,7 @@ def plot_http(res: dict[str, Any], path: Any) -> bool:
 
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 PSTART, PEND = "<!-- bench:profile:start -->", "<!-- bench:profile:end -->"
+FSTART, FEND = "<!-- bench:fairness:start -->", "<!-- bench:fairness:end -->"
 
 
 def _x(a: float | None, b: float | None) -> str:
@@ -496,6 +528,7 @@ def tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
                     ["priority", "requests", "p50 ms", "p90 ms", "p99 ms", "max ms"],
                     [[p, v["n"], v["p50"], v["p90"], v["p99"], v["max"]]
                      for p, v in pr["by_priority"].items()]))
+    out += fairness_tables(sc.get("fairness"))
     rows = []
     for name in ("instant", "two-workers", "slow"):
         for i, log in enumerate(sc.get(name, {}).get("worker_log", [])):
@@ -507,6 +540,30 @@ def tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
              "requests logged", "not ok", "other log events", "non-JSON lines",
              "dead letters"], rows)] * bool(rows)
     return out
+
+
+def fairness_tables(f: dict[str, Any] | None) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """The quiet clients' latency without and with one client far over its limit."""
+    if not f or not f.get("steps"):
+        return []
+    base, noisy = f["steps"]
+    groups = {"quiet clients": [c for c in f["clients"] if c != f["noisy"]],
+              "quiet, on the noisy client's partition": f["sharing"]}
+    rows = []
+    for label, names in groups.items():
+        p99 = [pooled_p99(m, names) for m in (base, noisy)]
+        rows.append([label, len(names), p99[0], p99[1], _x(p99[1], p99[0])])
+    nm = noisy["by_client"].get(f["noisy"], {})
+    title = (f"Fairness: {len(f['clients'])} clients at their limit ({f['limit_rps']:g}/s each), "
+             f"then one of them at {f['factor']:g} times it (run {f.get('run', '?')})")
+    return [(title, ["clients", "count", "p99 ms alone", "p99 ms beside the noisy client",
+                     "ratio"], [*rows, ["noisy client: ok replies", 1, "-", nm.get("n"), "-"]])]
+
+
+def pooled_p99(m: dict[str, Any], names: list[str]) -> float | None:
+    """The largest per-client p99 of ``names`` in step ``m`` (the worst-served quiet client)."""
+    vals = [m["by_client"][c]["p99"] for c in names if c in m["by_client"]]
+    return max((v for v in vals if v is not None), default=None)
 
 
 def _rt(m: dict[str, Any]) -> str:
@@ -608,6 +665,10 @@ def report(res: dict[str, Any], root: Any, args: Any) -> None:
             f"\n![HTTP path: latency and throughput vs offered rate]({png.name})\n"
             if plot_http(res, png) else "\n(no plot: matplotlib is not installed in .venv)\n",
             HEND]), after=END)
+    fair = fairness_tables(res["scenarios"].get("fairness"))
+    if fair:
+        text = _splice(text, FSTART, FEND, "\n".join([FSTART, *head, *(_md(*t) for t in fair),
+                                                       FEND]))
     prof = res["scenarios"].get("instant", {}).get("profile", {}).get("extra")
     if prof and "self" in prof:
         rows = [[i + 1, f"`{a[0]}`", a[1], f"`{b[0]}`", b[1]]

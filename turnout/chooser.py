@@ -15,6 +15,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Collection
+from typing import Protocol
 
 import msgspec
 
@@ -165,11 +166,14 @@ class Chooser:
             state = self._rate_state.get(backend_id)
             self._rate_state[backend_id] = limits.check(state, tokens=tokens, now_ms=now_ms).state
 
-    async def choose(self, job: Admitted, tried: frozenset[str]) -> tuple[Decision, bool]:
+    async def choose(
+        self, job: Admitted, tried: frozenset[str], parking: Parking | None = None
+    ) -> tuple[Decision, bool]:
         """Decide a backend, or a fallback route's (degraded), waiting while none can serve.
 
         Waiting is bounded by the request's deadline; Kafka buffers whatever does not
-        fit in the worker's in-flight slots meanwhile.
+        fit in the worker's in-flight slots meanwhile. ``parking`` lets the caller give
+        up its in-flight slot while the request waits, and take one again after.
         """
         req = job.request
         fallbacks = (self._config.route(f) for f in job.route.fallbacks)
@@ -221,7 +225,13 @@ class Chooser:
                     retry_after_ms=self.retry_hint_ms(bool(down)),
                 )
             # Capacity and health changes wake waiters; a refilling rate cap does not.
-            await self.wait_for_change(req.priority, min(remaining_s, refill_s))
+            parked = parking is not None and parking.park()
+            try:
+                await self.wait_for_change(req.priority, min(remaining_s, refill_s))
+            finally:
+                if parked:
+                    assert parking is not None
+                    await parking.unpark()
 
     def retry_hint_ms(self, health_bound: bool) -> int:
         """An honest guess of when a retry can succeed."""
@@ -256,6 +266,14 @@ class Chooser:
         """Keep an exponentially weighted moving average of each backend's latency."""
         prev = self._latency_ms.get(backend_id)
         self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
+
+
+class Parking(Protocol):
+    """How a request waiting for capacity gives back its in-flight slot (see dispatch)."""
+
+    def park(self) -> bool: ...
+
+    async def unpark(self) -> None: ...
 
 
 def report_transitions(book: HealthBook, metrics: Metrics | None = None) -> None:

@@ -7,8 +7,15 @@ reading and faust pauses fetching), registers the offset with its partition's
 offset only after the final reply (or dead letter) is on the broker, so a crash
 at any point leaves the request in Kafka, to be read again.
 
-On a rebalance the tasks of revoked partitions are cancelled and their trackers
-dropped: the new owner reads those requests again (a repeat carries the same id).
+Rebalances. Each partition's tracker is anchored at its committed offset when the
+partition is (re)assigned (``anchor``, called once faust has sought to the committed
+offsets), so no commit can pass a request this assignment has not finished. Kafka's
+rebalance revokes every partition, then assigns; faust's assignor is sticky, so most
+come back. Requests of a partition that comes back keep running, with their tracker:
+only requests of partitions that moved to another worker are cancelled (``assigned``),
+and their new owner serves them again (a repeat carries the same id). A record that
+reaches ``submit`` for a partition this worker no longer tracks is dropped unserved:
+it was read under an earlier assignment, and its partition's owner reads it again.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import asyncio
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from faust.types import TP
 
@@ -38,7 +45,7 @@ from turnout.errors import (
 )
 from turnout.health.book import HealthBook
 from turnout.metrics import Metrics
-from turnout.offsets import OffsetTracker
+from turnout.offsets import OffsetTracker, Trackers
 from turnout.publisher import Publisher, PublishFailed
 from turnout.retention import done_value
 from turnout.routing import Decision, retry_delay_s
@@ -63,15 +70,19 @@ class Dispatcher:
         health: HealthBook | None = None,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
+        refetch: Callable[[TP, int], None] | None = None,
     ) -> None:
+        """``refetch(tp, offset)`` reads ``tp`` again from ``offset`` (a consumer seek)."""
         self._settings = settings
+        self._refetch = refetch
         self._config = config
         self._client = client
         self._publisher = publisher
         self._done: StateTable = MemoryTable() if done is None else done
         self._buckets: StateTable = MemoryTable() if buckets is None else buckets
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._trackers: dict[TP, OffsetTracker] = {}
+        self._pool = SlotPool(settings.max_in_flight, settings.max_waiting)
+        self._slots = self._pool.slots
+        self._trackers = Trackers()
         self._tasks: dict[TP, set[asyncio.Task[None]]] = defaultdict(set)
         self._running = 0
         self.metrics = metrics or Metrics.from_config(config, settings.request_topic)
@@ -82,6 +93,8 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self.skipped = 0
         self.redelivered = 0
+        self.stale = 0
+        """Records dropped because their partition was not tracked (moved, or not anchored)."""
 
     # -- offsets ---------------------------------------------------------------
 
@@ -92,19 +105,49 @@ class Dispatcher:
         self.chooser.share_capacity(partitions, total)
 
     def committable(self, tp: TP) -> int | None:
+        """The offset to commit for ``tp`` (faust asks before every commit).
+
+        While offsets the delivery skipped hold the commit, each ask also asks the
+        consumer to read them again (it ignores the ask during a rebalance or while a
+        read-again of the partition is under way).
+        """
         tracker = self._trackers.get(tp)
-        return None if tracker is None else tracker.committable
+        if tracker is None:
+            return None
+        first = tracker.first_missing
+        if first is not None and self._refetch is not None:
+            self._refetch(tp, first)
+        return tracker.committable
 
     def pin(self, tp: TP, offset: int) -> None:
         """Hold ``offset`` unfinished: its partition commits no further until reassigned."""
-        self._trackers.setdefault(tp, OffsetTracker()).begin(offset)
+        tracker = self._trackers.get(tp)
+        if tracker is not None:
+            tracker.begin(offset)
 
-    def revoke(self, tps: Iterable[TP]) -> None:
-        """Forget revoked partitions: cancel their requests, drop their trackers."""
-        for tp in tps:
-            self._trackers.pop(tp, None)
-            for task in self._tasks.pop(tp, set()):
-                task.cancel()
+    def anchor(self, positions: Mapping[TP, int]) -> None:
+        """Partitions will be read from these (committed) offsets: track each from there.
+
+        A tracker replaced here was one another owner committed past: its requests
+        were served elsewhere, so they are cancelled.
+        """
+        for tp in self._trackers.anchor(positions):
+            log.warning("tracker_replaced", partition=tp.partition, committed=positions[tp])
+            self._cancel(tp)
+
+    def assigned(self, tps: Iterable[TP]) -> int:
+        """This worker now owns ``tps``: cancel requests of partitions that moved away.
+
+        Returns how many requests were cancelled; their partitions' new owners serve
+        them again.
+        """
+        return sum(self._cancel(tp) for tp in self._trackers.assigned(tps))
+
+    def _cancel(self, tp: TP) -> int:
+        tasks = self._tasks.pop(tp, set())
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Let in-flight requests finish for ``grace_s``, then cancel the rest."""
@@ -133,7 +176,15 @@ class Dispatcher:
         partition commits no further, so the request is read again after a restart.
         """
         await self._slots.acquire()
-        tracker = self._trackers.setdefault(tp, OffsetTracker())
+        tracker = self._trackers.get(tp)
+        if tracker is None:
+            # Read under an earlier assignment (it waited for a slot across a
+            # rebalance), and its partition is not this worker's now: its owner reads
+            # it again from the committed offset. Serving it here could commit nothing.
+            self._slots.release()
+            self.stale += 1
+            log.info("record_not_owned", partition=record.partition, offset=record.offset)
+            return
         missing = tracker.missing
         if not tracker.begin(record.offset):
             self._slots.release()
@@ -141,14 +192,20 @@ class Dispatcher:
             self.redelivered += 1
             return
         if tracker.missing > missing:
-            # faust skipped offsets: they hold this partition's commits from now on,
-            # so those requests stay in Kafka for the partition's next owner.
+            # The delivery skipped offsets (records handed over before the seek that
+            # follows an assignment, or cancelled by faust during a recovery). They
+            # hold this partition's commits, and the partition is read again from the
+            # first of them; records that come again are ignored by the tracker.
+            first = tracker.first_missing
             log.warning(
                 "offsets_skipped_by_consumer",
                 partition=record.partition,
                 offset=record.offset,
                 skipped=tracker.missing - missing,
+                refetch_from=first,
             )
+            if self._refetch is not None and first is not None:
+                self._refetch(tp, first)
         try:
             outcome, hold_ms = await self._admit(tracker, record, ack)
         except Exception:
@@ -159,7 +216,14 @@ class Dispatcher:
             return
         if outcome is None:
             return
-        task = asyncio.create_task(self._run(tracker, record, outcome, ack, hold_ms))
+        lease = SlotLease(self._pool, held=True)
+        if hold_ms > 0:
+            # A rate-limit reservation waits for its turn without an in-flight slot: a
+            # client far over its limit must not take the slots every other client
+            # (and the rest of its own partition) needs. Reservations are bounded by
+            # the client's own rate times its longest wait; past that it is refused.
+            lease.release()
+        task = asyncio.create_task(self._run(tracker, record, outcome, ack, lease, hold_ms))
         tasks = self._tasks[tp]
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -226,15 +290,17 @@ class Dispatcher:
         record: Record,
         outcome: Admitted | Rejected,
         ack: Callable[[], object],
+        lease: SlotLease,
         hold_ms: int = 0,
     ) -> None:
         try:
             if isinstance(outcome, Rejected):
                 await self._reject(record, outcome)
             else:
-                if hold_ms > 0:  # a rate-limit reservation: its turn comes then
+                if not lease.held:  # a reservation takes its slot when its turn comes
                     await asyncio.sleep(hold_ms / 1000)
-                await self._serve(record, outcome)
+                    await lease.acquire()
+                await self._serve(record, outcome, lease)
             tracker.finish(record.offset)
             ack()
         except asyncio.CancelledError:
@@ -246,7 +312,7 @@ class Dispatcher:
                 "request_failed_internally", offset=record.offset, partition=record.partition
             )
         finally:
-            self._slots.release()
+            lease.release()
 
     async def _reject(self, record: Record, rejected: Rejected) -> None:
         err = rejected.error
@@ -298,7 +364,7 @@ class Dispatcher:
             offset=record.offset,
         )
 
-    async def _serve(self, record: Record, job: Admitted) -> None:
+    async def _serve(self, record: Record, job: Admitted, lease: SlotLease | None = None) -> None:
         req = job.request
         tried: set[str] = set()
         attempts = 0
@@ -311,7 +377,9 @@ class Dispatcher:
         error: TurnoutError | None = None
         while True:
             try:
-                decision, fell_back = await self.chooser.choose(job, frozenset(tried))
+                decision, fell_back = await self.chooser.choose(
+                    job, frozenset(tried), lease
+                )
             except TurnoutError as exc:
                 error = exc
                 break
@@ -516,6 +584,65 @@ class Dispatcher:
             relayed[0] += 1
             chunks.append(delta)
         return accumulate(req.kind, chunks)
+
+
+class SlotPool:
+    """The worker's in-flight slots, and how many requests may wait for capacity without one.
+
+    A request waiting for backend capacity parks: it gives back its slot. Otherwise
+    requests for one saturated backend would hold every slot while they wait, and
+    requests for idle backends (other routes, other clients) could not get in. At most
+    ``max_waiting`` park at once; past that a waiting request keeps its slot, and Kafka
+    buffers the rest, as before.
+    """
+
+    def __init__(self, max_in_flight: int, max_waiting: int) -> None:
+        self.slots = asyncio.Semaphore(max_in_flight)
+        self.free_parking = max_waiting
+        self.parked = 0
+
+    def __repr__(self) -> str:
+        return f"<SlotPool parked={self.parked} free_parking={self.free_parking}>"
+
+
+class SlotLease:
+    """One request's hold on a slot of a ``SlotPool``: given back exactly once."""
+
+    __slots__ = ("_parked", "_pool", "held")
+
+    def __init__(self, pool: SlotPool, *, held: bool) -> None:
+        self._pool = pool
+        self.held = held
+        self._parked = False
+
+    async def acquire(self) -> None:
+        await self._pool.slots.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._pool.slots.release()
+
+    def park(self) -> bool:
+        """Give the slot back while waiting for capacity, if parking has room."""
+        pool = self._pool
+        if not self.held or pool.free_parking <= 0:
+            return False
+        pool.free_parking -= 1
+        pool.parked += 1
+        self._parked = True
+        self.release()
+        return True
+
+    async def unpark(self) -> None:
+        try:
+            await self.acquire()
+        finally:
+            if self._parked:
+                self._parked = False
+                self._pool.free_parking += 1
+                self._pool.parked -= 1
 
 
 def _broken_stream(error: BackendError, relayed: int) -> BackendError:

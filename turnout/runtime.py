@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -52,6 +53,9 @@ class Runtime:
         self._sweep_task: asyncio.Task[None] | None = None
         self.health: HealthBook | None = None
         self._assigned: frozenset[int] | None = None
+        self._owned: set[TP] | None = None
+        self._anchors: dict[TP, int] = {}
+        """Positions faust sought to before the dispatcher existed (applied at start)."""
         self.metrics = Metrics.from_config(config, settings.request_topic)
         self._web: web.AppRunner | None = None
         self._lag: LagSampler | None = None
@@ -88,6 +92,7 @@ class Runtime:
             buckets=ChangelogTable(self._tables.client_buckets, self._app),
             metrics=self.metrics,
             health=self.health,
+            refetch=self._refetch,
         )
         self._prober = Prober(
             settings=self._settings,
@@ -98,6 +103,9 @@ class Runtime:
         )
         if self._assigned is not None:
             self._dispatcher.share_capacity(self._assigned, self._settings.request_partitions)
+        if self._owned is not None:
+            self._dispatcher.assigned(self._owned)
+        self._dispatcher.anchor(self._anchors)
         for b in self._config.backends:
             self.metrics.backend_state(b.id, self.health.state(b.id))
         feed = HealthFeed(self._settings, self.health, self._dispatcher.wake, self.metrics)
@@ -180,24 +188,46 @@ class Runtime:
     def committable(self, tp: TP) -> int | None:
         return None if self._dispatcher is None else self._dispatcher.committable(tp)
 
+    def _refetch(self, tp: TP, offset: int) -> None:
+        refetch = getattr(self._app.consumer, "refetch", None)
+        if refetch is not None:
+            refetch(tp, offset)
+
+    def anchor(self, positions: Mapping[TP, int]) -> None:
+        """faust sought these request partitions to their committed offsets."""
+        offsets = {str(tp.partition): o for tp, o in positions.items()}
+        log.info("partitions_anchored", offsets=offsets)
+        if self._dispatcher is None:
+            self._anchors.update(positions)
+        else:
+            self._dispatcher.anchor(positions)
+
     async def on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
-        partitions = frozenset(
-            tp.partition for tp in assigned if tp.topic == self._settings.request_topic
-        )
-        mine = len(partitions)
+        owned = {tp for tp in assigned if tp.topic == self._settings.request_topic}
         first = self._assigned is None
-        self._assigned = partitions
+        self._assigned = frozenset(tp.partition for tp in owned)
+        self._owned = owned
+        self._anchors = {tp: o for tp, o in self._anchors.items() if tp in owned}
+        cancelled = in_flight = 0
         if self._dispatcher is not None:
-            self._dispatcher.share_capacity(partitions, self._settings.request_partitions)
+            in_flight = self._dispatcher.in_flight
+            self._dispatcher.share_capacity(self._assigned, self._settings.request_partitions)
+            cancelled = self._dispatcher.assigned(owned)
         log.info(
-            "partitions_assigned", request_partitions=mine, of=self._settings.request_partitions
+            "partitions_assigned",
+            request_partitions=len(owned),
+            of=self._settings.request_partitions,
+            in_flight=in_flight,
+            moved_requests_cancelled=cancelled,
         )
         if first:
             gcfreeze.freeze("first_assignment")
 
     async def on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        if self._dispatcher is not None:
-            self._dispatcher.revoke(revoked)
+        """Kafka revokes every partition before it assigns again: nothing stops here.
+
+        Requests keep running; ``on_assigned`` cancels those whose partition moved.
+        """
         log.info(
             "partitions_revoked", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked)
         )
@@ -217,6 +247,7 @@ def build(settings: Settings) -> faust.App:
         app,
         frozenset({settings.request_topic}),
         runtime.committable,
+        runtime.anchor,
         settings.fetch_wait_ms,
         FetchBatching(above_rps=settings.fetch_batch_above_rps),
     )

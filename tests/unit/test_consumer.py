@@ -30,7 +30,7 @@ def app() -> Iterator[faust.App]:
         stream_buffer_maxsize=2,
     )
     topic = app.topic(REQUESTS.topic, value_type=bytes)
-    consumer.install(app, frozenset({REQUESTS.topic}), lambda tp: None)
+    consumer.install(app, frozenset({REQUESTS.topic}), lambda tp: None, lambda positions: None)
 
     @app.agent(topic)
     async def route(stream: faust.StreamT[bytes]) -> None:

@@ -63,9 +63,17 @@ def record(offset, model="default", priority=5, rid=None):
     )
 
 
-def make(client, **settings):
+def own(d, anchor=0):
+    """``d`` owns TP0, read from offset ``anchor`` (its committed offset)."""
+    d.assigned({TP0})
+    d.anchor({TP0: anchor})
+    return d
+
+
+def make(client, anchor=0, **settings):
     pub = RecordingPublisher()
     d = Dispatcher(settings=Settings(**settings), config=CONFIG, client=client, publisher=pub)
+    own(d, anchor)
     return d, pub
 
 
@@ -109,7 +117,7 @@ async def test_refused_connections_do_not_use_up_attempts():
 async def test_the_offset_is_committable_only_after_the_reply_is_published():
     """A slow request holds back the commit point; finishing it releases everything after it."""
     client = ScriptedBackendClient(delay_s={"a": 0.3, "b": 0.0})
-    d, pub = make(client)
+    d, pub = make(client, anchor=10)
     acked = []
     await d.submit(TP0, record(10), lambda: acked.append(10))  # goes to a: slow
     await d.submit(TP0, record(11), lambda: acked.append(11))  # a full: b, fast
@@ -217,7 +225,7 @@ def stream_record(offset, model="default"):
 
 def streaming(client):
     pub = RecordingChunks()
-    return Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub), pub
+    return own(Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub)), pub
 
 
 async def test_a_streamed_answer_is_relayed_in_order_then_replied_whole():
@@ -264,8 +272,8 @@ class RefusesBigReplies(RecordingPublisher):
 async def test_a_reply_the_broker_refuses_becomes_an_error_reply():
     """A reply Kafka can never take is replaced by an error reply, so the request finishes."""
     pub = RefusesBigReplies()
-    d = Dispatcher(settings=Settings(), config=CONFIG, client=ScriptedBackendClient(),
-                   publisher=pub)
+    d = own(Dispatcher(settings=Settings(), config=CONFIG, client=ScriptedBackendClient(),
+                   publisher=pub))
     acked = []
     await d.submit(TP0, record(0), lambda: acked.append(0))
     await drain(d)
@@ -302,8 +310,8 @@ routes:
 async def test_with_no_healthy_target_a_fallback_route_serves_marked_degraded():
     """An unhealthy primary sends the request to the route's fallback, marked degraded."""
     pub = RecordingPublisher()
-    d = Dispatcher(settings=Settings(), config=FALLBACK, client=ScriptedBackendClient(),
-                   publisher=pub)
+    d = own(Dispatcher(settings=Settings(), config=FALLBACK, client=ScriptedBackendClient(),
+                   publisher=pub))
     for _ in range(5):  # enough failures to mark "big" unhealthy
         d.chooser.health.observe("big", False, 1.0, int(time.time() * 1000))
     await d.submit(TP0, record(0, model="smart"), lambda: None)
@@ -327,8 +335,8 @@ routes:
 async def test_a_backend_rate_cap_moves_the_excess_to_other_targets():
     """With 5 req/s (burst 5) on the preferred backend, the next requests go elsewhere."""
     pub = RecordingPublisher()
-    d = Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
-                   publisher=pub)
+    d = own(Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
+                   publisher=pub))
     for i in range(8):
         await d.submit(TP0, record(i), lambda: None)
     await drain(d)
@@ -339,8 +347,8 @@ async def test_a_backend_rate_cap_moves_the_excess_to_other_targets():
 async def test_a_workers_share_of_a_backend_rate_cap_follows_its_partitions():
     """Owning half the partitions, a worker may use half of a backend's rate."""
     pub = RecordingPublisher()
-    d = Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
-                   publisher=pub)
+    d = own(Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
+                   publisher=pub))
     d.share_capacity({1}, 2)
     for i in range(8):
         await d.submit(TP0, record(i), lambda: None)
@@ -372,8 +380,8 @@ routes:
     )
     blind = HealthBook(["a", "b"], now_ms=0, policy=HealthPolicy(min_samples=10_000))
     pub = RecordingPublisher()
-    d = Dispatcher(settings=Settings(), config=config, client=failing, publisher=pub,
-                   health=blind)
+    d = own(Dispatcher(settings=Settings(), config=config, client=failing, publisher=pub,
+                   health=blind))
     for i in range(15):
         await d.submit(TP0, record(i), lambda: None)
         await drain(d)
@@ -393,7 +401,7 @@ async def test_only_requests_answered_ok_are_recorded_done():
     client = ScriptedBackendClient({"a": [BackendStatusError("bad", backend="a", status=400)]})
     done = MemoryTable()
     pub = RecordingPublisher()
-    d = Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub, done=done)
+    d = own(Dispatcher(settings=Settings(), config=CONFIG, client=client, publisher=pub, done=done))
     await d.submit(TP0, record(0, model="only-a", rid="fails"), lambda: None)
     await d.submit(TP0, record(1, rid="works"), lambda: None)
     await drain(d)
@@ -404,14 +412,103 @@ async def test_only_requests_answered_ok_are_recorded_done():
 
 async def test_a_failed_done_write_still_finishes_the_offset():
     """Dedupe of one request may be lost; the partition must never stop committing."""
-    d = Dispatcher(
+    d = own(Dispatcher(
         settings=Settings(),
         config=CONFIG,
         client=ScriptedBackendClient(),
         publisher=RecordingPublisher(),
         done=RefusingTable(),
-    )
+    ), anchor=7)
     acked = []
     await d.submit(TP0, record(7), lambda: acked.append(7))
     await drain(d)
     assert acked == [7] and d.committable(TP0) == 8
+
+
+LIMITED = cfg.loads(
+    """
+backends:
+  - {id: a, protocol: openai, base_url: "http://a", models: [echo]}
+routes:
+  default: {targets: [{backend: a, model: echo}]}
+clients:
+  noisy: {requests_per_s: 1, burst: 1}
+""",
+    env={},
+)
+
+
+def client_record(offset, client):
+    req = Request(
+        id=f"{client}-{offset}",
+        client_id=client,
+        kind="chat",
+        model="default",
+        timeout_ms=60_000,
+        body={"messages": [{"role": "user", "content": "hi"}]},
+    )
+    now = int(time.time() * 1000)
+    return Record(topic="turnout.requests", partition=0, offset=offset, timestamp_ms=now,
+                  key=client.encode(), value=req.to_wire())  # fmt: skip
+
+
+async def test_rate_limit_waits_hold_no_in_flight_slot():
+    """A client far over its limit waits for its turn without taking the slots others need."""
+    pub = RecordingPublisher()
+    d = own(Dispatcher(settings=Settings(max_in_flight=2), config=LIMITED,
+                       client=ScriptedBackendClient(), publisher=pub))  # fmt: skip
+    for i in range(6):  # 1 taken at once, 5 reservations of 1..5 s
+        await asyncio.wait_for(d.submit(TP0, client_record(i, "noisy"), lambda: None), 1)
+    # Same partition, another client: its submit does not wait behind the reservations.
+    await asyncio.wait_for(d.submit(TP0, client_record(6, "quiet"), lambda: None), 1)
+    await asyncio.sleep(0.2)
+    answered = {reply.id for _, reply in pub.replies}
+    assert {"noisy-0", "quiet-6"} <= answered and "noisy-1" not in answered
+    for task in [t for ts in d._tasks.values() for t in ts]:
+        task.cancel()
+
+
+TWO_ROUTES = cfg.loads(
+    """
+backends:
+  - {id: a, protocol: openai, base_url: "http://a", models: [echo], max_concurrency: 1}
+  - {id: b, protocol: openai, base_url: "http://b", models: [echo], max_concurrency: 8}
+routes:
+  default: {targets: [{backend: a, model: echo}]}
+  only-a: {targets: [{backend: a, model: echo}]}
+  only-b: {targets: [{backend: b, model: echo}]}
+""",
+    env={},
+)
+
+
+async def test_requests_waiting_for_a_full_backend_hold_no_in_flight_slot():
+    """A saturated backend's queue does not keep requests for an idle one out."""
+    client = ScriptedBackendClient(delay_s={"a": 0.5, "b": 0.0})
+    pub = RecordingPublisher()
+    d = own(Dispatcher(settings=Settings(max_in_flight=2), config=TWO_ROUTES, client=client,
+                       publisher=pub))  # fmt: skip
+    for i in range(4):  # a serves one at a time; three wait for it
+        await asyncio.wait_for(d.submit(TP0, record(i, model="only-a"), lambda: None), 1)
+    await asyncio.wait_for(d.submit(TP0, record(4, model="only-b"), lambda: None), 1)
+    await asyncio.sleep(0.2)
+    assert [r.id for _, r in pub.replies] == ["r4"]
+    await drain(d)
+    assert len(pub.replies) == 5 and d._pool.parked == 0
+
+
+async def test_parking_is_bounded_then_waiting_requests_keep_their_slot():
+    """Past TURNOUT_MAX_WAITING parked requests, a waiting request keeps its slot (backpressure)."""
+    client = ScriptedBackendClient(delay_s={"a": 0.3})
+    pub = RecordingPublisher()
+    d = own(Dispatcher(settings=Settings(max_in_flight=2, max_waiting=1), config=TWO_ROUTES,
+                       client=client, publisher=pub))  # fmt: skip
+    for i in range(3):  # calling, parked, waiting with its slot: every slot is taken
+        await asyncio.wait_for(d.submit(TP0, record(i, model="only-a"), lambda: None), 1)
+    blocked = asyncio.create_task(d.submit(TP0, record(3, model="only-b"), lambda: None))
+    await asyncio.sleep(0.1)
+    assert not blocked.done()
+    await drain(d)
+    await blocked
+    await drain(d)
+    assert len(pub.replies) == 4 and d._pool.parked == 0
