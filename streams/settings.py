@@ -42,7 +42,17 @@ class Settings:
     dedupe_retention_s: int = setting(
         "TURNOUT_DEDUPE_RETENTION_S",
         7 * 24 * 3600,
-        "How long a request answered ok is remembered, so a replay skips it.",
+        "How long a request answered ok is remembered, so a replay or repeat skips it; "
+        "older ids are evicted and tombstoned. Default: 7 days, Kafka's default "
+        "retention; set it to the request topic's retention.ms.",
+    )
+    dedupe_sweep_interval_s: float = setting(
+        "TURNOUT_DEDUPE_SWEEP_INTERVAL_S", 1.0, "How often expired ids are looked for."
+    )
+    dedupe_sweep_keys: int = setting(
+        "TURNOUT_DEDUPE_SWEEP_KEYS",
+        5000,
+        "Ids read per sweep (the sweep's cost); an expired id goes within one full pass.",
     )
     reply_prefix: str = setting(
         "TURNOUT_REPLY_PREFIX",
@@ -169,10 +179,15 @@ class Settings:
     )
     web_host: str = setting("TURNOUT_WEB_HOST", "127.0.0.1", "Address the web port binds.")
     store: str = setting(
-        "TURNOUT_STORE", "memory://", "Table store: memory:// or rocksdb:// (rocksdict)."
+        "TURNOUT_STORE",
+        "rocksdb://",
+        "Table store: rocksdb:// (rocksdict, on disk: a restart reads only the changelog's "
+        "tail) or memory:// (the whole changelog is read at every start).",
     )
     data_dir: str = setting(
-        "TURNOUT_DATA_DIR", "var/worker", "Where the worker keeps local table state."
+        "TURNOUT_DATA_DIR",
+        "var/worker",
+        "Where the worker keeps local table state; one per worker (it is locked).",
     )
     log_level: str = setting("TURNOUT_LOG_LEVEL", "info", "debug, info, warning or error.")
     log_format: str = setting(
@@ -203,6 +218,12 @@ class Settings:
                 f"TURNOUT_DEAD_LETTER_MAX_BYTES must be at least 4096, got "
                 f"{self.dead_letter_max_bytes}"
             )
+        if self.dedupe_retention_s < 1 or self.dedupe_sweep_keys < 1:
+            raise ValueError(
+                "TURNOUT_DEDUPE_RETENTION_S and TURNOUT_DEDUPE_SWEEP_KEYS must be at least 1"
+            )
+        if self.dedupe_sweep_interval_s <= 0:
+            raise ValueError("TURNOUT_DEDUPE_SWEEP_INTERVAL_S must be more than 0")
         if self.request_partitions < 1:
             raise ValueError("TURNOUT_REQUEST_PARTITIONS must be at least 1")
         if self.instance_id not in ("auto", "off", "") and not re.fullmatch(

@@ -14,12 +14,13 @@ import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Protocol
 
 import msgspec
 
 from streams.settings import Settings
-from turnout import logs
+from turnout import capshare, logs
 from turnout.admission import Admitted
 from turnout.budget import RetryBudget
 from turnout.config import Config
@@ -74,7 +75,7 @@ class Chooser:
         self._rate_limits: dict[str, ClientLimits] = {}
         self._rate_state: dict[str, ClientState | None] = {}
         self._budgets: dict[str, RetryBudget] = {}
-        self._apply_share(1.0)
+        self._apply_share(None)
 
     def __repr__(self) -> str:
         calls = {b: n for b, n in self._in_flight.items() if n}
@@ -115,21 +116,43 @@ class Chooser:
         except TimeoutError:
             pass
 
-    def share_capacity(self, assigned: int, total: int) -> None:
-        """Give this worker its share of every backend's concurrency cap.
+    def share_capacity(self, partitions: Collection[int], total: int) -> None:
+        """Give this worker its share of every backend's concurrency and rate caps.
 
-        Caps in the config are for the whole deployment. A worker owning ``assigned``
-        of the request topic's ``total`` partitions may use that fraction of each cap
-        (at least one call), so the workers together never exceed it. It is an upper
-        bound, not a pool: a worker whose partitions are quiet leaves its share unused.
+        Caps in the config are for the whole deployment. A worker owning
+        ``partitions`` of the request topic's ``total`` may run the whole cap units
+        of those partitions (``turnout.capshare``), so the workers together never
+        exceed a cap, even one smaller than the number of workers: a worker left
+        with no unit of a backend waits (its requests go elsewhere or wait for
+        capacity). It is an upper bound, not a pool: a worker whose partitions are
+        quiet leaves its share unused.
         """
-        self._apply_share(assigned / total if total else 1.0)
+        self._apply_share(partitions, total)
+        for b in self._config_backends.values():
+            if b.max_concurrency > 0 and self.backends[b.id].max_concurrency == 0:
+                log.warning(
+                    "capacity_share_zero",
+                    backend=b.id,
+                    max_concurrency=b.max_concurrency,
+                    partitions=sorted(partitions),
+                    of=total,
+                    why="the cap's units belong to partitions this worker does not own",
+                )
         self.wake()
 
-    def _apply_share(self, share: float) -> None:
-        """Scale every backend's concurrency cap and rate caps to this worker's share."""
+    def _apply_share(self, partitions: Collection[int] | None, total: int = 0) -> None:
+        """Scale every backend's concurrency cap and rate caps to this worker's share.
+
+        ``None``: no assignment yet, the whole caps.
+        """
+        share = 1.0 if partitions is None else capshare.fraction(partitions, total)
         self.backends = {
-            b.id: msgspec.structs.replace(b, max_concurrency=max(1, int(b.max_concurrency * share)))
+            b.id: msgspec.structs.replace(
+                b,
+                max_concurrency=b.max_concurrency
+                if partitions is None
+                else capshare.units(b.max_concurrency, partitions, total),
+            )
             for b in self._config_backends.values()
         }
         self._rate_limits = {}

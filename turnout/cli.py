@@ -196,10 +196,11 @@ def _worker(settings: Settings) -> int:
             using=partitions,
         )
         settings = dataclasses.replace(settings, request_partitions=partitions)
-    settings, _instance_lock = _claim_instance_id(settings)  # held until the process ends
+    from streams.tables import DataDirInUse
+
     try:
         app = build(settings)
-    except ConfigError as exc:
+    except (ConfigError, DataDirInUse) as exc:
         print(f"turnout: refusing to start: {exc}", file=sys.stderr)
         return 2
     durable.install(app, policy)  # every topic faust creates, its producer: durable
@@ -231,36 +232,6 @@ def _worker(settings: Settings) -> int:
     worker.spinner = None
     worker.execute_from_commandline()
     return 0
-
-
-def _claim_instance_id(settings: Settings) -> tuple[Settings, object]:
-    """Hold the data dir's instance lock, or fall back to dynamic group membership.
-
-    ``TURNOUT_INSTANCE_ID=auto`` derives the id from the host and the data dir. Two
-    live workers started from one directory with the same data dir would share it,
-    and the broker would fence the older one. The lock (released by the OS when the
-    process dies, kill -9 included) lets only one of them be the static member.
-    """
-    import dataclasses
-    import fcntl
-    import os
-
-    if settings.instance_id != "auto":
-        return settings, None
-    os.makedirs(settings.data_dir, exist_ok=True)
-    lock = open(os.path.join(settings.data_dir, ".instance.lock"), "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        logs.get("turnout.worker").warning(
-            "instance_id_in_use",
-            data_dir=settings.data_dir,
-            fallback="dynamic group membership (a crash then waits out the session)",
-            fix="give each worker its own TURNOUT_DATA_DIR or TURNOUT_INSTANCE_ID",
-        )
-        return dataclasses.replace(settings, instance_id="off"), None
-    return settings, lock
 
 
 async def _backends(settings: Settings) -> int:

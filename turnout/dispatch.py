@@ -36,9 +36,8 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
-import orjson
 from faust.types import TP
 
 from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Timings
@@ -64,6 +63,7 @@ from turnout.health.book import HealthBook
 from turnout.metrics import Metrics
 from turnout.offsets import OffsetTracker, Trackers
 from turnout.publisher import Publisher, PublishFailed
+from turnout.retention import done_value
 from turnout.routing import Decision, retry_delay_s
 from turnout.slots import SlotLease, SlotPool
 from turnout.stall import Head, Resumed, Stalled, StallWatch
@@ -150,8 +150,8 @@ class Dispatcher:
     def wake(self) -> None:
         self.chooser.wake()
 
-    def share_capacity(self, assigned: int, total: int) -> None:
-        self.chooser.share_capacity(assigned, total)
+    def share_capacity(self, partitions: Collection[int], total: int) -> None:
+        self.chooser.share_capacity(partitions, total)
 
     def committable(self, tp: TP) -> int | None:
         """The offset to commit for ``tp`` (faust asks before every commit).
@@ -718,7 +718,12 @@ class Dispatcher:
             await self._record_done(
                 record.partition,
                 done_key(req.client_id, req.id),
-                orjson.dumps({"at_ms": now, "backend": reply.backend, "replay": record.replay}),
+                done_value(
+                    at_ms=now,
+                    backend=reply.backend,
+                    replay=record.replay,
+                    partition=record.partition,
+                ),
             )
             if sticky is not None and decision is not None and not degraded:
                 served = decision.backend.encode()
@@ -781,8 +786,9 @@ class Dispatcher:
         the agent's context: faust's current event is this request's record, so the
         write lands in the ``done`` partition of the request's own partition (the
         single writer of it). The changelog record is flushed before the next
-        commit. A failure here costs dedupe of one request, never the request: it
-        must not leave the offset unfinished.
+        commit. The entry says when, so ``DoneSweeper`` can evict it after the dedupe
+        window (``turnout.retention``). A failure here costs dedupe of one request,
+        never the request: it must not leave the offset unfinished.
         """
         try:
             await self._done.put(partition, key, value)

@@ -122,6 +122,9 @@ class MockState:
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.in_flight_by_route: Counter[str] = Counter()
+        self.max_in_flight_by_route: Counter[str] = Counter()
+        """Most calls at once per path: inference alone, without health probes' calls."""
         self.by_route: Counter[str] = Counter()
         self.by_status: Counter[int] = Counter()
         self.prefixes: OrderedDict[bytes, None] = OrderedDict()
@@ -157,6 +160,7 @@ class MockState:
             "requests": self.requests,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "max_in_flight_by_route": dict(self.max_in_flight_by_route),
             "by_route": dict(self.by_route),
             "by_status": {str(k): v for k, v in self.by_status.items()},
             "traceparents": list(self.traceparents),
@@ -208,12 +212,18 @@ def _backend_route(
             state.traceparents.append(request.headers["traceparent"])
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        path = request.path
+        state.in_flight_by_route[path] += 1
+        state.max_in_flight_by_route[path] = max(
+            state.max_in_flight_by_route[path], state.in_flight_by_route[path]
+        )
         try:
             response = await _faulty(request, state, wire, handler)
             state.by_status[response.status] += 1
             return response
         finally:
             state.in_flight -= 1
+            state.in_flight_by_route[path] -= 1
 
     return route
 

@@ -21,7 +21,7 @@ from streams import consumer
 from streams import tables as tables_mod
 from streams.app import create_app
 from streams.settings import Settings
-from streams.tables import ChangelogTable, Tables
+from streams.tables import ChangelogTable, DoneSweeper, Tables
 from streams.topics import declare
 from turnout import config as config_mod
 from turnout import gcfreeze, logs, outage, tracing
@@ -52,8 +52,9 @@ class Runtime:
         self._prober: Prober | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self._stall_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
         self.health: HealthBook | None = None
-        self._assigned: int | None = None
+        self._assigned: frozenset[int] | None = None
         self._owned: set[TP] | None = None
         self._anchors: dict[TP, int] = {}
         """Positions faust sought to before the dispatcher existed (applied at start)."""
@@ -92,12 +93,13 @@ class Runtime:
         self.health = HealthBook(
             [b.id for b in self._config.backends], now_ms=int(time.time() * 1000), policy=policy
         )
+        done = ChangelogTable(self._tables.done, self._app)
         self._dispatcher = Dispatcher(
             settings=self._settings,
             config=self._config,
             client=tracing.TracedClient(self._client),
             publisher=publisher,
-            done=ChangelogTable(self._tables.done, self._app),
+            done=done,
             buckets=ChangelogTable(self._tables.client_buckets, self._app),
             affinity=ChangelogTable(self._tables.affinity, self._app),
             metrics=self.metrics,
@@ -123,6 +125,15 @@ class Runtime:
         self._feed_task = asyncio.create_task(feed.run(), name="turnout-health-feed")
         if self._settings.commit_stall_s > 0:
             self._stall_task = asyncio.create_task(self._watch_commits(), name="turnout-stalls")
+        sweeper = DoneSweeper(
+            done,
+            self._owned_done_partitions,
+            window_s=self._settings.dedupe_retention_s,
+            budget=self._settings.dedupe_sweep_keys,
+        )
+        self._sweep_task = asyncio.create_task(
+            sweeper.run(self._settings.dedupe_sweep_interval_s), name="turnout-done-sweeper"
+        )
         await self._start_web()
         self._regions = await start_region_sync(self._settings, self._config, self.metrics)
         log.info(
@@ -194,11 +205,11 @@ class Runtime:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
-        for task in (self._feed_task, self._stall_task):
+        for task in (self._feed_task, self._stall_task, self._sweep_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._feed_task = self._stall_task = None
+        self._feed_task = self._stall_task = self._sweep_task = None
         if self._dispatcher is not None:
             await self._dispatcher.stop(grace_s=0)
         if self._client is not None:
@@ -206,6 +217,11 @@ class Runtime:
         self._dispatcher = None
         self._client = None
         self._prober = None
+
+    def _owned_done_partitions(self) -> set[int]:
+        """The ``done`` partitions this worker writes (its active ones, not standbys)."""
+        topic = self._tables.done.changelog_topic.get_topic_name()
+        return {tp.partition for tp in self._app.assignor.assigned_actives() if tp.topic == topic}
 
     def committable(self, tp: TP) -> int | None:
         return None if self._dispatcher is None else self._dispatcher.committable(tp)
@@ -227,13 +243,13 @@ class Runtime:
     async def on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         owned = {tp for tp in assigned if tp.topic == self._settings.request_topic}
         first = self._assigned is None
-        self._assigned = len(owned)
+        self._assigned = frozenset(tp.partition for tp in owned)
         self._owned = owned
         self._anchors = {tp: o for tp, o in self._anchors.items() if tp in owned}
         cancelled = in_flight = 0
         if self._dispatcher is not None:
             in_flight = self._dispatcher.in_flight
-            self._dispatcher.share_capacity(len(owned), self._settings.request_partitions)
+            self._dispatcher.share_capacity(self._assigned, self._settings.request_partitions)
             cancelled = self._dispatcher.assigned(owned)
         log.info(
             "partitions_assigned",
@@ -259,7 +275,8 @@ def build(settings: Settings) -> faust.App:
     from agents import health, router
 
     config = config_mod.load(settings.config_path)
-    os.makedirs(settings.data_dir, exist_ok=True)
+    # Held until the process exits: two workers sharing RocksDB files would fight over them.
+    tables_mod.lock_data_dir(settings.data_dir)
     app = create_app(settings)
     topics = declare(app, settings)
     tables = tables_mod.declare(app, settings)

@@ -144,14 +144,30 @@ async def test_a_worker_gets_its_share_of_each_backend_cap():
     """With half the partitions, a worker may use half of each backend's concurrency."""
     client = ScriptedBackendClient(delay_s=0.2)
     d, pub = make(client)
-    d.share_capacity(4, 8)
+    d.share_capacity({0, 1, 2, 3}, 8)
     for i in range(6):
         await d.submit(TP0, record(i, model="default"), lambda: None)
     await asyncio.sleep(0.05)
     in_flight_b = sum(1 for c in client.calls if c.backend_id == "b")
-    assert in_flight_b == 4  # b's cap of 8, halved; a's cap of 1 stays at least 1
+    assert in_flight_b == 4  # b's cap of 8, halved; a's cap of 1 is partition 0's, ours
     await drain(d)
     assert len(pub.replies) == 6
+
+
+async def test_a_worker_without_a_unit_of_a_cap_does_not_call_that_backend():
+    """Owning none of the partitions that hold a's one unit, a worker waits instead of calling a."""
+    client = ScriptedBackendClient(delay_s=0.05)
+    d, pub = make(client, default_timeout_ms=300)
+    d.share_capacity({4, 5, 6, 7}, 8)
+    await d.submit(TP0, record(0, model="only-a"), lambda: None)
+    await drain(d)
+    assert [c.backend_id for c in client.calls] == []
+    assert [r.error.code for _, r in pub.replies] == ["deadline_exceeded"]
+    d.share_capacity({0, 4, 5, 6, 7}, 8)  # a rebalance gives it partition 0
+    await d.submit(TP0, record(1, model="only-a"), lambda: None)
+    await drain(d)
+    assert [c.backend_id for c in client.calls] == ["a"]
+    assert [r.status for _, r in pub.replies] == ["error", "ok"]
 
 
 async def test_bad_input_is_dead_lettered_and_answered():
@@ -333,7 +349,7 @@ async def test_a_workers_share_of_a_backend_rate_cap_follows_its_partitions():
     pub = RecordingPublisher()
     d = own(Dispatcher(settings=Settings(), config=CAPPED, client=ScriptedBackendClient(),
                    publisher=pub))
-    d.share_capacity(1, 2)
+    d.share_capacity({1}, 2)
     for i in range(8):
         await d.submit(TP0, record(i), lambda: None)
     await drain(d)

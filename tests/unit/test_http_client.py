@@ -221,6 +221,17 @@ async def test_many_calls_are_in_flight_at_once(mock: Mock, client: HttpBackendC
     assert (await mock.stats())["max_in_flight"] == 300
 
 
+async def test_the_mock_counts_its_most_calls_at_once_per_path(
+    mock: Mock, client: HttpBackendClient
+) -> None:
+    """Calls one after another peak at 1 on their path, whatever else runs beside them."""
+    await mock.configure(latency_ms=20)
+    for _ in range(3):
+        await call(client, mock.backend())
+    stats = await mock.stats()
+    assert stats["max_in_flight_by_route"]["/v1/chat/completions"] == 1
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
