@@ -177,6 +177,10 @@ class HealthPolicy:
     ewma_alpha: float = 0.2
     slow_ms: float | None = None
     """p95 latency above this marks a backend degraded; None judges success rate only."""
+    hang_floor_ms: int = 3_000
+    hang_factor: float = 3.0
+    """A backend is hung when a call has been in flight, and nothing has completed, for
+    ``max(hang_floor_ms, hang_factor x p99)``; see ``turnout.health.hang``."""
 
     def __post_init__(self) -> None:
         if not 0 < self.unhealthy_below <= self.degraded_below <= 1:
