@@ -255,7 +255,8 @@ class Chooser:
         while True:
             now = _now_ms()
             too_slow = self._too_slow(routes, job.deadline_ms - now)
-            unroutable = self.health.unroutable(now) | too_slow
+            down_now = self.health.unroutable(now)
+            unroutable = down_now | too_slow
             tokens = job.prompt_tokens + estimate_completion_tokens(req.body, kind=req.kind)
             rate_blocked, refill_s = self._rate_blocked(tokens, now)
             wanted = RouteRequest(
@@ -285,12 +286,16 @@ class Chooser:
                         self._turn += 1
                         self._charge_backend(decision.backend, tokens, now)
                         return decision, i > 0
-            if too_slow and self._could_serve(routes, wanted, tried, unroutable - too_slow):
-                raise self._cannot_finish(job, too_slow, wanted.remaining_ms)
+            if too_slow:
+                # Hopeless if every live target is too slow, or only slowness stands in
+                # the way: waiting longer only leaves less time.
+                alive = {t.backend for r in routes for t in r.targets} - down_now
+                if alive <= too_slow or self._could_serve(routes, wanted, tried, down_now):
+                    raise self._cannot_finish(job, too_slow, wanted.remaining_ms)
             remaining_s = (job.deadline_ms - _now_ms()) / 1000
             if remaining_s <= 0:
                 targets = dict.fromkeys(t.backend for r in routes for t in r.targets)
-                down = [b for b in targets if b in unroutable]
+                down = [b for b in targets if b in down_now]
                 why = (
                     self.health.describe(down, now)
                     if down
