@@ -14,7 +14,9 @@ cannot condemn a good backend, yet a dead one is condemned in a handful of reque
 
     FAILING   the interval's UPPER bound is below ``unhealthy_below``
     DEGRADED  the interval's UPPER bound is below ``degraded_below``,
-              or p95 latency is above ``slow_ms`` (when set)
+              or p95 latency is above ``slow_ms`` (when set),
+              or recent latency (EWMA) is over ``slow_factor`` times the backend's
+              usual latency (a slow EWMA of every answer it gave)
     OK        otherwise: the rate is not shown to be low. This covers a lower bound
               above ``degraded_below`` and too little evidence to say anything
               (fewer than ``min_samples`` requests).
@@ -77,6 +79,11 @@ class Window:
         self._latest_ms: int | None = None
         self.ewma_ms: float | None = None
         """Exponentially weighted mean latency of answers; survives pruning."""
+        self.usual_ms: float | None = None
+        """A slow EWMA (alpha ``usual_alpha``) of answer latency: what is usual for it."""
+        self.usual_alpha = 0.005
+        self.answers = 0
+        """Answers recorded since the window was created or cleared, pruned ones included."""
 
     def __repr__(self) -> str:
         return (
@@ -108,6 +115,11 @@ class Window:
             self.ewma_ms = (
                 latency_ms if self.ewma_ms is None else a * latency_ms + (1 - a) * self.ewma_ms
             )
+            u = self.usual_alpha
+            self.usual_ms = (
+                latency_ms if self.usual_ms is None else u * latency_ms + (1 - u) * self.usual_ms
+            )
+            self.answers += 1
         while len(self._samples) > self.max_samples:
             self._drop_oldest()
         self.prune(at)
@@ -124,6 +136,8 @@ class Window:
         self._latencies.clear()
         self._successes = 0
         self.ewma_ms = None
+        self.usual_ms = None
+        self.answers = 0
 
     def success_interval(self, z: float = 1.96) -> tuple[float, float]:
         return wilson_interval(self._successes, len(self._samples), z)
@@ -177,6 +191,11 @@ class HealthPolicy:
     ewma_alpha: float = 0.2
     slow_ms: float | None = None
     """p95 latency above this marks a backend degraded; None judges success rate only."""
+    slow_factor: float | None = 4.0
+    """Recent latency above this many times the backend's usual marks it degraded, once
+    it has given ``slow_after_answers`` answers; None turns the check off. The usual
+    adapts slowly (about 36 answers after a 10x jump bring it back under 4x)."""
+    slow_after_answers: int = 20
     hang_floor_ms: int = 3_000
     hang_factor: float = 3.0
     """A backend is hung when a call has been in flight, and nothing has completed, for
@@ -215,6 +234,9 @@ class Evidence:
     """Upper bound of the success rate's Wilson interval."""
     p95_ms: float | None
     policy: HealthPolicy
+    ewma_ms: float | None = None
+    usual_ms: float | None = None
+    answers: int = 0
 
     @property
     def enough(self) -> bool:
@@ -227,7 +249,21 @@ class Evidence:
     @property
     def is_slow(self) -> bool:
         slow_ms, p95_ms = self.policy.slow_ms, self.p95_ms
-        return self.enough and slow_ms is not None and p95_ms is not None and p95_ms > slow_ms
+        return self.enough and (
+            (slow_ms is not None and p95_ms is not None and p95_ms > slow_ms)
+            or self.is_slower_than_usual
+        )
+
+    @property
+    def is_slower_than_usual(self) -> bool:
+        factor, ewma, usual = self.policy.slow_factor, self.ewma_ms, self.usual_ms
+        return (
+            factor is not None
+            and ewma is not None
+            and usual is not None
+            and self.answers >= self.policy.slow_after_answers
+            and ewma > factor * usual
+        )
 
     @property
     def is_degraded(self) -> bool:
@@ -261,6 +297,11 @@ class Evidence:
             return f"{rate}, below {policy.unhealthy_below:.0%}"
         if self.high < policy.degraded_below:
             return f"{rate}, below {policy.degraded_below:.0%}"
+        if self.is_slower_than_usual and self.ewma_ms and self.usual_ms:
+            return (
+                f"latency {self.ewma_ms:.0f} ms (EWMA) is {self.ewma_ms / self.usual_ms:.1f}x "
+                f"its usual {self.usual_ms:.0f} ms, above {policy.slow_factor:g}x"
+            )
         if self.is_slow:
             return (
                 f"p95 latency {self.p95_ms:.0f} ms over {self.n} requests, "
@@ -279,4 +320,7 @@ def assess(window: Window, policy: HealthPolicy) -> Evidence:
         high=high,
         p95_ms=window.percentile(95) if policy.slow_ms is not None else None,
         policy=policy,
+        ewma_ms=window.ewma_ms,
+        usual_ms=window.usual_ms,
+        answers=window.answers,
     )
