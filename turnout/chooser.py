@@ -22,7 +22,7 @@ import asyncio
 import math
 import random
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 
 import msgspec
 
@@ -91,6 +91,7 @@ class Chooser:
         self._completions: dict[str, deque[int]] = defaultdict(deque)
         self._last_failed: dict[str, bool] = {}
         self._pending: dict[int, tuple[str, int, int]] = {}
+        self._by_route: dict[str, Counter[int]] = defaultdict(Counter)
         """Requests inside ``choose``: route, priority, deadline; in arrival order."""
         self._clear_cache: dict[str, tuple[int, float | None]] = {}
         self._apply_share(1.0)
@@ -242,11 +243,29 @@ class Chooser:
         fit in the worker's in-flight slots meanwhile.
         """
         key = id(job)
+        queued = self._queued_ahead(job)
         self._pending[key] = (job.route_name, job.request.priority, job.deadline_ms)
+        self._by_route[job.route_name][job.request.priority] += 1
         try:
+            if queued:
+                # Join the queue rather than take a slot that a woken, more urgent (or
+                # older) waiter is about to take; a wake (or 50 ms) lets us look.
+                await self.wait_for_change(
+                    job.request.priority, min(0.05, self._until_deadline_s(job))
+                )
             return await self._choose(job, tried)
         finally:
             self._pending.pop(key, None)
+            self._by_route[job.route_name][job.request.priority] -= 1
+
+    def _queued_ahead(self, job: Admitted) -> bool:
+        """Requests of this route at least as urgent are waiting for a backend."""
+        waiting = self._by_route[job.route_name]
+        return any(n > 0 for p, n in waiting.items() if p >= job.request.priority)
+
+    @staticmethod
+    def _until_deadline_s(job: Admitted) -> float:
+        return max(0.0, (job.deadline_ms - _now_ms()) / 1000)
 
     async def _choose(self, job: Admitted, tried: frozenset[str]) -> tuple[Decision, bool]:
         req = job.request
@@ -254,8 +273,8 @@ class Chooser:
         routes = [job.route, *(r for r in fallbacks if r is not None)]
         while True:
             now = _now_ms()
-            too_slow = self._too_slow(routes, job.deadline_ms - now)
             down_now = self.health.unroutable(now)
+            too_slow = self._too_slow(routes, job.deadline_ms - now) - down_now
             unroutable = down_now | too_slow
             tokens = job.prompt_tokens + estimate_completion_tokens(req.body, kind=req.kind)
             rate_blocked, refill_s = self._rate_blocked(tokens, now)

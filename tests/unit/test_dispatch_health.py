@@ -13,7 +13,7 @@ from turnout import config as cfg
 from turnout.admission import Record
 from turnout.backends.fake import ScriptedBackendClient
 from turnout.dispatch import Dispatcher
-from turnout.health import State
+from turnout.health import HangDetected, State
 
 TP0 = TP("turnout.requests", 0)
 CONFIG = cfg.loads(
@@ -194,3 +194,48 @@ routes:
     assert late.error.code == "deadline_exceeded"
     # about 19 waiting ahead plus 1 in flight, at 20 a second: about 1 s, within 2x
     assert 500 <= late.error.retry_after_ms <= 2_000, late.error.retry_after_ms
+
+
+async def test_a_down_backend_is_reported_down_not_too_slow():
+    """When the only target is unhealthy, the error says so, whatever its p50."""
+    client = ScriptedBackendClient()
+    d, pub = make(client)
+    teach(d, "a", [500.0] * 10)
+    d.chooser.health.machines["a"].handle(HangDetected("hung: test"), now_ms())
+    await d.submit(TP0, record(0, model="only-a", timeout_ms=200), lambda: None)
+    await d.stop(grace_s=5)
+    ((_, reply),) = pub.replies
+    assert reply.error.code == "deadline_exceeded"
+    assert "a: unhealthy (hung: test)" in reply.error.message
+    assert reply.error.retry_after_ms >= 1000  # probation's wait, not "right away"
+
+
+async def test_a_newcomer_does_not_take_a_slot_ahead_of_a_woken_waiter():
+    """A request arriving as a slot frees joins the queue behind more urgent waiters."""
+    from turnout.admission import admit
+
+    one = cfg.loads(
+        """
+backends:
+  - {id: a, protocol: openai, base_url: "http://a", models: [echo], max_concurrency: 1}
+routes:
+  only-a: {targets: [{backend: a, model: echo}]}
+""",
+        env={},
+    )
+    d = Dispatcher(settings=Settings(), config=one, client=ScriptedBackendClient(), publisher=None)
+    jobs = [
+        admit(
+            record(i, model="only-a", priority=p), config=one, settings=Settings(), now_ms=now_ms()
+        )
+        for i, p in enumerate([9, 1])
+    ]
+    token = d.chooser.started("a")  # the only slot is busy
+    urgent = asyncio.create_task(d.chooser.choose(jobs[0], frozenset()))
+    await asyncio.sleep(0.01)
+    assert not urgent.done()  # it waits for the slot
+    newcomer = asyncio.create_task(d.chooser.choose(jobs[1], frozenset()))  # runs first
+    d.chooser.finished("a", token)
+    await asyncio.sleep(0.01)
+    assert urgent.done() and not newcomer.done()
+    newcomer.cancel()
