@@ -378,7 +378,8 @@ class Dispatcher:
                     call_error,
                     took_ms,
                     blame=blames_backend(
-                        timed_out=isinstance(call_error, BackendTimeout),
+                        timed_out=isinstance(call_error, BackendTimeout)
+                        and call_error.limit == "total",
                         deadline_capped=limits.deadline_capped,
                         timeout_ms=limits.total_ms,
                         p99_ms=self.chooser.health.percentile(backend.id, 99),

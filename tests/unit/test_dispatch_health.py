@@ -239,3 +239,17 @@ routes:
     await asyncio.sleep(0.01)
     assert urgent.done() and not newcomer.done()
     newcomer.cancel()
+
+
+async def test_a_first_byte_or_stall_timeout_is_the_backends_failure():
+    """The backend's own first-byte or stall limit ran out: it counts, deadline or not."""
+    from turnout.errors import BackendTimeout
+
+    for limit in ("first_byte", "stall"):
+        client = ScriptedBackendClient(
+            {"a": [BackendTimeout("no bytes", backend="a", limit=limit)] * 2}
+        )
+        d, _ = make(client)
+        await d.submit(TP0, record(0, model="only-a", timeout_ms=5_000), lambda: None)
+        await d.stop(grace_s=5)
+        assert d.chooser.health.machines["a"].window.failures == 2, limit

@@ -153,9 +153,11 @@ def test_retry_after_ms(kwargs, advice):
         # a plain call's first byte is its answer
         (dict(p99_ms=None, remaining_ms=300_000, stream=False), (120_000, 120_000, 3_000, False)),
         # p99 200 ms: 10 s total (floor), 3 s chunks (floor)
-        (dict(p99_ms=200.0, remaining_ms=300_000, stream=True), (10_000, 3_000, 3_000, False)),
+        (dict(p99_ms=200.0, remaining_ms=300_000, stream=False), (10_000, 10_000, 3_000, False)),
         # p99 4 s: 40 s total, 12 s chunks
-        (dict(p99_ms=4000.0, remaining_ms=300_000, stream=True), (40_000, 12_000, 12_000, False)),
+        (dict(p99_ms=4000.0, remaining_ms=300_000, stream=False), (40_000, 40_000, 12_000, False)),
+        # a stream keeps the configured total: its chunk limits catch a wedge
+        (dict(p99_ms=4000.0, remaining_ms=300_000, stream=True), (120_000, 12_000, 12_000, False)),
         # the deadline caps everything
         (dict(p99_ms=4000.0, remaining_ms=5_000, stream=True), (5_000, 5_000, 5_000, True)),
         # configured values win over derived ones

@@ -147,6 +147,7 @@ class HttpBackendClient:
                     f"backend {backend.id!r} did not start answering in time "
                     "(first_byte_timeout_ms); it may be overloaded or wedged",
                     backend=backend.id,
+                    limit="first_byte",
                 ) from None
         async with response:
             payload = await response.read()

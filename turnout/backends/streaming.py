@@ -160,6 +160,7 @@ async def _lines(
                 f"backend {backend_id!r} stalled mid-stream: nothing for {stall_s:g} s after "
                 f"{read} line(s) (stall_timeout_ms); it may be wedged",
                 backend=backend_id,
+                limit="stall",
             ) from None
         if not line:
             return
@@ -173,6 +174,7 @@ def _no_first_byte(backend_id: str, first_byte_s: float | None) -> BackendTimeou
         f"backend {backend_id!r} did not start answering within {first_byte_s:g} s "
         "(first_byte_timeout_ms); it may be overloaded or wedged",
         backend=backend_id,
+        limit="first_byte",
     )
 
 
