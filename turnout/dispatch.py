@@ -43,7 +43,7 @@ from turnout.health.timeouts import CallTimeouts
 from turnout.metrics import Metrics
 from turnout.offsets import OffsetTracker
 from turnout.publisher import Publisher, PublishFailed
-from turnout.retry import blames_backend, next_step
+from turnout.retry import BUDGET_SPENT, blames_backend, next_step
 from turnout.routing import Decision, retry_delay_s
 
 log = logs.get("turnout.request")
@@ -492,7 +492,7 @@ class Dispatcher:
                 "send it again with a longer timeout_ms",
                 retry_after_ms=self.chooser.advice_ms(job),
             )
-        if why == "the route's retry budget is spent":
+        if why == BUDGET_SPENT:
             error = error.with_message(
                 f"{error.message}; not retried: route {job.route_name!r} has spent its "
                 "retry budget (its backends are failing many requests, none is idle)"

@@ -35,6 +35,8 @@ import dataclasses
 import math
 from collections.abc import Iterable
 
+BUDGET_SPENT = "the route's retry budget is spent"
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Step:
@@ -75,7 +77,7 @@ def next_step(
         return Step(
             True, False, f"the retry budget is spent, but {idle_target!r} is healthy and idle"
         )
-    return Step(False, False, "the route's retry budget is spent")
+    return Step(False, False, BUDGET_SPENT)
 
 
 def blames_backend(
