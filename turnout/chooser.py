@@ -400,9 +400,11 @@ class Chooser:
         cached = self._clear_cache.get(route_name)
         if cached is not None and now_ms - cached[0] < 100:
             return cached[1]
+        # In the order they will be served: priority, then arrival.
         waiting = sorted(
-            ((-prio, i, deadline) for i, (r, prio, deadline) in enumerate(self._pending.values())
-             if r == route_name),
+            (-prio, i, deadline)
+            for i, (route, prio, deadline) in enumerate(self._pending.values())
+            if route == route_name
         )
         clear = backlog_clear_ms(
             in_flight=sum(self._in_flight.get(b, 0) for b in dict.fromkeys(backend_ids)),

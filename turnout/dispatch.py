@@ -498,9 +498,7 @@ class Dispatcher:
                 "retry budget (its backends are failing many requests, none is idle)"
             )
         if error.retryable:
-            error.retry_after_ms = self.chooser.advice_ms(
-                job, backend_says_ms=error.retry_after_ms
-            )
+            error.retry_after_ms = self.chooser.advice_ms(job, backend_says_ms=error.retry_after_ms)
         return error
 
     async def _record_done(self, partition: int, key: bytes, value: bytes) -> None:

@@ -263,9 +263,7 @@ class BackendHealth:
         self.window.record(ok, latency_ms, now_ms)
         return self.handle(self.evidence().verdict, now_ms)
 
-    def probe(
-        self, ok: bool, latency_ms: float, now_ms: int, *, timed_out: bool = False
-    ) -> State:
+    def probe(self, ok: bool, latency_ms: float, now_ms: int, *, timed_out: bool = False) -> State:
         """An active probe's outcome: the probe event first, then it counts as evidence.
 
         A probe that timed out while the backend completed nothing else during its wait
