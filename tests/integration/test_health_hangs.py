@@ -8,6 +8,7 @@ import signal
 import statistics
 import time
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.types import Reply, ReplyChunk, decode_reply_message
@@ -74,17 +75,20 @@ async def read_reply_topic(client, ids, timeout_s):
     return finals, chunks
 
 
-async def test_a_hung_backend_is_excluded_fast_and_its_calls_finish_elsewhere(spawn, names):
+@pytest.mark.parametrize("probes", ["probed", "passive"])
+async def test_a_hung_backend_is_excluded_fast_and_its_calls_finish_elsewhere(spawn, names, probes):
     """SIGSTOP one of two backends mid-load: excluded within max(3 s, 3 x p99), never
     reported healthy meanwhile, 0 deadline misses (stuck calls re-dispatched), and back
-    through probation after SIGCONT."""
+    through probation after SIGCONT. ``passive``: probes every 60 s, so the age of the
+    oldest call in flight alone must catch the hang (no recovery is checked then)."""
     a, b = spawn.backend(), spawn.backend()
     (client,) = await setup(names)
+    env = PROBE if probes == "probed" else {**PROBE, "TURNOUT_PROBE_INTERVAL_S": "60"}
     worker = spawn.worker(
         config_for(("a", "openai", a.url), ("b", "openai", b.url)),
         app_id=names.app_id,
         request_topic=names.request_topic,
-        extra_env=PROBE,
+        extra_env=env,
     )
     await warm_up(names.request_topic, client)
     load = asyncio.create_task(send_steady(names.request_topic, client, 500, 20, timeout_ms=20_000))
@@ -105,7 +109,7 @@ async def test_a_hung_backend_is_excluded_fast_and_its_calls_finish_elsewhere(sp
     excluded_after = log_time(down[0]) - stopped_at
     back = [e for e in changes if e["new"] == "HEALTHY" and log_time(e) > resumed_at]
     report(
-        "sigstop",
+        f"sigstop-{probes}",
         ids,
         replies,
         errors=len(errors),
@@ -120,7 +124,11 @@ async def test_a_hung_backend_is_excluded_fast_and_its_calls_finish_elsewhere(sp
     assert errors == []  # 0 deadline misses: b had capacity all along
     assert excluded_after <= 3.0 + 1.5  # the bound, plus the 0.5 s tick and a loaded machine
     assert down[0]["reason"].startswith("hung")
+    if probes == "passive":
+        assert down[0]["reason"].startswith("hung: a call in flight for")
     assert redispatched > 0
+    if probes == "passive":
+        return
     # Never reported HEALTHY while hung: no transition, and no published record says so.
     assert not [
         e for e in changes if e["new"] == "HEALTHY" and stopped_at < log_time(e) < resumed_at
@@ -191,8 +199,9 @@ async def test_overload_advice_matches_the_time_the_backlog_took_to_clear(spawn,
 
 async def test_a_backend_ten_times_slower_than_usual_is_degraded_and_avoided(spawn, names):
     """Under the latency policy, a backend at 10x its usual latency is DEGRADED (latency
-    against its own usual) and traffic moves to the other one."""
-    a = spawn.backend("--latency-ms", "20")
+    against its own usual) and traffic moves to the other one: a, the faster at 10 ms,
+    serves nearly everything until it answers in 100 ms, then b at 20 ms does."""
+    a = spawn.backend("--latency-ms", "10")
     b = spawn.backend("--latency-ms", "20")
     (client,) = await setup(names)
     worker = spawn.worker(
@@ -203,7 +212,7 @@ async def test_a_backend_ten_times_slower_than_usual_is_degraded_and_avoided(spa
     )
     await warm_up(names.request_topic, client, n=40)
     before = await send_steady(names.request_topic, client, 160, 20, prefix="before")
-    a.configure(latency_ms=200)
+    a.configure(latency_ms=100)
     changed_at = time.time()
     after = await send_steady(names.request_topic, client, 300, 20, prefix="after")
     replies = await replies_for(client, before + after, timeout_s=120)
@@ -224,6 +233,7 @@ async def test_a_backend_ten_times_slower_than_usual_is_degraded_and_avoided(spa
     assert all(rs[0].status == "ok" for rs in replies.values())
     assert degraded, state_changes(worker, "a")
     assert "its usual" in degraded[0]["reason"]
+    assert on_a(before) >= 0.8 * len(before)
     assert on_a(late) <= 0.1 * len(late)
 
 
