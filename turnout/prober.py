@@ -137,7 +137,9 @@ class HealthFeed:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             while True:
-                batches = await consumer.getmany(timeout_ms=500)
+                # Every 100 ms at least: the tick runs the hang detector, whose bound
+                # should not be stretched by a slow tick.
+                batches = await consumer.getmany(timeout_ms=100)
                 changed = self._book.tick(_now_ms())
                 for records in batches.values():
                     for rec in records:

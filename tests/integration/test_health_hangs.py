@@ -199,10 +199,10 @@ async def test_overload_advice_matches_the_time_the_backlog_took_to_clear(spawn,
 
 async def test_a_backend_ten_times_slower_than_usual_is_degraded_and_avoided(spawn, names):
     """Under the latency policy, a backend at 10x its usual latency is DEGRADED (latency
-    against its own usual) and traffic moves to the other one: a, the faster at 10 ms,
-    serves nearly everything until it answers in 100 ms, then b at 20 ms does."""
-    a = spawn.backend("--latency-ms", "10")
-    b = spawn.backend("--latency-ms", "20")
+    against its own usual) and traffic moves to the other one: a, the faster at 20 ms,
+    serves nearly everything until it answers in 200 ms, then b at 40 ms does."""
+    a = spawn.backend("--latency-ms", "20")
+    b = spawn.backend("--latency-ms", "40")
     (client,) = await setup(names)
     worker = spawn.worker(
         config_for(("a", "openai", a.url), ("b", "openai", b.url), route_policy="latency"),
@@ -212,7 +212,7 @@ async def test_a_backend_ten_times_slower_than_usual_is_degraded_and_avoided(spa
     )
     await warm_up(names.request_topic, client, n=40)
     before = await send_steady(names.request_topic, client, 160, 20, prefix="before")
-    a.configure(latency_ms=100)
+    a.configure(latency_ms=200)
     changed_at = time.time()
     after = await send_steady(names.request_topic, client, 300, 20, prefix="after")
     replies = await replies_for(client, before + after, timeout_s=120)
