@@ -356,3 +356,13 @@ def test_slowness_relative_to_the_usual_can_be_turned_off():
     w = policy.new_window()
     _answers(w, [20.0] * 30 + [2000.0] * 10)
     assert assess(w, policy).verdict is Verdict.OK
+
+
+def test_a_slow_first_answer_does_not_set_the_usual():
+    """A cold start's 300 ms among 200 answers of 25 ms: the usual is about 25 ms."""
+    policy = HealthPolicy()
+    w = policy.new_window()
+    _answers(w, [300.0] + [25.0] * 200)
+    assert 25.0 <= w.usual_ms < 27.0
+    _answers(w, [210.0] * 3, start_ms=1000)
+    assert assess(w, policy).verdict is Verdict.DEGRADED

@@ -80,8 +80,14 @@ class Window:
         self.ewma_ms: float | None = None
         """Exponentially weighted mean latency of answers; survives pruning."""
         self.usual_ms: float | None = None
-        """A slow EWMA (alpha ``usual_alpha``) of answer latency: what is usual for it."""
+        """A slow EWMA (alpha ``usual_alpha``) of answer latency: what is usual for it.
+        Bias-corrected (it starts from 0 and is divided by the weight so far), so a slow
+        first answer (a cold start) weighs 1/n, not everything; and each answer counts
+        at most ``usual_clip`` times the usual, so a slow spell moves it slowly (a lasting
+        10x becomes the new usual after about 60 answers)."""
         self.usual_alpha = 0.005
+        self.usual_clip = 4.0
+        self._usual_sum = 0.0
         self.answers = 0
         """Answers recorded since the window was created or cleared, pruned ones included."""
 
@@ -116,10 +122,14 @@ class Window:
                 latency_ms if self.ewma_ms is None else a * latency_ms + (1 - a) * self.ewma_ms
             )
             u = self.usual_alpha
-            self.usual_ms = (
-                latency_ms if self.usual_ms is None else u * latency_ms + (1 - u) * self.usual_ms
-            )
             self.answers += 1
+            clipped = (
+                latency_ms
+                if self.usual_ms is None
+                else min(latency_ms, self.usual_clip * self.usual_ms)
+            )
+            self._usual_sum = u * clipped + (1 - u) * self._usual_sum
+            self.usual_ms = self._usual_sum / (1 - (1 - u) ** self.answers)
         while len(self._samples) > self.max_samples:
             self._drop_oldest()
         self.prune(at)
@@ -137,6 +147,7 @@ class Window:
         self._successes = 0
         self.ewma_ms = None
         self.usual_ms = None
+        self._usual_sum = 0.0
         self.answers = 0
 
     def success_interval(self, z: float = 1.96) -> tuple[float, float]:
@@ -194,7 +205,7 @@ class HealthPolicy:
     slow_factor: float | None = 4.0
     """Recent latency above this many times the backend's usual marks it degraded, once
     it has given ``slow_after_answers`` answers; None turns the check off. The usual
-    adapts slowly (about 36 answers after a 10x jump bring it back under 4x)."""
+    adapts slowly (a lasting 10x jump is the new usual after about 60 answers)."""
     slow_after_answers: int = 20
     hang_floor_ms: int = 3_000
     hang_factor: float = 3.0
