@@ -123,12 +123,11 @@ class HealthBook:
         return frozenset(b for b, m in self.machines.items() if not m.routable(now_ms))
 
     def held_back(self, rng: random.Random) -> frozenset[str]:
-        """Backends this decision leaves out when others can serve: a probation backend gets
-        a trickle (5%), a degraded one half its traffic (``TRAFFIC_SHARE``)."""
+        """Backends in probation that this decision leaves out, so they get only a trickle."""
         return frozenset(
             b
             for b, m in self.machines.items()
-            if m.state in (State.PROBATION, State.DEGRADED) and rng.random() >= m.traffic_share
+            if m.state is State.PROBATION and rng.random() >= m.traffic_share
         )
 
     def state(self, backend_id: str) -> State:
