@@ -116,6 +116,7 @@ class Chooser:
         self._in_flight[backend_id] -= 1
         if token is not None:
             self._calls.pop(token, None)
+            self._abandoned.discard(token)
             self.health.call_ended(backend_id, token)
         self.wake()
 
