@@ -91,7 +91,8 @@ class Chooser:
         self._completions: dict[str, deque[int]] = defaultdict(deque)
         self._last_failed: dict[str, bool] = {}
         self._pending: dict[int, tuple[str, int, int]] = {}
-        self._by_route: dict[str, Counter[int]] = defaultdict(Counter)
+        self._woken: Counter[int] = Counter()
+        """Waiters released by ``wake`` that have not looked yet, by priority."""
         """Requests inside ``choose``: route, priority, deadline; in arrival order."""
         self._clear_cache: dict[str, tuple[int, float | None]] = {}
         self._apply_share(1.0)
@@ -180,11 +181,13 @@ class Chooser:
         most urgent request, then the oldest.
         """
         waiters, self._waiters = self._waiters, []
-        for _, _, fut in sorted(waiters, key=lambda w: (w[0], w[1])):
+        for neg_priority, _, fut in sorted(waiters, key=lambda w: (w[0], w[1])):
             if not fut.done():
                 fut.set_result(None)
+                self._woken[-neg_priority] += 1
 
-    async def wait_for_change(self, priority: int, timeout_s: float) -> None:
+    async def wait_for_change(self, priority: int, timeout_s: float) -> bool:
+        """Wait for a wake (True) or ``timeout_s`` (False)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiter_seq += 1
         self._waiters.append((-priority, self._waiter_seq, fut))
@@ -192,6 +195,22 @@ class Chooser:
             await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             pass
+        finally:
+            woken = fut.done() and not fut.cancelled()
+            if woken:
+                self._woken[priority] -= 1  # resumed: no longer owed a first look
+        return woken
+
+    async def _after_woken(self, priority: int) -> None:
+        """Let waiters that a wake released, at least as urgent as us, look first.
+
+        They are already queued to run; a request arriving (or timing out) just then
+        must not take the capacity they were woken for. A few turns of the loop do it.
+        """
+        for _ in range(50):
+            if not any(n > 0 for p, n in self._woken.items() if p >= priority):
+                return
+            await asyncio.sleep(0)
 
     def share_capacity(self, assigned: int, total: int) -> None:
         """Give this worker its share of every backend's concurrency cap.
@@ -244,35 +263,20 @@ class Chooser:
         fit in the worker's in-flight slots meanwhile.
         """
         key = id(job)
-        queued = self._queued_ahead(job)
         self._pending[key] = (job.route_name, job.request.priority, job.deadline_ms)
-        self._by_route[job.route_name][job.request.priority] += 1
         try:
-            if queued:
-                # Join the queue rather than take a slot that a woken, more urgent (or
-                # older) waiter is about to take; a wake (or 50 ms) lets us look.
-                await self.wait_for_change(
-                    job.request.priority, min(0.05, self._until_deadline_s(job))
-                )
             return await self._choose(job, tried)
         finally:
             self._pending.pop(key, None)
-            self._by_route[job.route_name][job.request.priority] -= 1
-
-    def _queued_ahead(self, job: Admitted) -> bool:
-        """Requests of this route at least as urgent are waiting for a backend."""
-        waiting = self._by_route[job.route_name]
-        return any(n > 0 for p, n in waiting.items() if p >= job.request.priority)
-
-    @staticmethod
-    def _until_deadline_s(job: Admitted) -> float:
-        return max(0.0, (job.deadline_ms - _now_ms()) / 1000)
 
     async def _choose(self, job: Admitted, tried: frozenset[str]) -> tuple[Decision, bool]:
         req = job.request
         fallbacks = (self._config.route(f) for f in job.route.fallbacks)
         routes = [job.route, *(r for r in fallbacks if r is not None)]
+        woken = False
         while True:
+            if not woken:  # a newcomer, or a timeout: woken waiters look first
+                await self._after_woken(req.priority)
             now = _now_ms()
             down_now = self.health.unroutable(now)
             too_slow = self._too_slow(routes, job.deadline_ms - now) - down_now
@@ -327,7 +331,7 @@ class Chooser:
                     retry_after_ms=self.advice_ms(job, health_bound=bool(down)),
                 )
             # Capacity and health changes wake waiters; a refilling rate cap does not.
-            await self.wait_for_change(req.priority, min(remaining_s, refill_s))
+            woken = await self.wait_for_change(req.priority, min(remaining_s, refill_s))
 
     def _too_slow(self, routes: list[Route], remaining_ms: int) -> frozenset[str]:
         """Targets whose recent p50 is longer than the time left: a call could not finish."""

@@ -230,11 +230,17 @@ routes:
         )
         for i, p in enumerate([9, 1])
     ]
+
+    async def take(job):
+        """What the dispatcher does: choose, then start the call at once."""
+        decision, _ = await d.chooser.choose(job, frozenset())
+        d.chooser.started(decision.backend)
+
     token = d.chooser.started("a")  # the only slot is busy
-    urgent = asyncio.create_task(d.chooser.choose(jobs[0], frozenset()))
+    urgent = asyncio.create_task(take(jobs[0]))
     await asyncio.sleep(0.01)
     assert not urgent.done()  # it waits for the slot
-    newcomer = asyncio.create_task(d.chooser.choose(jobs[1], frozenset()))  # runs first
+    newcomer = asyncio.create_task(take(jobs[1]))  # scheduled before the waiter wakes
     d.chooser.finished("a", token)
     await asyncio.sleep(0.01)
     assert urgent.done() and not newcomer.done()
