@@ -28,6 +28,10 @@ class RetryBudget:
         """A request was served on the route (first attempt)."""
         self._balance = min(self._cap, self._balance + self.ratio)
 
+    def available(self) -> bool:
+        """Whether ``withdraw`` would succeed now (nothing is spent by asking)."""
+        return self._balance >= 1.0
+
     def withdraw(self) -> bool:
         """Spend one retry if the budget allows it."""
         if self._balance >= 1.0:

@@ -5,6 +5,15 @@ from, for one worker: each backend's calls in flight and this worker's share of
 its concurrency and rate caps, health (unroutable, cooling, probation), latency
 averages, per-route retry budgets, and the requests waiting for a backend,
 released highest priority first.
+
+It also keeps each call in flight (its start, for the hang detector in the health
+book, and its task): when a backend turns unhealthy, its calls that have not sent
+anything to the client yet are cancelled so that their requests are re-dispatched
+(``health_changed``). Cancel-and-retry, not hedging: the hang detector has already
+decided that the backend will not answer, so a hedge would only keep a doomed call
+(and the backend's slot) alive; and hedging every slow call doubles the load exactly
+when a fleet is overloaded. Streams that have started are never abandoned: another
+backend cannot continue them; their first-byte and stall timeouts cut them instead.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import asyncio
 import math
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Collection
 from typing import Protocol
 
@@ -23,11 +32,19 @@ from streams.settings import Settings
 from turnout import capshare, logs
 from turnout.admission import Admitted
 from turnout.budget import RetryBudget
-from turnout.config import Config
-from turnout.errors import BackendError, BackendStatusError, DeadlineExceeded
+from turnout.config import Backend, Config, Route
+from turnout.errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendStatusError,
+    DeadlineExceeded,
+)
 from turnout.health.book import HealthBook
+from turnout.health.machine import State
+from turnout.health.timeouts import CallTimeouts, call_timeouts
 from turnout.metrics import Metrics
 from turnout.ratelimit import ClientLimits, ClientState
+from turnout.retry import backlog_clear_ms, retry_after_ms
 from turnout.routing import Decision, RouteRequest, Snapshot, decide
 from turnout.tokens import estimate_completion_tokens
 
@@ -42,6 +59,11 @@ changes, so a local model that was slow once (a burst, a busy machine) would nev
 be tried again. An average not refreshed for this long, of a backend with no call
 in flight, is forgotten: the next request measures the backend afresh.
 """
+
+DRAIN_WINDOW_MS = 10_000
+"""Completions over this long measure how fast a backend drains its backlog."""
+IDLE_LOAD = 0.5
+"""A healthy target below this share of its cap is idle enough to take a retry for free."""
 
 
 def _now_ms() -> int:
@@ -75,25 +97,99 @@ class Chooser:
         self._rate_limits: dict[str, ClientLimits] = {}
         self._rate_state: dict[str, ClientState | None] = {}
         self._budgets: dict[str, RetryBudget] = {}
+        self._calls: dict[int, tuple[str, asyncio.Task[object] | None]] = {}
+        self._abandoned: set[int] = set()
+        self.redispatched = 0
+        """Calls cancelled because their backend turned unhealthy, their requests retried."""
+        self._completions: dict[str, deque[int]] = defaultdict(deque)
+        self._last_failed: dict[str, bool] = {}
+        self._pending: dict[int, tuple[str, int, int]] = {}
+        self._woken: Counter[int] = Counter()
+        """Waiters released by ``wake`` that have not looked yet, by priority."""
+        """Requests inside ``choose``: route, priority, deadline; in arrival order."""
+        self._clear_cache: dict[str, tuple[int, float | None]] = {}
         self._apply_share(None)
 
     def __repr__(self) -> str:
         calls = {b: n for b, n in self._in_flight.items() if n}
         return f"<Chooser in_flight={calls} waiting={len(self._waiters)}>"
 
-    def started(self, backend_id: str) -> None:
-        """A call to ``backend_id`` begins."""
+    def started(self, backend_id: str, *, abandonable: bool = False) -> int:
+        """A call to ``backend_id`` begins; returns its token for ``finished``.
+
+        ``abandonable``: the calling task may be cancelled if the backend turns
+        unhealthy (see ``health_changed``); it must then check ``abandoned(token)``.
+        """
         self._in_flight[backend_id] += 1
+        token = self.health.call_started(backend_id, _now_ms())
+        self._calls[token] = (backend_id, asyncio.current_task() if abandonable else None)
+        return token
 
     def at_cap(self, backend_id: str) -> bool:
         """Whether this worker has its whole share of ``backend_id``'s cap in flight."""
         backend = self.backends.get(backend_id)
         return backend is not None and self._in_flight[backend_id] >= backend.max_concurrency
 
-    def finished(self, backend_id: str) -> None:
+    def finished(self, backend_id: str, token: int | None = None) -> None:
         """A call to ``backend_id`` ended: its capacity is free for waiting requests."""
         self._in_flight[backend_id] -= 1
+        if token is not None:
+            self._calls.pop(token, None)
+            self._abandoned.discard(token)
+            self.health.call_ended(backend_id, token)
         self.wake()
+
+    def abandoned(self, token: int) -> bool:
+        """Whether ``health_changed`` cancelled this call (once: the flag is consumed)."""
+        if token in self._abandoned:
+            self._abandoned.discard(token)
+            return True
+        return False
+
+    def progressed(self, backend_id: str) -> None:
+        """The backend sent something (a stream chunk): it is alive."""
+        self.health.progressed(backend_id, _now_ms())
+
+    def health_changed(self) -> None:
+        """Health moved: cancel calls stuck on unhealthy backends, then wake waiters.
+
+        Each cancelled call's request is retried on a healthy target (same id, one
+        final reply, the attempt counted); see the module docstring for why.
+        """
+        for token, (backend_id, task) in list(self._calls.items()):
+            if task is None or task.done() or token in self._abandoned:
+                continue
+            if self.health.state(backend_id) is State.UNHEALTHY:
+                self._abandoned.add(token)
+                self.redispatched += 1
+                task.cancel()
+        self.wake()
+
+    def timeouts(self, backend: Backend, remaining_ms: float, *, stream: bool) -> CallTimeouts:
+        """This call's total, first-byte and stall limits (see ``health.timeouts``)."""
+        return call_timeouts(
+            p99_ms=self.health.percentile(backend.id, 99),
+            remaining_ms=remaining_ms,
+            stream=stream,
+            timeout_ms=backend.timeout_ms,
+            first_byte_timeout_ms=backend.first_byte_timeout_ms,
+            stall_timeout_ms=backend.stall_timeout_ms,
+        )
+
+    def idle_target(self, job: Admitted, tried: frozenset[str]) -> str | None:
+        """A healthy, routable, untried target of the route below ``IDLE_LOAD`` of its cap,
+        whose latest call succeeded (a fleet failing under load has no idle target)."""
+        now = _now_ms()
+        unroutable = self.health.unroutable(now)
+        for t in job.route.targets:
+            b = self.backends.get(t.backend)
+            if b is None or b.id in tried or b.id in unroutable:
+                continue
+            if self.health.state(b.id) is not State.HEALTHY or self._last_failed.get(b.id):
+                continue
+            if self._in_flight.get(b.id, 0) < IDLE_LOAD * b.max_concurrency:
+                return b.id
+        return None
 
     def wake(self) -> None:
         """Capacity or health changed: waiting requests look again, highest priority first.
@@ -103,11 +199,13 @@ class Chooser:
         most urgent request, then the oldest.
         """
         waiters, self._waiters = self._waiters, []
-        for _, _, fut in sorted(waiters, key=lambda w: (w[0], w[1])):
+        for neg_priority, _, fut in sorted(waiters, key=lambda w: (w[0], w[1])):
             if not fut.done():
                 fut.set_result(None)
+                self._woken[-neg_priority] += 1
 
-    async def wait_for_change(self, priority: int, timeout_s: float) -> None:
+    async def wait_for_change(self, priority: int, timeout_s: float) -> bool:
+        """Wait for a wake (True) or ``timeout_s`` (False)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiter_seq += 1
         self._waiters.append((-priority, self._waiter_seq, fut))
@@ -115,6 +213,22 @@ class Chooser:
             await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             pass
+        finally:
+            woken = fut.done() and not fut.cancelled()
+            if woken:
+                self._woken[priority] -= 1  # resumed: no longer owed a first look
+        return woken
+
+    async def _after_woken(self, priority: int) -> None:
+        """Let waiters that a wake released, at least as urgent as us, look first.
+
+        They are already queued to run; a request arriving (or timing out) just then
+        must not take the capacity they were woken for. A few turns of the loop do it.
+        """
+        for _ in range(50):
+            if not any(n > 0 for p, n in self._woken.items() if p >= priority):
+                return
+            await asyncio.sleep(0)
 
     def share_capacity(self, partitions: Collection[int], total: int) -> None:
         """Give this worker its share of every backend's concurrency and rate caps.
@@ -193,14 +307,34 @@ class Chooser:
 
         Waiting is bounded by the request's deadline; Kafka buffers whatever does not
         fit in the worker's in-flight slots meanwhile. ``parking`` lets the caller give
-        up its in-flight slot while the request waits, and take one again after.
+        up its in-flight slot while the request waits, and take one again after;
+        ``prefer`` names a backend of the route to keep (cache affinity) while it can serve.
         """
+        key = id(job)
+        self._pending[key] = (job.route_name, job.request.priority, job.deadline_ms)
+        try:
+            return await self._choose(job, tried, parking, prefer)
+        finally:
+            self._pending.pop(key, None)
+
+    async def _choose(
+        self,
+        job: Admitted,
+        tried: frozenset[str],
+        parking: Parking | None,
+        prefer: str | None,
+    ) -> tuple[Decision, bool]:
         req = job.request
         fallbacks = (self._config.route(f) for f in job.route.fallbacks)
         routes = [job.route, *(r for r in fallbacks if r is not None)]
+        woken = False
         while True:
+            if not woken:  # a newcomer, or a timeout: woken waiters look first
+                await self._after_woken(req.priority)
             now = _now_ms()
-            unroutable = self.health.unroutable(now)
+            down_now = self.health.unroutable(now)
+            too_slow = self._too_slow(routes, job.deadline_ms - now) - down_now
+            unroutable = down_now | too_slow
             tokens = job.prompt_tokens + estimate_completion_tokens(req.body, kind=req.kind)
             rate_blocked, refill_s = self._rate_blocked(tokens, now)
             wanted = RouteRequest(
@@ -237,10 +371,16 @@ class Chooser:
                         self._turn += 1
                         self._charge_backend(decision.backend, tokens, now)
                         return decision, i > 0
+            if too_slow:
+                # Hopeless if every live target is too slow, or only slowness stands in
+                # the way: waiting longer only leaves less time.
+                alive = {t.backend for r in routes for t in r.targets} - down_now
+                if alive <= too_slow or self._could_serve(routes, wanted, tried, down_now):
+                    raise self._cannot_finish(job, too_slow, wanted.remaining_ms)
             remaining_s = (job.deadline_ms - _now_ms()) / 1000
             if remaining_s <= 0:
                 targets = dict.fromkeys(t.backend for r in routes for t in r.targets)
-                down = [b for b in targets if b in unroutable]
+                down = [b for b in targets if b in down_now]
                 why = (
                     self.health.describe(down, now)
                     if down
@@ -249,29 +389,141 @@ class Chooser:
                 raise DeadlineExceeded(
                     f"no backend of route {job.route_name!r} could serve before the deadline: "
                     f"{why}; retry later or with a longer timeout_ms",
-                    retry_after_ms=self.retry_hint_ms(bool(down)),
+                    retry_after_ms=self.advice_ms(job, health_bound=bool(down)),
                 )
             # Capacity and health changes wake waiters; a refilling rate cap does not.
             parked = parking is not None and parking.park()
             try:
-                await self.wait_for_change(req.priority, min(remaining_s, refill_s))
+                woken = await self.wait_for_change(req.priority, min(remaining_s, refill_s))
             finally:
                 if parked:
                     assert parking is not None
                     await parking.unpark()
 
+    def _too_slow(self, routes: list[Route], remaining_ms: int) -> frozenset[str]:
+        """Targets whose recent p50 is longer than the time left: a call could not finish."""
+        slow = set()
+        for route in routes:
+            for t in route.targets:
+                p50 = self.health.percentile(t.backend, 50)
+                if p50 is not None and p50 > remaining_ms:
+                    slow.add(t.backend)
+        return frozenset(slow)
+
+    def _could_serve(
+        self,
+        routes: list[Route],
+        wanted: RouteRequest,
+        tried: frozenset[str],
+        excluded: frozenset[str],
+    ) -> bool:
+        """Whether some route could take the request now, were time not short."""
+        snapshot = Snapshot(
+            self.backends,
+            self._in_flight,
+            excluded=excluded,
+            turn=self._turn,
+            latency_ms=self._latency_ms,
+        )
+        return any(
+            decide(route, snapshot, wanted, tried=tried, rng=random.Random(0)) is not None
+            for route in routes
+        )
+
+    def _cannot_finish(
+        self, job: Admitted, too_slow: frozenset[str], remaining_ms: int
+    ) -> DeadlineExceeded:
+        p50s = ", ".join(
+            f"{b} p50 {self.health.percentile(b, 50):.0f} ms" for b in sorted(too_slow)
+        )
+        return DeadlineExceeded(
+            f"not sent: {max(remaining_ms, 0)} ms of the deadline remain, less than the "
+            f"recent median latency of the backends that could serve it ({p50s}); "
+            "send it again with a longer timeout_ms",
+            retry_after_ms=self.advice_ms(job),
+        )
+
     def retry_hint_ms(self, health_bound: bool) -> int:
-        """An honest guess of when a retry can succeed."""
+        """When a down backend can be back: probation's wait plus its probes."""
         if not health_bound:
             return 1000
         probes = self._settings.probation_probes + 2
         return int(self._settings.probe_interval_s * 1000 * probes)
 
-    def observe(self, backend_id: str, error: BackendError | None, took_ms: float) -> None:
-        """Feed a call's outcome to the backend's health (the passive signal) and latency."""
+    def drain_per_s(self, backend_ids: list[str], now_ms: int) -> float:
+        """Completions a second of these backends, measured over ``DRAIN_WINDOW_MS``."""
+        total = 0.0
+        for b in dict.fromkeys(backend_ids):
+            done = self._completions.get(b)
+            if not done:
+                continue
+            while done and done[0] <= now_ms - DRAIN_WINDOW_MS:
+                done.popleft()
+            if done:
+                span = max(1000, now_ms - done[0])
+                total += len(done) * 1000 / span
+        return total
+
+    def clear_ms(self, route_name: str, backend_ids: list[str], now_ms: int) -> float | None:
+        """When the route's calls in flight and servable waiting requests will be done.
+
+        Memoised for 100 ms: a burst of expiring requests asks many times at once.
+        """
+        cached = self._clear_cache.get(route_name)
+        if cached is not None and now_ms - cached[0] < 100:
+            return cached[1]
+        # In the order they will be served: priority, then arrival.
+        waiting = sorted(
+            (-prio, i, deadline)
+            for i, (route, prio, deadline) in enumerate(self._pending.values())
+            if route == route_name
+        )
+        clear = backlog_clear_ms(
+            in_flight=sum(self._in_flight.get(b, 0) for b in dict.fromkeys(backend_ids)),
+            waiting_remaining_ms=[deadline - now_ms for _, _, deadline in waiting],
+            drain_per_s=self.drain_per_s(backend_ids, now_ms),
+        )
+        self._clear_cache[route_name] = (now_ms, clear)
+        return clear
+
+    def advice_ms(
+        self, job: Admitted, *, health_bound: bool = False, backend_says_ms: int | None = None
+    ) -> int:
+        """An honest ``retry_after_ms`` for this request's failure (``turnout.retry``)."""
+        now = _now_ms()
+        targets = [t.backend for t in job.route.targets]
+        return retry_after_ms(
+            backend_says_ms=backend_says_ms,
+            clear_ms=self.clear_ms(job.route_name, targets, now),
+            recovery_ms=self.retry_hint_ms(True) if health_bound else None,
+        )
+
+    def observe(
+        self,
+        backend_id: str,
+        error: BackendError | None,
+        took_ms: float,
+        *,
+        blame: bool = True,
+    ) -> None:
+        """Feed a call's outcome to the backend's health (the passive signal) and latency.
+
+        An answer of any status is progress (the backend is alive, see the hang
+        detector); a timeout or a dropped connection is not. ``blame=False`` keeps a
+        failure the backend did not cause (the deadline cut it short) out of its health.
+        """
+        now = _now_ms()
+        if error is None or isinstance(error, (BackendStatusError, BackendProtocolError)):
+            self.health.progressed(backend_id, now)
+            done = self._completions[backend_id]
+            done.append(now)
+            if len(done) > 4096:
+                done.popleft()
         if error is None:
             self._observe_latency(backend_id, took_ms)
-        now = _now_ms()
+        self._last_failed[backend_id] = error is not None
+        if error is not None and not blame:
+            return
         if isinstance(error, BackendStatusError) and error.status == 429:
             until = now + (error.retry_after_ms or 1000)
             self.health.cool_down(backend_id, until, now)
@@ -281,7 +533,7 @@ class Chooser:
             return  # the request's fault (4xx), not the backend's
         if self.health.observe(backend_id, error is None, took_ms, now):
             report_transitions(self.health, self.metrics)
-            self.wake()
+            self.health_changed()
 
     def budget(self, job: Admitted) -> RetryBudget:
         budget = self._budgets.get(job.route_name)

@@ -98,6 +98,11 @@ class Backend(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     api_key_env: str | None = None
     max_concurrency: Annotated[int, msgspec.Meta(gt=0)] = 64
     timeout_ms: Annotated[int, msgspec.Meta(gt=0)] = 120_000
+    """The longest one call may take; shorter once its latency is known (health/timeouts)."""
+    first_byte_timeout_ms: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    """Until the response (a stream's first chunk) starts; None derives it from latency."""
+    stall_timeout_ms: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    """Longest gap between a stream's chunks; None derives it from latency."""
     weight: float = 1.0
     """Share for the ``weighted`` policy; 0 means only when no weighted backend is open."""
     capabilities: list[str] = []

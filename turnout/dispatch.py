@@ -53,6 +53,7 @@ from turnout.config import Config
 from turnout.deadletter import dead_letter_for
 from turnout.errors import (
     BackendError,
+    BackendTimeout,
     BackendUnavailable,
     DeadlineExceeded,
     InternalError,
@@ -60,10 +61,12 @@ from turnout.errors import (
     TurnoutError,
 )
 from turnout.health.book import HealthBook
+from turnout.health.timeouts import CallTimeouts
 from turnout.metrics import Metrics
 from turnout.offsets import OffsetTracker, Trackers
 from turnout.publisher import Publisher, PublishFailed
 from turnout.retention import done_value
+from turnout.retry import BUDGET_SPENT, blames_backend, next_step
 from turnout.routing import Decision, retry_delay_s
 from turnout.slots import SlotLease, SlotPool
 from turnout.stall import Head, Resumed, Stalled, StallWatch
@@ -148,7 +151,8 @@ class Dispatcher:
     # -- offsets ---------------------------------------------------------------
 
     def wake(self) -> None:
-        self.chooser.wake()
+        """Health or capacity changed: abandon calls stuck on unhealthy backends, wake waiters."""
+        self.chooser.health_changed()
 
     def share_capacity(self, partitions: Collection[int], total: int) -> None:
         self.chooser.share_capacity(partitions, total)
@@ -606,6 +610,7 @@ class Dispatcher:
         tried: set[str] = set()
         attempts = 0
         reached = 0
+        redispatched = 0
         backend_ms = 0.0
         first_call_ms: int | None = None
         decision: Decision | None = None
@@ -626,19 +631,23 @@ class Dispatcher:
                 break
             degraded = degraded or fell_back
             backend = self.chooser.backends[decision.backend]
-            remaining_s = (job.deadline_ms - _now_ms()) / 1000
             attempts += 1
             if first_call_ms is None:
                 first_call_ms = _now_ms()
-            self.chooser.started(backend.id)
+            streaming = req.stream and req.kind != "embeddings"
+            limits = self.chooser.timeouts(
+                backend, job.deadline_ms - _now_ms(), stream=bool(streaming)
+            )
+            # Only plain calls may be abandoned: a stream may have sent chunks already.
+            token = self.chooser.started(backend.id, abandonable=not streaming)
             started = time.monotonic()
             call_error: BackendError | None = None
-            timeout_s = max(0.001, min(remaining_s, backend.timeout_ms / 1000))
+            abandoned = False
             relayed = [0]
             try:
-                if req.stream and req.kind != "embeddings":
+                if streaming:
                     body = await self._relay_stream(
-                        job, decision, attempts, timeout_s, relayed, generation
+                        job, decision, attempts, limits.total_s, relayed, generation, limits
                     )
                 else:
                     body = await self._client.call(
@@ -646,50 +655,74 @@ class Dispatcher:
                         kind=req.kind,
                         model=decision.model,
                         body=req.body,
-                        timeout_s=timeout_s,
+                        timeout_s=limits.total_s,
+                        first_byte_s=(
+                            limits.first_byte_s if limits.first_byte_ms < limits.total_ms else None
+                        ),
                     )
             except BackendError as exc:
                 call_error = exc
+            except asyncio.CancelledError:
+                # Cancelled by the chooser because the backend turned unhealthy (and by
+                # nothing else: then uncancel() leaves 0): retry it elsewhere.
+                task = asyncio.current_task()
+                if not self.chooser.abandoned(token) or task is None or task.uncancel():
+                    raise
+                call_error = BackendTimeout(
+                    f"abandoned: backend {backend.id!r} was judged unhealthy "
+                    f"({self.chooser.health.machines[backend.id].reason}) while the call "
+                    "waited; re-dispatched",
+                    backend=backend.id,
+                )
+                abandoned = True
+                redispatched += 1
+                self.metrics.redispatched(backend.id)
             finally:
                 took_ms = (time.monotonic() - started) * 1000
                 backend_ms += took_ms
-                self.chooser.finished(backend.id)
-            self.chooser.observe(backend.id, call_error, took_ms)
+                self.chooser.finished(backend.id, token)
+            if not abandoned:  # the hang already counted; an abandoned call is no evidence
+                self.chooser.observe(
+                    backend.id,
+                    call_error,
+                    took_ms,
+                    blame=blames_backend(
+                        timed_out=isinstance(call_error, BackendTimeout)
+                        and call_error.limit == "total",
+                        deadline_capped=limits.deadline_capped,
+                        timeout_ms=limits.total_ms,
+                        p99_ms=self.chooser.health.percentile(backend.id, 99),
+                    ),
+                )
             if attempts == 1:
                 self.chooser.budget(job).deposit()
             if call_error is None:
                 error = None
                 break
             error = call_error
-            if relayed[0]:
-                # The client has part of an answer: another backend cannot continue it,
-                # so the stream ends here with an explicit error, never silently.
-                error = _broken_stream(call_error, relayed[0])
-                break
             remaining_ms = job.deadline_ms - _now_ms()
-            if remaining_ms <= 0:
-                error = DeadlineExceeded(
-                    f"the deadline passed during attempt {attempts} (last: {error.message}); "
-                    "send it again with a longer timeout_ms",
-                    retry_after_ms=1000,
-                )
-                break
             # A refused connection never reached the backend: retrying it cannot do the
             # work twice, so only calls that did reach it count against max_attempts.
-            if not isinstance(error, BackendUnavailable):
+            reached_backend = not isinstance(error, BackendUnavailable)
+            if reached_backend:
                 reached += 1
-            if not error.retryable or reached >= job.route.max_attempts:
-                break
-            if (
-                not isinstance(error, BackendUnavailable)
-                and not self.chooser.budget(job).withdraw()
-            ):
-                error = error.with_message(
-                    f"{error.message}; not retried: route {job.route_name!r} has spent its "
-                    "retry budget (its backends are failing many requests)"
-                )
-                break
             tried.add(backend.id)
+            budget = self.chooser.budget(job)
+            step = next_step(
+                retryable=error.retryable,
+                reached=reached_backend,
+                relayed=relayed[0],
+                attempts_reached=reached,
+                max_attempts=job.route.max_attempts,
+                remaining_ms=remaining_ms,
+                budget_available=budget.available(),
+                idle_target=self.chooser.idle_target(job, frozenset(tried)),
+            )
+            if not step.retry:
+                error = self._final_error(job, error, step.why, relayed[0], attempts)
+                break
+            if step.charge_budget:
+                budget.withdraw()
             await asyncio.sleep(min(retry_delay_s(attempts, self._rng), remaining_ms / 1000))
 
         now = _now_ms()
@@ -755,6 +788,7 @@ class Dispatcher:
             code=error.code if error else None,
             degraded=degraded,
             attempts=attempts,
+            redispatched=redispatched,
             queue_ms=timings.queue_ms,
             backend_ms=timings.backend_ms,
             total_ms=timings.total_ms,
@@ -778,6 +812,29 @@ class Dispatcher:
             await self._affinity.put(partition, key, backend)
         except Exception:
             log.exception("affinity_unrecorded", backend=backend.decode())
+
+    def _final_error(
+        self, job: Admitted, error: BackendError, why: str, relayed: int, attempts: int
+    ) -> TurnoutError:
+        """The error the reply carries when ``next_step`` says stop, with retry advice."""
+        if relayed:
+            # The client has part of an answer: another backend cannot continue it,
+            # so the stream ends here with an explicit error, never silently.
+            return _broken_stream(error, relayed)
+        if job.deadline_ms - _now_ms() <= 0:
+            return DeadlineExceeded(
+                f"the deadline passed during attempt {attempts} (last: {error.message}); "
+                "send it again with a longer timeout_ms",
+                retry_after_ms=self.chooser.advice_ms(job),
+            )
+        if why == BUDGET_SPENT:
+            error = error.with_message(
+                f"{error.message}; not retried: route {job.route_name!r} has spent its "
+                "retry budget (its backends are failing many requests, none is idle)"
+            )
+        if error.retryable:
+            error.retry_after_ms = self.chooser.advice_ms(job, backend_says_ms=error.retry_after_ms)
+        return error
 
     async def _record_done(self, partition: int, key: bytes, value: bytes) -> None:
         """Remember a request answered ok, after its reply is on the broker.
@@ -845,6 +902,7 @@ class Dispatcher:
         timeout_s: float,
         relayed: list[int],
         generation: str | None = None,
+        limits: CallTimeouts | None = None,
     ) -> dict[str, object]:
         """Publish each backend chunk in order on the reply topic; return the whole answer.
 
@@ -858,7 +916,10 @@ class Dispatcher:
             model=decision.model,
             body=req.body,
             timeout_s=timeout_s,
+            first_byte_s=None if limits is None else limits.first_byte_s,
+            stall_s=None if limits is None else limits.stall_s,
         ):
+            self.chooser.progressed(decision.backend)
             chunk = ReplyChunk(
                 id=req.id, seq=relayed[0], attempt=attempt, generation=generation, delta=delta
             )

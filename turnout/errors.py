@@ -135,6 +135,20 @@ class BackendUnavailable(BackendError):
 
 class BackendTimeout(BackendError):
     code = "backend_timeout"
+    limit: str = "total"
+    """Which limit ran out: ``total``, ``first_byte`` or ``stall`` (the last two are
+    the backend's own limits; only a total the deadline set can be the router's doing)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str,
+        retry_after_ms: int | None = None,
+        limit: str = "total",
+    ) -> None:
+        super().__init__(message, backend=backend, retry_after_ms=retry_after_ms)
+        self.limit = limit
 
 
 class BackendProtocolError(BackendError):

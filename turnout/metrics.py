@@ -24,6 +24,8 @@ Exposed series (latencies in seconds, the Prometheus convention; the API takes m
 - ``turnout_commit_stalled_seconds{topic,partition,offset,cause}``: how long a partition's
   commit point has been stuck at ``offset`` while records behind it are done (only while
   stalled); ``turnout_commit_stalls_total{cause}`` counts the stalls
+- ``turnout_redispatched_total{backend}``: calls abandoned on a backend judged unhealthy
+  (hung) and retried elsewhere
 """
 
 from __future__ import annotations
@@ -185,6 +187,10 @@ class Metrics:
             "turnout_skipped", "Requests not served because they were answered ok before.",
             registry=r,
         )  # fmt: skip
+        self.redispatched_total = PCounter(
+            "turnout_redispatched", "Calls abandoned on an unhealthy backend and retried.",
+            ["backend"], registry=r,
+        )  # fmt: skip
         self.lag = Gauge(
             "turnout_consumer_lag", "Request records the worker group has not committed yet.",
             ["topic", "partition"], registry=r,
@@ -287,6 +293,10 @@ class Metrics:
         self.skipped_total.inc()
         self._totals["skipped"] += 1
         self.history.add(self._clock(), skipped=1)
+
+    def redispatched(self, backend: str) -> None:
+        """A call stuck on a backend judged unhealthy was abandoned; its request retried."""
+        self.redispatched_total.labels(backend).inc()
 
     def rate_limited(self, limit: str = "requests_per_s") -> None:
         self.rate_limited_total.labels(limit).inc()

@@ -59,6 +59,10 @@ class MockOptions:
     """Share of requests never answered (until the client gives up or the server stops)."""
     malformed_rate: float = 0.0
     """Share of requests answered 200 with a body that is not valid JSON."""
+    stall_after_chunks: float = 0
+    """Streams (OpenAI SSE, Ollama NDJSON) pause after this many chunks; 0 never pauses."""
+    stall_ms: float = 0.0
+    """How long a stream pauses; 0 pauses until the server stops (a wedged stream)."""
     seed: int | None = None
     models: tuple[str, ...] = ("echo", "embed")
     api_key: str | None = None
@@ -290,7 +294,6 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
             return _error(wire, 404, f"model '{model}' not found", "model_not_found")
         plan = mock_tools.tool_call(wire, body) if kind == "chat" else None
         result = mock_tools.tool_result(wire, body) if kind == "chat" else None
-        delay_s = state.options.chunk_delay_ms / 1000
         call = state.requests if state.options.vary else None
         if wire == "openai":
             answer = openai_response(kind, model, body, created=int(time.time()))
@@ -309,7 +312,7 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
                 cached = state.cached_words(body.get("messages") or [])
                 answer["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
             if body.get("stream") is True and kind != "embeddings":
-                return await _sse(request, _openai_chunks(kind, answer, body, plan), delay_s)
+                return await _sse(request, _openai_chunks(kind, answer, body, plan), state)
             return _json(answer)
         if request.path == "/api/embeddings":
             return _json({"embedding": vector(embedding_inputs(body)[0])})
@@ -323,7 +326,7 @@ def _inference(wire: Wire, kind: Kind) -> Handler:
         if plan is not None:
             answer["message"] = mock_tools.ollama_message(*plan)
         if body.get("stream", True) is not False and kind != "embeddings":
-            return await _ndjson(request, _ollama_chunks(kind, answer), delay_s)
+            return await _ndjson(request, _ollama_chunks(kind, answer), state)
         return _json(answer)
 
     return handle
@@ -502,14 +505,26 @@ def _ollama_chunks(kind: Kind, answer: dict[str, Any]) -> list[dict[str, Any]]:
     return chunks
 
 
+async def _stall(state: MockState, sent: int) -> None:
+    """Pause before every chunk (``chunk_delay_ms``), and after ``stall_after_chunks``
+    chunks, as a wedged GPU server does."""
+    o = state.options
+    if o.chunk_delay_ms:
+        await asyncio.sleep(o.chunk_delay_ms / 1000)
+    if o.stall_after_chunks and sent == int(o.stall_after_chunks):
+        if o.stall_ms:
+            await asyncio.sleep(o.stall_ms / 1000)
+        else:
+            await state.stopping.wait()
+
+
 async def _sse(
-    request: web.Request, chunks: list[dict[str, Any]], delay_s: float = 0.0
+    request: web.Request, chunks: list[dict[str, Any]], state: MockState
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    for chunk in chunks:
-        if delay_s:
-            await asyncio.sleep(delay_s)
+    for sent, chunk in enumerate(chunks):
+        await _stall(state, sent)
         await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
@@ -517,13 +532,12 @@ async def _sse(
 
 
 async def _ndjson(
-    request: web.Request, chunks: list[dict[str, Any]], delay_s: float = 0.0
+    request: web.Request, chunks: list[dict[str, Any]], state: MockState
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    for chunk in chunks:
-        if delay_s:
-            await asyncio.sleep(delay_s)
+    for sent, chunk in enumerate(chunks):
+        await _stall(state, sent)
         await response.write(orjson.dumps(chunk) + b"\n")
     await response.write_eof()
     return response
@@ -611,6 +625,8 @@ def parse_args(argv: list[str]) -> MockOptions:
     p.add_argument("--status", type=int, default=500, help="status of injected errors")
     p.add_argument("--hang-rate", type=float, default=0.0)
     p.add_argument("--malformed-rate", type=float, default=0.0)
+    p.add_argument("--stall-after-chunks", type=float, default=0, help="streams pause after N")
+    p.add_argument("--stall-ms", type=float, default=0.0, help="for this long; 0: until stopped")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--models", default="echo,embed", help="comma-separated model names")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer <key>")

@@ -116,6 +116,7 @@ class Prober:
             probe_ok=ok,
             probe_latency_ms=round(latency, 1),
             probe_at_ms=_now_ms(),
+            probe_error=error,
         )
         await self._publisher.publish(self._settings.health_topic, record.key, record.to_wire(), ())
         log.debug("probe_done", backend=backend.id, ok=ok, error=error, latency_ms=latency)
@@ -150,7 +151,9 @@ class HealthFeed:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             while True:
-                batches = await consumer.getmany(timeout_ms=500)
+                # Every 100 ms at least: the tick runs the hang detector, whose bound
+                # should not be stretched by a slow tick.
+                batches = await consumer.getmany(timeout_ms=100)
                 changed = self._book.tick(_now_ms())
                 for records in batches.values():
                     for rec in records:
@@ -176,7 +179,13 @@ class HealthFeed:
         if at is None or at <= self._seen.get(record.backend, 0) or now - at > 60_000:
             return False
         self._seen[record.backend] = at
-        self._book.probe(record.backend, bool(record.probe_ok), record.probe_latency_ms or 0.0, now)
+        self._book.probe(
+            record.backend,
+            bool(record.probe_ok),
+            record.probe_latency_ms or 0.0,
+            now,
+            timed_out=record.probe_error == "backend_timeout",
+        )
         return True
 
 

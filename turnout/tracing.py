@@ -207,13 +207,13 @@ class TracedClient:
         }
 
     async def call(self, backend: Any, *, kind: Any, model: str, body: Mapping[str, Any],
-                   timeout_s: float) -> dict[str, Any]:  # fmt: skip
+                   timeout_s: float, **limits: Any) -> dict[str, Any]:  # fmt: skip
         name = f"{_OPERATION.get(kind, kind)} {model}"
         attrs = self._attributes(backend, kind, model)
         with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attrs) as s:
             try:
                 out: dict[str, Any] = await self._inner.call(
-                    backend, kind=kind, model=model, body=body, timeout_s=timeout_s
+                    backend, kind=kind, model=model, body=body, timeout_s=timeout_s, **limits
                 )
             except Exception as exc:
                 _failed(s, exc)
@@ -222,14 +222,14 @@ class TracedClient:
             return out
 
     async def stream(self, backend: Any, *, kind: Any, model: str, body: Mapping[str, Any],
-                     timeout_s: float) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+                     timeout_s: float, **limits: Any) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
         name = f"{_OPERATION.get(kind, kind)} {model}"
         attrs = self._attributes(backend, kind, model)
         with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attrs) as s:
             usage: dict[str, Any] = {}
             try:
                 async for chunk in self._inner.stream(
-                    backend, kind=kind, model=model, body=body, timeout_s=timeout_s
+                    backend, kind=kind, model=model, body=body, timeout_s=timeout_s, **limits
                 ):
                     if isinstance(chunk.get("usage"), dict):
                         usage = {"usage": chunk["usage"], "model": chunk.get("model")}

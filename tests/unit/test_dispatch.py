@@ -210,7 +210,7 @@ class RecordingChunks(RecordingPublisher):
 class BreaksMidStream(ScriptedBackendClient):
     """Sends two chunks, then fails."""
 
-    async def stream(self, backend, *, kind, model, body, timeout_s):
+    async def stream(self, backend, *, kind, model, body, timeout_s, **limits):
         yield {"choices": [{"index": 0, "delta": {"content": "half "}}]}
         yield {"choices": [{"index": 0, "delta": {"content": "an answer"}}]}
         raise BackendUnavailable("connection reset", backend=backend.id)
@@ -356,13 +356,7 @@ async def test_a_workers_share_of_a_backend_rate_cap_follows_its_partitions():
     assert sum(1 for _, r in pub.replies if r.backend == "a") == 2  # burst of 2.5, whole calls
 
 
-async def test_a_route_retries_only_within_its_retry_budget():
-    """With a zero ratio, only the reserve of 10 retries is spent; then failures stand."""
-    from turnout.health.book import HealthBook
-    from turnout.health.stats import HealthPolicy
-
-    config = cfg.loads(
-        """
+BUDGET_CONFIG = """
 backends:
   - {id: a, protocol: openai, base_url: "http://a", models: [echo]}
   - {id: b, protocol: openai, base_url: "http://b", models: [echo]}
@@ -372,22 +366,52 @@ routes:
     policy: first
     max_attempts: 3
     retry_budget: 0
-""",
-        env={},
-    )
-    failing = ScriptedBackendClient(
-        {"a": lambda call: BackendStatusError("overloaded", backend="a", status=503)}
-    )
+"""
+
+
+def blind_dispatcher(client):
+    """A dispatcher whose health never judges (so only the budget can stop retries)."""
+    from turnout.health.book import HealthBook
+    from turnout.health.stats import HealthPolicy
+
     blind = HealthBook(["a", "b"], now_ms=0, policy=HealthPolicy(min_samples=10_000))
     pub = RecordingPublisher()
-    d = own(Dispatcher(settings=Settings(), config=config, client=failing, publisher=pub,
-                   health=blind))
+    d = own(Dispatcher(
+        settings=Settings(), config=cfg.loads(BUDGET_CONFIG, env={}), client=client,
+        publisher=pub, health=blind,
+    ))
+    return d, pub
+
+
+async def test_a_route_retries_an_overloaded_fleet_only_within_its_retry_budget():
+    """Every backend failing: with a zero ratio only the reserve of 10 retries is spent."""
+    failing = ScriptedBackendClient(
+        {
+            "a": lambda call: BackendStatusError("overloaded", backend="a", status=503),
+            "b": lambda call: BackendStatusError("overloaded", backend="b", status=503),
+        }
+    )
+    d, pub = blind_dispatcher(failing)
     for i in range(15):
         await d.submit(TP0, record(i), lambda: None)
         await drain(d)
     statuses = [reply.status for _, reply in pub.replies]
-    assert statuses == ["ok"] * 10 + ["error"] * 5
+    assert statuses == ["error"] * 15
+    assert len(failing.calls) == 15 + 10  # first attempts, then the reserve: no storm
     assert "retry budget" in pub.replies[-1][1].error.message
+
+
+async def test_a_spent_budget_does_not_starve_a_healthy_idle_target():
+    """With the budget spent on a failing backend, retries still go to an idle healthy one."""
+    failing = ScriptedBackendClient(
+        {"a": lambda call: BackendStatusError("overloaded", backend="a", status=503)}
+    )
+    d, pub = blind_dispatcher(failing)
+    for i in range(15):
+        await d.submit(TP0, record(i), lambda: None)
+        await drain(d)
+    assert [reply.status for _, reply in pub.replies] == ["ok"] * 15
+    assert [reply.backend for _, reply in pub.replies] == ["b"] * 15
 
 
 class RefusingTable(MemoryTable):

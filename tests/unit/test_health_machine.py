@@ -14,6 +14,7 @@ from turnout.health import (
     TRANSITIONS,
     BackendHealth,
     CooldownRequested,
+    HangDetected,
     HealthPolicy,
     HealthRecord,
     InvalidHealthRecord,
@@ -57,6 +58,7 @@ EVERY_PAIR = [
     (HEALTHY, ProbeFailed(), HEALTHY),
     (HEALTHY, CooldownRequested(DUE + 1), HEALTHY),
     (HEALTHY, Tick(), HEALTHY),
+    (HEALTHY, HangDetected("hung"), UNHEALTHY),
     (DEGRADED, Verdict.OK, HEALTHY),
     (DEGRADED, Verdict.DEGRADED, DEGRADED),
     (DEGRADED, Verdict.FAILING, UNHEALTHY),
@@ -64,6 +66,7 @@ EVERY_PAIR = [
     (DEGRADED, ProbeFailed(), DEGRADED),
     (DEGRADED, CooldownRequested(DUE + 1), DEGRADED),
     (DEGRADED, Tick(), DEGRADED),
+    (DEGRADED, HangDetected("hung"), UNHEALTHY),
     (UNHEALTHY, Verdict.OK, UNHEALTHY),
     (UNHEALTHY, Verdict.DEGRADED, UNHEALTHY),
     (UNHEALTHY, Verdict.FAILING, UNHEALTHY),
@@ -71,6 +74,7 @@ EVERY_PAIR = [
     (UNHEALTHY, ProbeFailed(), UNHEALTHY),
     (UNHEALTHY, CooldownRequested(DUE + 1), UNHEALTHY),
     (UNHEALTHY, Tick(), UNHEALTHY),
+    (UNHEALTHY, HangDetected("hung"), UNHEALTHY),
     (PROBATION, Verdict.OK, PROBATION),
     (PROBATION, Verdict.DEGRADED, PROBATION),
     (PROBATION, Verdict.FAILING, UNHEALTHY),
@@ -78,6 +82,7 @@ EVERY_PAIR = [
     (PROBATION, ProbeFailed(), UNHEALTHY),
     (PROBATION, CooldownRequested(DUE + 1), PROBATION),
     (PROBATION, Tick(), PROBATION),
+    (PROBATION, HangDetected("hung"), UNHEALTHY),
 ]
 
 
@@ -91,7 +96,7 @@ def test_every_state_and_event_pair(state, event, after):
 
 def test_the_table_lists_every_pair_and_the_test_lists_the_table():
     """Every state has a row for every event kind, and EVERY_PAIR covers them all."""
-    kinds = {*Verdict, ProbePassed, ProbeFailed, CooldownRequested, Tick}
+    kinds = {*Verdict, ProbePassed, ProbeFailed, CooldownRequested, Tick, HangDetected}
     assert all(set(row) == kinds for row in TRANSITIONS.values())
     assert set(TRANSITIONS) == set(State)
     tested = {(s, e if isinstance(e, Verdict) else type(e)) for s, e, _ in EVERY_PAIR}
@@ -391,6 +396,9 @@ def test_the_wire_record_has_the_documented_fields():
         "probe_ok": None,
         "probe_latency_ms": None,
         "probe_at_ms": None,
+        "probe_error": None,
+        "in_flight": 0,
+        "oldest_call_ms": None,
     }
     low, high = wilson_interval(4, 5, POLICY.z)
     assert (wire["success_low"], wire["success_high"]) == (round(low, 4), round(high, 4))

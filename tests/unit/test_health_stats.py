@@ -1,5 +1,6 @@
 """Health evidence: the Wilson interval, the sliding window and the verdict it supports."""
 
+import random
 from math import comb
 
 import pytest
@@ -299,3 +300,69 @@ def test_an_inconsistent_policy_is_refused(kwargs):
     """Thresholds that contradict each other fail at construction, naming the values."""
     with pytest.raises(ValueError, match="got"):
         HealthPolicy(**kwargs)
+
+
+# ---------------------------------------------------------------- slower than usual
+
+
+def _answers(window, latencies, start_ms=0):
+    for i, latency in enumerate(latencies):
+        window.record(True, latency, start_ms + i)
+
+
+def test_a_backend_at_ten_times_its_usual_latency_is_degraded():
+    """20 ms as usual, then 200 ms: DEGRADED within a few answers, and the reason says why."""
+    policy = HealthPolicy()
+    w = policy.new_window()
+    _answers(w, [20.0] * 30)
+    assert assess(w, policy).verdict is Verdict.OK
+    _answers(w, [200.0] * 4, start_ms=100)
+    evidence = assess(w, policy)
+    assert evidence.verdict is Verdict.DEGRADED
+    assert "its usual 2" in evidence.reason and "above 4x" in evidence.reason
+
+
+def test_a_new_usual_latency_is_adopted_in_time():
+    """A backend that stays at its new latency is judged against it after a few dozen answers."""
+    policy = HealthPolicy()
+    w = policy.new_window()
+    _answers(w, [20.0] * 30)
+    _answers(w, [200.0] * 60, start_ms=100)
+    assert assess(w, policy).verdict is Verdict.OK
+
+
+def test_too_few_answers_say_nothing_about_the_usual():
+    """Before slow_after_answers answers, slowness relative to the usual is not judged."""
+    policy = HealthPolicy()
+    w = policy.new_window()
+    _answers(w, [20.0] * 10 + [400.0] * 5)
+    assert assess(w, policy).verdict is Verdict.OK
+
+
+@given(st.integers(0, 10_000))
+def test_jitter_within_a_few_times_is_never_slow(seed):
+    """Latency varying uniformly between 10 and 30 ms never reads as slower than usual."""
+    rng = random.Random(seed)
+    policy = HealthPolicy()
+    w = policy.new_window()
+    for i in range(300):
+        w.record(True, rng.uniform(10.0, 30.0), i)
+        assert not assess(w, policy).is_slower_than_usual
+
+
+def test_slowness_relative_to_the_usual_can_be_turned_off():
+    """slow_factor=None judges success rate (and slow_ms) only."""
+    policy = HealthPolicy(slow_factor=None)
+    w = policy.new_window()
+    _answers(w, [20.0] * 30 + [2000.0] * 10)
+    assert assess(w, policy).verdict is Verdict.OK
+
+
+def test_a_slow_first_answer_does_not_set_the_usual():
+    """A cold start's 300 ms among 200 answers of 25 ms: the usual is about 25 ms."""
+    policy = HealthPolicy()
+    w = policy.new_window()
+    _answers(w, [300.0] + [25.0] * 200)
+    assert 25.0 <= w.usual_ms < 27.0
+    _answers(w, [210.0] * 3, start_ms=1000)
+    assert assess(w, policy).verdict is Verdict.DEGRADED

@@ -282,3 +282,66 @@ async def test_unavailable_error_never_shows_url_credentials(client: HttpBackend
         assert "url-password" not in text
         assert "url-secret" not in text
         assert "127.0.0.1" not in text
+
+
+# -- first-byte and stall timeouts ------------------------------------------------------
+
+LONG = {"model": "alias", "messages": [{"role": "user", "content": "one two three four five six"}]}
+
+
+@pytest.mark.parametrize("protocol", ["openai", "ollama"])
+async def test_a_stream_that_stalls_after_three_chunks_is_cut(
+    mock: Mock, client: HttpBackendClient, protocol: str
+) -> None:
+    """Three chunks arrive, then nothing: BackendTimeout after the stall limit, not the total."""
+    await mock.configure(stall_after_chunks=3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    got = []
+    with pytest.raises(BackendTimeout) as caught:
+        async for chunk in client.stream(
+            mock.backend(protocol), kind="chat", model="echo", body=LONG, timeout_s=30,
+            stall_s=0.3,
+        ):  # fmt: skip
+            got.append(chunk)
+    assert 0.3 <= loop.time() - started < 2.0
+    assert len(got) == 3
+    assert "stalled mid-stream" in caught.value.message
+
+
+async def test_a_stream_whose_pause_is_shorter_than_the_stall_limit_completes(
+    mock: Mock, client: HttpBackendClient
+) -> None:
+    """A pause shorter than stall_s is not a stall."""
+    await mock.configure(stall_after_chunks=3, stall_ms=100)
+    chunks = [
+        c
+        async for c in client.stream(
+            mock.backend(), kind="chat", model="echo", body=LONG, timeout_s=30, stall_s=1.0
+        )
+    ]
+    assert len(chunks) > 3
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_no_first_byte_within_the_limit_is_a_timeout(
+    mock: Mock, client: HttpBackendClient, streaming: bool
+) -> None:
+    """A backend that accepts and says nothing is cut at first_byte_s, long before the total."""
+    await mock.configure(hang_rate=1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(BackendTimeout) as caught:
+        if streaming:
+            async for _ in client.stream(
+                mock.backend(), kind="chat", model="echo", body=CHAT, timeout_s=30,
+                first_byte_s=0.2,
+            ):  # fmt: skip
+                pass
+        else:
+            await client.call(
+                mock.backend(), kind="chat", model="echo", body=CHAT, timeout_s=30,
+                first_byte_s=0.2,
+            )  # fmt: skip
+    assert 0.2 <= loop.time() - started < 1.5
+    assert "did not start answering" in caught.value.message

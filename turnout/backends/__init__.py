@@ -25,11 +25,13 @@ class BackendClient(Protocol):
         model: str,
         body: Mapping[str, Any],
         timeout_s: float,
+        first_byte_s: float | None = None,
     ) -> dict[str, Any]:
         """Call ``backend`` and return the response body in OpenAI's shape for ``kind``.
 
         ``model`` replaces ``body["model"]``. Raises ``BackendUnavailable``,
-        ``BackendTimeout`` (after ``timeout_s``), ``BackendStatusError`` or
+        ``BackendTimeout`` (after ``timeout_s``, or no response by ``first_byte_s``),
+        ``BackendStatusError`` or
         ``BackendProtocolError``; never another exception type.
         """
         ...
@@ -42,10 +44,13 @@ class BackendClient(Protocol):
         model: str,
         body: Mapping[str, Any],
         timeout_s: float,
+        first_byte_s: float | None = None,
+        stall_s: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Call ``backend`` with streaming; yield OpenAI chunk objects in order.
 
-        Raises the same errors as ``call``, before or between chunks.
+        Raises the same errors as ``call``, before or between chunks; ``BackendTimeout``
+        when the first chunk is later than ``first_byte_s`` or two are ``stall_s`` apart.
         """
         ...
 

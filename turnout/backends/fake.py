@@ -73,6 +73,7 @@ class ScriptedBackendClient:
         model: str,
         body: Mapping[str, Any],
         timeout_s: float,
+        first_byte_s: float | None = None,
     ) -> dict[str, Any]:
         call = Call(backend.id, kind, model, body)
         self.calls.append(call)
@@ -100,6 +101,8 @@ class ScriptedBackendClient:
         model: str,
         body: Mapping[str, Any],
         timeout_s: float,
+        first_byte_s: float | None = None,
+        stall_s: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """The scripted answer as chunks; a scripted error is raised before the first."""
         from turnout.backends.streaming import chunks_from_response

@@ -22,6 +22,7 @@ from turnout.backends.failures import translate
 from turnout.backends.http_call import HttpAnswer, HttpCall, join_url
 from turnout.backends.streaming import stream_call
 from turnout.config import Backend, Secret
+from turnout.errors import BackendTimeout
 
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
 
@@ -55,6 +56,8 @@ class HttpBackendClient:
         model: str,
         body: Mapping[str, Any],
         timeout_s: float,
+        first_byte_s: float | None = None,
+        stall_s: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream from ``backend``; see ``turnout.backends.BackendClient.stream``."""
         return stream_call(
@@ -65,6 +68,8 @@ class HttpBackendClient:
             model=model,
             body=body,
             timeout_s=timeout_s,
+            first_byte_s=first_byte_s,
+            stall_s=stall_s,
         )
 
     async def call(
@@ -75,11 +80,18 @@ class HttpBackendClient:
         model: str,
         body: Mapping[str, Any],
         timeout_s: float,
+        first_byte_s: float | None = None,
     ) -> dict[str, Any]:
-        """Call ``backend``; see ``turnout.backends.BackendClient.call``."""
+        """Call ``backend``; see ``turnout.backends.BackendClient.call``.
+
+        ``first_byte_s``, when shorter than ``timeout_s``, bounds the wait for the
+        response headers (of the first exchange); the body must still come by ``timeout_s``.
+        """
+        loop = asyncio.get_running_loop()
+        first_by = None if first_byte_s is None else loop.time() + first_byte_s
         try:
             async with asyncio.timeout(timeout_s):
-                return await self._exchange(backend, kind, model, body)
+                return await self._exchange(backend, kind, model, body, first_by)
         except Exception as exc:
             raise translate(exc, backend.id, timeout_s, streaming=False) from None
 
@@ -87,23 +99,32 @@ class HttpBackendClient:
         await self._session.close()
 
     async def _exchange(
-        self, backend: Backend, kind: Kind, model: str, body: Mapping[str, Any]
+        self,
+        backend: Backend,
+        kind: Kind,
+        model: str,
+        body: Mapping[str, Any],
+        first_by: float | None = None,
     ) -> dict[str, Any]:
         if backend.protocol == "openai":
-            answer = await self._post(backend, openai.build(kind, model, body))
+            answer = await self._post(backend, openai.build(kind, model, body), first_by)
             return openai.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
         if backend.protocol == "anthropic":
             call = anthropic.build(kind, model, body, backend_id=backend.id)
-            answer = await self._post(backend, call)
+            answer = await self._post(backend, call, first_by)
             return anthropic.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
         if kind == "embeddings" and backend.embed_endpoint == "embeddings":
             calls = ollama.build_legacy_embeddings(model, body)
             answers = [await self._post(backend, call) for call in calls]
             return ollama.parse_legacy_embeddings(backend.id, model, answers)
-        answer = await self._post(backend, ollama.build(kind, model, body, backend_id=backend.id))
+        answer = await self._post(
+            backend, ollama.build(kind, model, body, backend_id=backend.id), first_by
+        )
         return ollama.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
 
-    async def _post(self, backend: Backend, call: HttpCall) -> HttpAnswer:
+    async def _post(
+        self, backend: Backend, call: HttpCall, first_by: float | None = None
+    ) -> HttpAnswer:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = self._keys.get(backend.id)
         if backend.protocol == "anthropic":
@@ -111,13 +132,27 @@ class HttpBackendClient:
         elif key is not None:
             headers["Authorization"] = f"Bearer {key.reveal()}"
         tracing.inject(headers)
-        async with self._session.post(
+        posting = self._session.post(
             join_url(backend.base_url, call.path),
             data=orjson.dumps(call.json),
             headers=headers,
             # ``call`` bounds the whole exchange with asyncio.timeout; a second
             # aiohttp timer per call would only cost a timer handle.
             timeout=_NO_TIMEOUT,
-        ) as response:
+        )
+        if first_by is None:
+            response = await posting
+        else:
+            try:
+                async with asyncio.timeout_at(first_by):
+                    response = await posting
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"backend {backend.id!r} did not start answering in time "
+                    "(first_byte_timeout_ms); it may be overloaded or wedged",
+                    backend=backend.id,
+                    limit="first_byte",
+                ) from None
+        async with response:
             payload = await response.read()
             return HttpAnswer(response.status, payload, response.headers)

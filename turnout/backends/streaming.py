@@ -11,7 +11,8 @@
 A backend that answers with one plain JSON body instead (it ignored ``stream``)
 is read whole and yielded as chunks. Failures raise the same ``BackendError``
 subclasses as the non-streaming client: connection -> ``BackendUnavailable``,
-``timeout_s`` passing (for the whole stream) -> ``BackendTimeout``, an error
+``timeout_s`` passing (for the whole stream), ``first_byte_s`` passing before the
+first line, or ``stall_s`` between two lines -> ``BackendTimeout``, an error
 status -> ``BackendStatusError``, anything unreadable or a stream that stops
 before its end marker -> ``BackendProtocolError``.
 
@@ -38,6 +39,7 @@ from turnout.config import Backend, Secret
 from turnout.errors import (
     BackendProtocolError,
     BackendStatusError,
+    BackendTimeout,
 )
 
 
@@ -50,23 +52,32 @@ async def stream_call(
     model: str,
     body: Mapping[str, Any],
     timeout_s: float,
+    first_byte_s: float | None = None,
+    stall_s: float | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield the OpenAI chunks of ``backend``'s streamed answer; see the module docstring.
 
     ``kind`` must be ``chat`` or ``completion`` (embeddings do not stream: ValueError).
-    ``timeout_s`` bounds the whole stream, first byte to last.
+    ``timeout_s`` bounds the whole stream, first byte to last; ``first_byte_s`` the
+    wait for the response and its first line; ``stall_s`` each gap between lines.
     """
     if kind == "embeddings":
         raise ValueError("embeddings do not stream; call BackendClient.call instead")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    first_by = deadline if first_byte_s is None else min(deadline, loop.time() + first_byte_s)
     protocol = str(backend.protocol)
     try:
         url, payload, headers = _request(protocol, backend, keys, kind, model, body)
-        async with asyncio.timeout_at(deadline):
-            response = await session.post(
-                url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=None)
-            )
+        try:
+            async with asyncio.timeout_at(first_by):
+                response = await session.post(
+                    url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=None)
+                )
+        except TimeoutError:
+            if first_by < deadline:
+                raise _no_first_byte(backend.id, first_byte_s) from None
+            raise
         try:
             if not 200 <= response.status < 300:
                 async with asyncio.timeout_at(deadline):
@@ -81,7 +92,7 @@ async def stream_call(
                 for chunk in chunks_from_response(kind, whole):
                     yield chunk
                 return
-            lines = _lines(response.content, deadline)
+            lines = _lines(response.content, deadline, backend.id, first_by, first_byte_s, stall_s)
             if protocol == "ollama":
                 chunks = _ollama_chunks(kind, backend.id, lines)
             elif protocol == "anthropic":
@@ -126,13 +137,47 @@ def _request(
     return join_url(backend.base_url, call.path), orjson.dumps(call.json), headers
 
 
-async def _lines(content: aiohttp.StreamReader, deadline: float) -> AsyncIterator[bytes]:
+async def _lines(
+    content: aiohttp.StreamReader,
+    deadline: float,
+    backend_id: str = "",
+    first_by: float | None = None,
+    first_byte_s: float | None = None,
+    stall_s: float | None = None,
+) -> AsyncIterator[bytes]:
+    """The stream's lines: the first by ``first_by``, each next within ``stall_s``."""
+    loop = asyncio.get_running_loop()
+    limit = deadline if first_by is None else min(first_by, deadline)
+    read = 0
     while True:
-        async with asyncio.timeout_at(deadline):
-            line = await content.readline()
+        try:
+            async with asyncio.timeout_at(limit):
+                line = await content.readline()
+        except TimeoutError:
+            if limit >= deadline:
+                raise
+            if read == 0:
+                raise _no_first_byte(backend_id, first_byte_s) from None
+            raise BackendTimeout(
+                f"backend {backend_id!r} stalled mid-stream: nothing for {stall_s:g} s after "
+                f"{read} line(s) (stall_timeout_ms); it may be wedged",
+                backend=backend_id,
+                limit="stall",
+            ) from None
         if not line:
             return
+        read += 1
+        limit = deadline if stall_s is None else min(deadline, loop.time() + stall_s)
         yield line
+
+
+def _no_first_byte(backend_id: str, first_byte_s: float | None) -> BackendTimeout:
+    return BackendTimeout(
+        f"backend {backend_id!r} did not start answering within {first_byte_s:g} s "
+        "(first_byte_timeout_ms); it may be overloaded or wedged",
+        backend=backend_id,
+        limit="first_byte",
+    )
 
 
 # -- the three wire formats --------------------------------------------------------------------

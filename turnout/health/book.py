@@ -25,7 +25,7 @@ class Transition:
     new: State
     reason: str
     signal: str
-    """What moved it: ``traffic``, ``probe`` or ``time``."""
+    """What moved it: ``traffic``, ``probe``, ``hang`` or ``time``."""
 
 
 class HealthBook:
@@ -40,6 +40,7 @@ class HealthBook:
         """Advances on every change of a state or cooldown, so waiters know to look again."""
         self._transitions: list[Transition] = []
         self._last_served: dict[str, int] = {}
+        self._tokens = 0
 
     def __repr__(self) -> str:
         states = ", ".join(f"{b}={m.state.name}" for b, m in self.machines.items())
@@ -54,6 +55,37 @@ class HealthBook:
             self._last_served[backend_id] = now_ms
         return self._changed(m, before, "traffic")
 
+    def call_started(self, backend_id: str, now_ms: int) -> int:
+        """A call to ``backend_id`` begins; returns the token to end it with."""
+        self._tokens += 1
+        self.machines[backend_id].call_started(self._tokens, now_ms)
+        return self._tokens
+
+    def call_ended(self, backend_id: str, token: int) -> None:
+        self.machines[backend_id].call_ended(token)
+
+    def progressed(self, backend_id: str, now_ms: int) -> None:
+        """The backend completed something (an answer of any status, a stream chunk)."""
+        m = self.machines.get(backend_id)
+        if m is not None:
+            m.progressed(now_ms)
+
+    def check_hangs(self, now_ms: int) -> bool:
+        """Run the hang detector on every backend. Returns True when a state changed."""
+        changed = False
+        for m in self.machines.values():
+            before = m.state
+            m.check_hang(now_ms)
+            changed = self._changed(m, before, "hang") or changed
+        return changed
+
+    def percentile(self, backend_id: str, p: float) -> float | None:
+        """A percentile of the backend's recent answer latency, once it has enough answers."""
+        m = self.machines.get(backend_id)
+        if m is None or m.window.successes < self.policy.min_samples:
+            return None
+        return m.window.percentile(p)
+
     def serving_well(self, backend_id: str, since_ms: int) -> bool:
         """Healthy and answered real traffic since ``since_ms``: a probe would add nothing."""
         m = self.machines.get(backend_id)
@@ -63,12 +95,14 @@ class HealthBook:
             and self._last_served.get(backend_id, -1) >= since_ms
         )
 
-    def probe(self, backend_id: str, ok: bool, latency_ms: float, now_ms: int) -> bool:
+    def probe(
+        self, backend_id: str, ok: bool, latency_ms: float, now_ms: int, *, timed_out: bool = False
+    ) -> bool:
         m = self.machines.get(backend_id)
         if m is None:  # a backend this worker's config does not know
             return False
         before = m.state
-        m.probe(ok, latency_ms, now_ms)
+        m.probe(ok, latency_ms, now_ms, timed_out=timed_out)
         return self._changed(m, before, "probe")
 
     def cool_down(self, backend_id: str, until_ms: int, now_ms: int) -> None:
@@ -76,7 +110,8 @@ class HealthBook:
         self.version += 1
 
     def tick(self, now_ms: int) -> bool:
-        changed = False
+        """Time passed: evidence expires, cooldowns end, and hung backends are caught."""
+        changed = self.check_hangs(now_ms)
         for m in self.machines.values():
             before = m.state
             m.tick(now_ms)

@@ -6,6 +6,7 @@ say (the probation clock, the probe count, the cooldown).
 
     HEALTHY ──degraded──► DEGRADED ──ok──► HEALTHY
     HEALTHY, DEGRADED ──failing──► UNHEALTHY
+    HEALTHY, DEGRADED, PROBATION ──hang detected──► UNHEALTHY
     UNHEALTHY ──probe passed, once probation is due──► PROBATION
     UNHEALTHY ──probe failed──► UNHEALTHY, and the probation clock restarts
     PROBATION ──the probation_probes-th consecutive passing probe──► HEALTHY
@@ -13,6 +14,11 @@ say (the probation clock, the probe count, the cooldown).
 
 Every (state, event) pair is listed, the no-ops included, so reading the table answers
 "what happens if...". An event the table does not know raises ``LocalHealthError``.
+
+A hang (calls in flight, nothing completing; see ``turnout.health.hang``) is judged
+from time, not from outcomes, so ``BackendHealth`` also keeps the start time of each
+call in flight and when the backend last completed anything. ``tick`` runs the
+detector; a probe that timed out while nothing else completed is a hang too.
 
 A 429 cooldown is not a state: it is orthogonal to health (a rate-limited backend is
 healthy, just busy), so it is kept as ``cooldown_until_ms`` and checked by ``routable``.
@@ -32,6 +38,7 @@ from typing import Literal
 import msgspec
 
 from turnout.errors import TurnoutError
+from turnout.health.hang import hang_reason
 from turnout.health.stats import Evidence, HealthPolicy, Verdict, assess
 
 
@@ -78,8 +85,22 @@ class Tick:
     """Time passed: old evidence expires, and so may a cooldown."""
 
 
-Event = Verdict | ProbePassed | ProbeFailed | CooldownRequested | Tick
-EventType = Verdict | type[ProbePassed] | type[ProbeFailed] | type[CooldownRequested] | type[Tick]
+@dataclasses.dataclass(frozen=True, slots=True)
+class HangDetected:
+    """Calls are in flight and nothing has completed for too long: the backend is hung."""
+
+    reason: str
+
+
+Event = Verdict | ProbePassed | ProbeFailed | CooldownRequested | Tick | HangDetected
+EventType = (
+    Verdict
+    | type[ProbePassed]
+    | type[ProbeFailed]
+    | type[CooldownRequested]
+    | type[Tick]
+    | type[HangDetected]
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,6 +125,7 @@ TRANSITIONS: dict[State, dict[EventType, State | When]] = {
         ProbeFailed: HEALTHY,
         CooldownRequested: HEALTHY,
         Tick: HEALTHY,
+        HangDetected: UNHEALTHY,
     },
     DEGRADED: {
         Verdict.OK: HEALTHY,
@@ -113,6 +135,7 @@ TRANSITIONS: dict[State, dict[EventType, State | When]] = {
         ProbeFailed: DEGRADED,
         CooldownRequested: DEGRADED,
         Tick: DEGRADED,
+        HangDetected: UNHEALTHY,
     },
     UNHEALTHY: {
         # It gets no traffic; verdicts from requests still in flight are ignored.
@@ -123,6 +146,7 @@ TRANSITIONS: dict[State, dict[EventType, State | When]] = {
         ProbeFailed: UNHEALTHY,  # and the probation clock restarts
         CooldownRequested: UNHEALTHY,
         Tick: UNHEALTHY,
+        HangDetected: UNHEALTHY,  # it gets no traffic; the detector does not run here
     },
     PROBATION: {
         Verdict.OK: PROBATION,
@@ -132,6 +156,7 @@ TRANSITIONS: dict[State, dict[EventType, State | When]] = {
         ProbeFailed: UNHEALTHY,
         CooldownRequested: PROBATION,
         Tick: PROBATION,
+        HangDetected: UNHEALTHY,
     },
 }
 
@@ -163,6 +188,11 @@ class HealthRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The prober's latest probe of this backend: every worker feeds it to its own machine."""
     probe_latency_ms: float | None = None
     probe_at_ms: int | None = None
+    probe_error: str | None = None
+    """The failed probe's error code; ``backend_timeout`` is evidence of a hang."""
+    in_flight: int | None = None
+    """Calls in flight from the publishing worker, and the age of its oldest."""
+    oldest_call_ms: int | None = None
 
     @property
     def key(self) -> bytes:
@@ -200,6 +230,10 @@ class BackendHealth:
         self.probation_due_ms: int | None = None
         """While UNHEALTHY: when a passing probe may start probation."""
         self.window = self.policy.new_window()
+        self.calls: dict[int, int] = {}
+        """Start time of each call in flight, by the caller's token, oldest first."""
+        self.last_progress_ms: int | None = None
+        """When the backend last completed anything: an answer, a chunk, a passing probe."""
 
     def __repr__(self) -> str:
         ok = f"{self.window.successes / self.window.n:.0%}" if self.window.n else "n/a"
@@ -229,18 +263,65 @@ class BackendHealth:
         self.window.record(ok, latency_ms, now_ms)
         return self.handle(self.evidence().verdict, now_ms)
 
-    def probe(self, ok: bool, latency_ms: float, now_ms: int) -> State:
-        """An active probe's outcome: the probe event first, then it counts as evidence."""
+    def probe(self, ok: bool, latency_ms: float, now_ms: int, *, timed_out: bool = False) -> State:
+        """An active probe's outcome: the probe event first, then it counts as evidence.
+
+        A probe that timed out while the backend completed nothing else during its wait
+        is a hang: the backend did not answer even a one-token request.
+        """
+        if ok:
+            self.progressed(now_ms)
         self.handle(ProbePassed() if ok else ProbeFailed(), now_ms)
         self.window.record(ok, latency_ms, now_ms)
+        waited_from = now_ms - int(latency_ms)
+        quiet = self.last_progress_ms is None or self.last_progress_ms <= waited_from
+        if timed_out and quiet and self.state is not UNHEALTHY:
+            return self.handle(
+                HangDetected(
+                    f"hung: a probe got no answer in {latency_ms:.0f} ms and nothing else "
+                    "completed meanwhile"
+                ),
+                now_ms,
+            )
         return self.handle(self.evidence().verdict, now_ms)
+
+    def call_started(self, token: int, now_ms: int) -> None:
+        """A call (``token``, unique per backend) is in flight from ``now_ms``."""
+        self.calls[token] = now_ms
+
+    def call_ended(self, token: int) -> None:
+        self.calls.pop(token, None)
+
+    def progressed(self, now_ms: int) -> None:
+        """The backend completed something: it is alive, whatever the outcome."""
+        if self.last_progress_ms is None or now_ms > self.last_progress_ms:
+            self.last_progress_ms = now_ms
+
+    def oldest_call_ms(self) -> int | None:
+        """When the oldest call still in flight started; None when none is."""
+        return min(self.calls.values()) if self.calls else None
+
+    def check_hang(self, now_ms: int) -> State:
+        """Run the hang detector at ``now_ms``; a hang takes the backend out of rotation."""
+        if self.state is UNHEALTHY:
+            return self.state
+        reason = hang_reason(
+            oldest_call_ms=self.oldest_call_ms(),
+            last_progress_ms=self.last_progress_ms,
+            p99_ms=self.window.percentile(99),
+            now_ms=now_ms,
+            floor_ms=self.policy.hang_floor_ms,
+            factor=self.policy.hang_factor,
+        )
+        return self.state if reason is None else self.handle(HangDetected(reason), now_ms)
 
     def cool_down(self, until_ms: int, *, now_ms: int) -> State:
         return self.handle(CooldownRequested(until_ms), now_ms)
 
     def tick(self, now_ms: int) -> State:
         self.handle(Tick(), now_ms)
-        return self.handle(self.evidence().verdict, now_ms)
+        self.handle(self.evidence().verdict, now_ms)
+        return self.check_hang(now_ms)
 
     def evidence(self) -> Evidence:
         return assess(self.window, self.policy)
@@ -299,6 +380,8 @@ class BackendHealth:
 
     def _reason(self, old: State, new: State, event: Event) -> str:
         probes = self.policy.probation_probes
+        if isinstance(event, HangDetected):
+            return event.reason if new is not old else self.reason
         if isinstance(event, Verdict):
             judged = new in (HEALTHY, DEGRADED) or (new is UNHEALTHY and old is not UNHEALTHY)
             return self.evidence().reason if judged else self.reason
@@ -329,6 +412,8 @@ class BackendHealth:
             ewma_ms=_ms(self.window.ewma_ms),
             cooldown_until_ms=self.cooldown_until_ms,
             updated_ms=self.updated_ms,
+            in_flight=len(self.calls),
+            oldest_call_ms=self.oldest_call_ms(),
         )
 
     def to_wire(self) -> bytes:

@@ -14,7 +14,9 @@ cannot condemn a good backend, yet a dead one is condemned in a handful of reque
 
     FAILING   the interval's UPPER bound is below ``unhealthy_below``
     DEGRADED  the interval's UPPER bound is below ``degraded_below``,
-              or p95 latency is above ``slow_ms`` (when set)
+              or p95 latency is above ``slow_ms`` (when set),
+              or recent latency (EWMA) is over ``slow_factor`` times the backend's
+              usual latency (a slow EWMA of every answer it gave)
     OK        otherwise: the rate is not shown to be low. This covers a lower bound
               above ``degraded_below`` and too little evidence to say anything
               (fewer than ``min_samples`` requests).
@@ -77,6 +79,17 @@ class Window:
         self._latest_ms: int | None = None
         self.ewma_ms: float | None = None
         """Exponentially weighted mean latency of answers; survives pruning."""
+        self.usual_ms: float | None = None
+        """A slow EWMA (alpha ``usual_alpha``) of answer latency: what is usual for it.
+        Bias-corrected (it starts from 0 and is divided by the weight so far), so a slow
+        first answer (a cold start) weighs 1/n, not everything; and each answer counts
+        at most ``usual_clip`` times the usual, so a slow spell moves it slowly (a lasting
+        10x becomes the new usual after about 60 answers)."""
+        self.usual_alpha = 0.005
+        self.usual_clip = 4.0
+        self._usual_sum = 0.0
+        self.answers = 0
+        """Answers recorded since the window was created or cleared, pruned ones included."""
 
     def __repr__(self) -> str:
         return (
@@ -108,6 +121,15 @@ class Window:
             self.ewma_ms = (
                 latency_ms if self.ewma_ms is None else a * latency_ms + (1 - a) * self.ewma_ms
             )
+            u = self.usual_alpha
+            self.answers += 1
+            clipped = (
+                latency_ms
+                if self.usual_ms is None
+                else min(latency_ms, self.usual_clip * self.usual_ms)
+            )
+            self._usual_sum = u * clipped + (1 - u) * self._usual_sum
+            self.usual_ms = self._usual_sum / (1 - (1 - u) ** self.answers)
         while len(self._samples) > self.max_samples:
             self._drop_oldest()
         self.prune(at)
@@ -124,6 +146,9 @@ class Window:
         self._latencies.clear()
         self._successes = 0
         self.ewma_ms = None
+        self.usual_ms = None
+        self._usual_sum = 0.0
+        self.answers = 0
 
     def success_interval(self, z: float = 1.96) -> tuple[float, float]:
         return wilson_interval(self._successes, len(self._samples), z)
@@ -177,6 +202,15 @@ class HealthPolicy:
     ewma_alpha: float = 0.2
     slow_ms: float | None = None
     """p95 latency above this marks a backend degraded; None judges success rate only."""
+    slow_factor: float | None = 4.0
+    """Recent latency above this many times the backend's usual marks it degraded, once
+    it has given ``slow_after_answers`` answers; None turns the check off. The usual
+    adapts slowly (a lasting 10x jump is the new usual after about 60 answers)."""
+    slow_after_answers: int = 20
+    hang_floor_ms: int = 3_000
+    hang_factor: float = 3.0
+    """A backend is hung when a call has been in flight, and nothing has completed, for
+    ``max(hang_floor_ms, hang_factor x p99)``; see ``turnout.health.hang``."""
 
     def __post_init__(self) -> None:
         if not 0 < self.unhealthy_below <= self.degraded_below <= 1:
@@ -211,6 +245,9 @@ class Evidence:
     """Upper bound of the success rate's Wilson interval."""
     p95_ms: float | None
     policy: HealthPolicy
+    ewma_ms: float | None = None
+    usual_ms: float | None = None
+    answers: int = 0
 
     @property
     def enough(self) -> bool:
@@ -223,7 +260,21 @@ class Evidence:
     @property
     def is_slow(self) -> bool:
         slow_ms, p95_ms = self.policy.slow_ms, self.p95_ms
-        return self.enough and slow_ms is not None and p95_ms is not None and p95_ms > slow_ms
+        return self.enough and (
+            (slow_ms is not None and p95_ms is not None and p95_ms > slow_ms)
+            or self.is_slower_than_usual
+        )
+
+    @property
+    def is_slower_than_usual(self) -> bool:
+        factor, ewma, usual = self.policy.slow_factor, self.ewma_ms, self.usual_ms
+        return (
+            factor is not None
+            and ewma is not None
+            and usual is not None
+            and self.answers >= self.policy.slow_after_answers
+            and ewma > factor * usual
+        )
 
     @property
     def is_degraded(self) -> bool:
@@ -257,6 +308,11 @@ class Evidence:
             return f"{rate}, below {policy.unhealthy_below:.0%}"
         if self.high < policy.degraded_below:
             return f"{rate}, below {policy.degraded_below:.0%}"
+        if self.is_slower_than_usual and self.ewma_ms and self.usual_ms:
+            return (
+                f"latency {self.ewma_ms:.0f} ms (EWMA) is {self.ewma_ms / self.usual_ms:.1f}x "
+                f"its usual {self.usual_ms:.0f} ms, above {policy.slow_factor:g}x"
+            )
         if self.is_slow:
             return (
                 f"p95 latency {self.p95_ms:.0f} ms over {self.n} requests, "
@@ -275,4 +331,7 @@ def assess(window: Window, policy: HealthPolicy) -> Evidence:
         high=high,
         p95_ms=window.percentile(95) if policy.slow_ms is not None else None,
         policy=policy,
+        ewma_ms=window.ewma_ms,
+        usual_ms=window.usual_ms,
+        answers=window.answers,
     )
