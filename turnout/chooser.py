@@ -174,6 +174,7 @@ class Chooser:
             timeout_ms=backend.timeout_ms,
             first_byte_timeout_ms=backend.first_byte_timeout_ms,
             stall_timeout_ms=backend.stall_timeout_ms,
+            hang_after_ms=backend.hang_after_ms,
         )
 
     def idle_target(self, job: Admitted, tried: frozenset[str]) -> str | None:

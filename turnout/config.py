@@ -103,6 +103,10 @@ class Backend(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """Until the response (a stream's first chunk) starts; None derives it from latency."""
     stall_timeout_ms: Annotated[int, msgspec.Meta(gt=0)] | None = None
     """Longest gap between a stream's chunks; None derives it from latency."""
+    hang_after_ms: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    """How long calls may go with nothing completed before the backend counts as hung
+    (at least; 3 x p99 if longer). None: 3 s. Raise it for a one-slot server whose
+    plain (unstreamed) answers can legitimately take longer (turnout.health.hang)."""
     weight: float = 1.0
     """Share for the ``weighted`` policy; 0 means only when no weighted backend is open."""
     capabilities: list[str] = []

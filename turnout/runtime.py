@@ -91,7 +91,12 @@ class Runtime:
             probation_probes=self._settings.probation_probes,
         )
         self.health = HealthBook(
-            [b.id for b in self._config.backends], now_ms=int(time.time() * 1000), policy=policy
+            [b.id for b in self._config.backends],
+            now_ms=int(time.time() * 1000),
+            policy=policy,
+            hang_floors_ms={
+                b.id: b.hang_after_ms for b in self._config.backends if b.hang_after_ms
+            },
         )
         done = ChangelogTable(self._tables.done, self._app)
         self._dispatcher = Dispatcher(

@@ -389,7 +389,9 @@ async def test_a_long_generation_does_not_get_the_busy_model_excluded(stack, nam
     await setup_topics(names, stack.client)
     health = unique("llm.health")
     # A loaded machine generates 10 tokens/s or less: room for a long answer.
-    patient = CONFIG.replace("timeout_ms: 60000", "timeout_ms: 300000")
+    patient = CONFIG.replace("timeout_ms: 60000", "timeout_ms: 300000").replace(
+        "hang_after_ms: 60000", "hang_after_ms: 300000"
+    )
     assert patient != CONFIG
     env = {**probing_env(health, 1.0), "TURNOUT_PROBE_TIMEOUT_S": "2.0"}
     worker = stack.worker(patient, **env)

@@ -124,7 +124,11 @@ async def test_a_worker_joining_re_serves_only_the_partitions_that_moved(spawn, 
     reqs, ids = make_requests(clients, 1000)
     await ensure_topics(BOOTSTRAP, [names.request_topic], 8)
     await ensure_topics(BOOTSTRAP, list(ids), 1)
-    cfg = config_for(("mock", "openai", backend.url))
+    # Every call takes 25 s: not a hang (turnout.health.hang), so say so.
+    cfg = config_for(("mock", "openai", backend.url)).replace(
+        "max_concurrency: 4096}", "max_concurrency: 4096, hang_after_ms: 120000}"
+    )
+    assert "hang_after_ms" in cfg
     kw = dict(app_id=names.app_id, request_topic=names.request_topic, partitions=8,
               extra_env={"TURNOUT_MAX_IN_FLIGHT": "2000"})  # fmt: skip
     first = spawn.worker(cfg, name="first", **kw)

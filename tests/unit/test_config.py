@@ -214,7 +214,8 @@ routes:
     assert found == [
         "backends[0:a].colour: unknown field (expected one of: id, protocol, base_url, models, "
         "tier, api_key_env, max_concurrency, timeout_ms, first_byte_timeout_ms, "
-        "stall_timeout_ms, weight, capabilities, cost, rate, probe, embed_endpoint)",
+        "stall_timeout_ms, hang_after_ms, weight, capabilities, cost, rate, probe, "
+        "embed_endpoint)",
         "backends[0:a].protocol: expected one of openai, ollama, anthropic, got 'grpc'",
         "backends[1:b].max_concurrency: expected `int` >= 1, got 0",
         "routes[main].targets[0].model: required field is missing",

@@ -144,3 +144,16 @@ def test_the_book_exposes_percentiles_only_with_enough_answers():
     assert book.percentile("a", 50) is None
     book.observe("a", True, 104.0, T0 + 5)
     assert book.percentile("a", 50) == 102.0
+
+
+def test_a_backend_may_set_its_own_hang_floor():
+    """hang_after_ms raises one backend's floor (a one-slot model with long plain answers)."""
+    book = HealthBook(["slow", "fast"], now_ms=T0, hang_floors_ms={"slow": 60_000})
+    assert book.machines["slow"].policy.hang_floor_ms == 60_000
+    assert book.machines["fast"].policy.hang_floor_ms == 3_000
+    for b in ("slow", "fast"):
+        book.machines[b].call_started(1, T0)
+        assert book.machines[b].tick(T0 + 3_000) is (
+            State.HEALTHY if b == "slow" else State.UNHEALTHY
+        )
+    assert book.machines["slow"].tick(T0 + 60_000) is State.UNHEALTHY

@@ -189,6 +189,8 @@ class GatewayKafka:
         self.base = base
         self.gw = gw
         self.store = StatusStore(gw.status_max_entries, int(gw.status_ttl_s * 1000))
+        self._writing: dict[str, StatusRecord] = {}
+        """Statuses whose write is under way: lookups see them (read your writes)."""
         self.on_final: OnFinal | None = None
         self._listeners: dict[str, Listener] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -390,7 +392,10 @@ class GatewayKafka:
         return rec
 
     def lookup(self, request_id: str) -> StatusRecord | None:
-        return self.store.get(request_id, now_ms())
+        """The request's status, including one whose write is not acked yet: a client
+        that got its answer and asks again at once must see it done."""
+        writing = self._writing.get(request_id)
+        return writing if writing is not None else self.store.get(request_id, now_ms())
 
     async def record(self, request_id: str, rec: StatusRecord, *, retry: bool = False) -> None:
         """Write ``rec`` to the status topic (acked by all replicas), then to memory.
@@ -403,7 +408,18 @@ class GatewayKafka:
         read again.
         """
         if not self.store.accepts(request_id, rec):
+            if self._writing.get(request_id) is rec:
+                del self._writing[request_id]
             return
+        self._writing[request_id] = rec
+        try:
+            await self._write_status(request_id, rec, retry)
+        finally:
+            if self._writing.get(request_id) is rec:
+                del self._writing[request_id]
+        self.store.put(request_id, rec)
+
+    async def _write_status(self, request_id: str, rec: StatusRecord, retry: bool) -> None:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.gw.status_retry_s
         delay = 0.2
@@ -433,7 +449,6 @@ class GatewayKafka:
                 log.warning("gateway_status_write_retry", error=name, delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        self.store.put(request_id, rec)
 
     # -- replies --------------------------------------------------------------------------------
 
@@ -516,19 +531,22 @@ class GatewayKafka:
                 listener.deliver(message)
                 self._mark_running(message.id)
             return None
+        recording = self._record_reply(message)
         if listener is not None:
             listener.deliver(message)
-        return self._record_reply(message)
+        return recording
 
     def _mark_running(self, request_id: str) -> None:
         old = self.lookup(request_id)
         if old is not None and old.status == "queued":  # in memory only: cheap, and optional
             self.store.put(request_id, msgspec.structs.replace(old, status="running"))
 
-    async def _record_reply(self, reply: Reply) -> None:
+    def _record_reply(self, reply: Reply) -> Awaitable[None] | None:
+        """The final status of ``reply``: visible to lookups at once, written by the
+        coroutine returned (the caller awaits it before committing the offset)."""
         old = self.lookup(reply.id)
         if old is not None and old.final:
-            return  # a repeat (the worker answered twice after a crash): the first one stands
+            return None  # a repeat (the worker answered twice after a crash): the first stands
         rec = StatusRecord(
             status="done" if reply.status == "ok" else "failed",
             client_id=reply.client_id or (old.client_id if old else ""),
@@ -540,9 +558,14 @@ class GatewayKafka:
             webhook_url=old.webhook_url if old else None,
             webhook="pending" if old is not None and old.webhook_url else None,
         )
-        await self.record(reply.id, rec, retry=True)
+        if self.store.accepts(reply.id, rec):
+            self._writing[reply.id] = rec  # before the waiting caller hears of it
+        return self._write_reply_status(reply.id, rec)
+
+    async def _write_reply_status(self, request_id: str, rec: StatusRecord) -> None:
+        await self.record(request_id, rec, retry=True)
         if rec.webhook == "pending":
-            self._spawn(self._final(reply.id, rec))
+            self._spawn(self._final(request_id, rec))
 
     async def _final(self, request_id: str, rec: StatusRecord) -> None:
         if self.on_final is not None:

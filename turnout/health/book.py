@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from turnout.health.machine import BackendHealth, HealthRecord, State
 from turnout.health.stats import HealthPolicy
@@ -30,11 +30,25 @@ class Transition:
 
 class HealthBook:
     def __init__(
-        self, backend_ids: Iterable[str], *, now_ms: int, policy: HealthPolicy | None = None
+        self,
+        backend_ids: Iterable[str],
+        *,
+        now_ms: int,
+        policy: HealthPolicy | None = None,
+        hang_floors_ms: Mapping[str, int] | None = None,
     ) -> None:
+        """``hang_floors_ms``: backends whose hang floor differs from the policy's."""
         self.policy = policy if policy is not None else HealthPolicy()
+        floors = hang_floors_ms or {}
         self.machines = {
-            b: BackendHealth(b, now_ms=now_ms, policy=self.policy) for b in backend_ids
+            b: BackendHealth(
+                b,
+                now_ms=now_ms,
+                policy=self.policy
+                if b not in floors
+                else dataclasses.replace(self.policy, hang_floor_ms=floors[b]),
+            )
+            for b in backend_ids
         }
         self.version = 0
         """Advances on every change of a state or cooldown, so waiters know to look again."""

@@ -10,8 +10,8 @@ Each is the backend's configured value when set (``timeout_ms``,
 ``first_byte_timeout_ms``, ``stall_timeout_ms``), else derived from its recent
 latency distribution, and always capped by the request's remaining deadline:
 
-    total       plain calls: min(timeout_ms, max(10 s, 10 x p99)) once p99 is known,
-                else timeout_ms; streams: timeout_ms (a long stream that keeps
+    total       plain calls: min(timeout_ms, max(10 s, 10 x p99, hang_after_ms)) once
+                p99 is known, else timeout_ms; streams: timeout_ms (a long stream that keeps
                 sending is healthy; the first-byte and stall limits catch a wedge)
     first_byte  streams: max(3 s, 3 x p99), the hang bound (a first chunk comes no
                 later than a whole answer); plain calls: the total (their headers come
@@ -25,6 +25,8 @@ a server whose p99 is 200 ms still gets 3 s to send its next chunk.
     CallTimeouts(total_ms=60000, first_byte_ms=3000, stall_ms=3000, deadline_capped=True)
     >>> call_timeouts(p99_ms=2000.0, remaining_ms=300_000, stream=False)
     CallTimeouts(total_ms=20000, first_byte_ms=20000, stall_ms=6000, deadline_capped=False)
+    >>> call_timeouts(p99_ms=2000.0, remaining_ms=300_000, stream=False, hang_after_ms=60_000)
+    CallTimeouts(total_ms=60000, first_byte_ms=60000, stall_ms=6000, deadline_capped=False)
     >>> call_timeouts(p99_ms=2000.0, remaining_ms=300_000, stream=True)
     CallTimeouts(total_ms=120000, first_byte_ms=6000, stall_ms=6000, deadline_capped=False)
 """
@@ -69,11 +71,17 @@ def call_timeouts(
     timeout_ms: int = 120_000,
     first_byte_timeout_ms: int | None = None,
     stall_timeout_ms: int | None = None,
+    hang_after_ms: int | None = None,
 ) -> CallTimeouts:
-    """The limits of one call; see the module docstring."""
+    """The limits of one call; see the module docstring.
+
+    ``hang_after_ms`` (the backend's own hang floor) says how long a plain call may
+    legitimately run: the derived total never cuts one sooner.
+    """
     limit = timeout_ms
     if p99_ms is not None and not stream:
-        limit = min(timeout_ms, max(TOTAL_FLOOR_MS, math.ceil(TOTAL_FACTOR * p99_ms)))
+        floor = max(TOTAL_FLOOR_MS, hang_after_ms or 0)
+        limit = min(timeout_ms, max(floor, math.ceil(TOTAL_FACTOR * p99_ms)))
     chunk = (
         CHUNK_FLOOR_MS if p99_ms is None else max(CHUNK_FLOOR_MS, math.ceil(CHUNK_FACTOR * p99_ms))
     )
