@@ -157,3 +157,12 @@ def test_a_backend_may_set_its_own_hang_floor():
             State.HEALTHY if b == "slow" else State.UNHEALTHY
         )
     assert book.machines["slow"].tick(T0 + 60_000) is State.UNHEALTHY
+
+
+def test_with_a_raised_floor_a_probe_timing_out_behind_a_long_call_is_not_a_hang():
+    """A probe queued behind a legitimately long call times out: busy, not hung, until the floor."""
+    policy = HealthPolicy(hang_floor_ms=60_000)
+    h = BackendHealth("slow", now_ms=T0, policy=policy)
+    h.call_started(1, T0)
+    assert h.probe(False, 5_000.0, T0 + 5_000, timed_out=True) is not State.UNHEALTHY
+    assert h.probe(False, 5_000.0, T0 + 60_000, timed_out=True) is State.UNHEALTHY

@@ -267,7 +267,10 @@ class BackendHealth:
         """An active probe's outcome: the probe event first, then it counts as evidence.
 
         A probe that timed out while the backend completed nothing else during its wait
-        is a hang: the backend did not answer even a one-token request.
+        is a hang: the backend did not answer even a one-token request. On a backend
+        with a raised hang floor (``hang_after_ms``: its calls may legitimately run that
+        long), only once nothing has completed for the floor: a probe queued behind a
+        long call times out while the backend is busy, not hung.
         """
         if ok:
             self.progressed(now_ms)
@@ -275,6 +278,11 @@ class BackendHealth:
         self.window.record(ok, latency_ms, now_ms)
         waited_from = now_ms - int(latency_ms)
         quiet = self.last_progress_ms is None or self.last_progress_ms <= waited_from
+        if self.policy.hang_floor_ms > HealthPolicy().hang_floor_ms:
+            silent_since = self.last_progress_ms
+            if silent_since is None:  # never answered: silent since its oldest call
+                silent_since = min(self.calls.values(), default=now_ms)
+            quiet = now_ms - silent_since >= self.policy.hang_floor_ms
         if timed_out and quiet and self.state is not UNHEALTHY:
             return self.handle(
                 HangDetected(
