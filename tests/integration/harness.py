@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 
 import orjson
 
@@ -479,11 +480,17 @@ class GatewayStack:
         gateway_env: dict[str, str] | None = None,
         mock_args: tuple[str, ...] = (),
         protocols: tuple[str, ...] = ("openai", "ollama"),
+        config_text: Callable[[str], str] | None = None,
     ) -> None:
+        """``config_text(backend_url)``: the worker config, instead of one route per protocol."""
         self.tmp = tmp
         self.backend = MockBackend(tmp, *mock_args)
         self.request_topic = unique("gw.requests")
-        config = config_for(*((f"mock-{p}", p, self.backend.url) for p in protocols))
+        config = (
+            config_text(self.backend.url)
+            if config_text is not None
+            else config_for(*((f"mock-{p}", p, self.backend.url) for p in protocols))
+        )
         self.worker = Worker(tmp, config, app_id=unique("gw-app"), request_topic=self.request_topic)
         self.gateway = GatewayProcess(
             tmp,
