@@ -50,6 +50,17 @@ from turnout.tokens import estimate_completion_tokens
 
 log = logs.get("turnout.request")
 
+LATENCY_REFRESH_S = 2.0
+"""How old an idle backend's latency average may grow before ``latency`` measures it again.
+
+The ``latency`` policy sends every request to the fastest average, so the others
+get no traffic and their averages never change: one slow answer (a cold start, a
+busy moment) would keep a fast backend out for good. An average older than this,
+of a backend with nothing in flight, is due: the next ``latency`` decision tries
+that backend once, and the measurement replaces the old average instead of being
+blended into it. The cost is one request per backend per refresh period.
+"""
+
 LATENCY_MEMORY_S = 15.0
 """How long an idle backend's latency average keeps counting for routing.
 
@@ -359,6 +370,7 @@ class Chooser:
                         excluded=excluded,
                         turn=self._turn,
                         latency_ms=self._latency_view(now),
+                        latency_due=frozenset(b for b in self._latency_ms if self._due(b, now)),
                     )
                     decision = decide(
                         route,
@@ -545,7 +557,7 @@ class Chooser:
     def _observe_latency(self, backend_id: str, took_ms: float, alpha: float = 0.2) -> None:
         """Keep an exponentially weighted moving average of each backend's latency."""
         prev = self._latency_ms.get(backend_id)
-        if prev is not None and self._stale(backend_id, _now_ms()):
+        if prev is not None and self._due(backend_id, _now_ms()):
             prev = None
         self._latency_ms[backend_id] = took_ms if prev is None else prev + alpha * (took_ms - prev)
         self._latency_at[backend_id] = _now_ms()
@@ -553,6 +565,11 @@ class Chooser:
     def _stale(self, backend_id: str, now_ms: int) -> bool:
         age_ms = now_ms - self._latency_at.get(backend_id, now_ms)
         return age_ms > LATENCY_MEMORY_S * 1000 and not self._in_flight.get(backend_id, 0)
+
+    def _due(self, backend_id: str, now_ms: int) -> bool:
+        """Whether the average is old enough to be measured again: see ``LATENCY_REFRESH_S``."""
+        age_ms = now_ms - self._latency_at.get(backend_id, now_ms)
+        return age_ms > LATENCY_REFRESH_S * 1000 and not self._in_flight.get(backend_id, 0)
 
     def _latency_view(self, now_ms: int) -> dict[str, float]:
         """The latency averages routing may use now: see ``LATENCY_MEMORY_S``."""

@@ -16,7 +16,8 @@ round_robin          the caller's turn counter modulo the candidates
 weighted             at random in proportion to backend ``weight`` (seeded ``rng``)
 least_connections    lowest in-flight share of ``max_concurrency``; ties by order
 latency              lowest latency EWMA; unknown counts as best so new backends get
-                     measured; ties by load
+                     measured, and one whose average is due for a refresh is measured
+                     again before the rest; ties by load
 cost                 cheapest estimate for this prompt and completion; ties by load
 local_first          a local backend while one has a slot and its EWMA fits the time
                      left; otherwise spill to cloud by least connections
@@ -57,6 +58,8 @@ class Snapshot:
     """EWMA of recent latency per backend; a missing backend has no measurement yet."""
     cooldown: frozenset[str] = frozenset()
     """Backends that answered 429 recently; passed over like excluded ones."""
+    latency_due: frozenset[str] = frozenset()
+    """Backends whose latency average is old and idle: ``latency`` measures them again."""
 
     def has_capacity(self, backend_id: str) -> bool:
         return self.in_flight.get(backend_id, 0) < self.backends[backend_id].max_concurrency
@@ -197,6 +200,15 @@ def _least_connections(c: Sequence[Target], x: _Ctx) -> _Pick:
 
 def _latency(c: Sequence[Target], x: _Ctx) -> _Pick:
     lat = x.snap.latency_ms
+    due = [t for t in c if t.backend in x.snap.latency_due and t.backend in lat]
+    if due:
+        # Without this a backend that was slow once (a cold start, a busy moment)
+        # would never be chosen again, so its average would never improve.
+        pick = due[0]
+        return pick, (
+            f"{pick.backend!r} has an old latency EWMA ({lat[pick.backend]:.0f} ms) "
+            "and nothing in flight, so it is measured again"
+        )
     pick = min(c, key=lambda t: (lat.get(t.backend, -math.inf), x.snap.load(t.backend)))
     ewma = lat.get(pick.backend)
     if ewma is None:

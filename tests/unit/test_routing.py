@@ -101,6 +101,18 @@ def test_latency_policy(latency, in_flight, expected):
     assert pick(route("latency"), in_flight, latency=latency) == expected
 
 
+def test_latency_policy_measures_a_due_backend_again():
+    """A backend whose old average is due is tried before the fastest, saying why."""
+    LAT = {"a": 900, "b": 40, "c": 500, "d": 600}
+    snap = Snapshot(BACKENDS, {}, latency_ms=LAT, latency_due=frozenset({"a"}))
+    got = decide(route("latency"), snap, RouteRequest(), tried=(), rng=random.Random(0))
+    assert got is not None and got.backend == "a"
+    assert "measured again" in got.reason
+    snap = Snapshot(BACKENDS, {}, latency_ms=LAT)
+    got = decide(route("latency"), snap, RouteRequest(), tried=(), rng=random.Random(0))
+    assert got is not None and got.backend == "b"
+
+
 @pytest.mark.parametrize(
     ("latency", "remaining_ms", "expected"),
     [
