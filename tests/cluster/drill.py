@@ -22,6 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.conn import create_conn
+from aiokafka.protocol.metadata import MetadataRequest
 
 from schemas.types import Reply, decode_reply_message
 from tests.integration.harness import chat_request
@@ -85,6 +88,28 @@ class Cluster:
             yield admin
         finally:
             await admin.close()
+
+    async def wait_visible(self, topic: str, timeout_s: float = 60) -> None:
+        """Until every node's metadata has the topic with a leader for each partition.
+
+        A topic just created is known to the controller first; a client that asks
+        another node a moment later may not see it yet (slow under load).
+        """
+        deadline = time.monotonic() + timeout_s
+        for node in range(1, NODES + 1):
+            while True:
+                conn = await create_conn("127.0.0.1", self.node_port(node))
+                try:  # ask this node only
+                    metadata = ClusterMetadata()
+                    metadata.update_metadata(await conn.send(MetadataRequest([topic], False)))
+                finally:
+                    conn.close()
+                parts = metadata.partitions_for_topic(topic) or set()
+                leaders = [metadata.leader_for_partition(TopicPartition(topic, p)) for p in parts]
+                if parts and all(leader is not None and leader >= 0 for leader in leaders):
+                    break
+                assert time.monotonic() < deadline, f"{topic} not visible on node {node}"
+                await asyncio.sleep(0.2)
 
     async def leaders(self, topic: str) -> dict[int, int]:
         async with self.admin() as admin:

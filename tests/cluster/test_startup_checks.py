@@ -44,6 +44,7 @@ def worker_env(cluster: Cluster, tmp_path, request_topic: str, **extra: str) -> 
 async def make_topic(cluster: Cluster, name: str, rf: int, configs: dict[str, str] | None = None):
     async with cluster.admin() as admin:
         await admin.create_topics([NewTopic(name, 2, rf, topic_configs=configs or {})])
+    await cluster.wait_visible(name)  # the worker may ask any node
 
 
 def assert_one_line(rc: int, out: str, err: str, expected: str) -> str:
@@ -72,12 +73,14 @@ async def test_worker_refuses_unclean_leader_election_on_a_reply_topic(cluster, 
     topic = unique("start.requests")
     reply = f"turnout.replies.{unique('unclean')}"
     await make_topic(cluster, reply, 3, {"unclean.leader.election.enable": "true"})
-    rc, out, err = await run_turnout(
-        "worker", env=worker_env(cluster, tmp_path, topic), timeout_s=60
-    )
-    assert_one_line(rc, out, err, f"{reply}: unclean.leader.election.enable=true")
-    async with cluster.admin() as admin:  # do not leave it for the other tests' workers
-        await admin.delete_topics([reply])
+    try:
+        rc, out, err = await run_turnout(
+            "worker", env=worker_env(cluster, tmp_path, topic), timeout_s=60
+        )
+        assert_one_line(rc, out, err, f"{reply}: unclean.leader.election.enable=true")
+    finally:  # never leave it for the other tests' workers, which would refuse it too
+        async with cluster.admin() as admin:
+            await admin.delete_topics([reply])
 
 
 async def test_gateway_refuses_an_unsafe_request_topic(cluster, tmp_path):

@@ -143,6 +143,14 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def wait_assigned(self, timeout_s: float = 120) -> None:
+        """Until this run of the worker has been given its request partitions."""
+        deadline = time.monotonic() + timeout_s
+        while b'"partitions_assigned"' not in self.log_path.read_bytes():
+            assert self.alive(), self.log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, self.log_path.read_text()[-3000:]
+            time.sleep(0.2)
+
     def log_lines(self) -> list[dict]:
         out = []
         for i in range(1, self.runs + 1):

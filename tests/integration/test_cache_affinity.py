@@ -73,7 +73,8 @@ def test_affinity_raises_the_prefix_cache_hit_rate_and_survives_a_restart(stack)
 
     worker.kill(signal.SIGTERM)
     worker.start()
-    after = run_sessions(client, "sticky", 1, history)
+    worker.wait_assigned()  # a loaded machine may take longer than the client's timeout
+    after = run_sessions(client.with_options(timeout=120), "sticky", 1, history)
     print(f"after a worker restart, next turn: {after[0] / after[1]:.1%} ({after[0]}/{after[1]})")
     # Each session's backend has cached its whole previous prompt: only the last answer
     # ("echo: turn 4 of <key>", 5 words) and the new turn ("turn 5 of <key>", 4) are
