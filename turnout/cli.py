@@ -10,6 +10,7 @@ import uuid
 
 import orjson
 
+from streams import metadata_backoff
 from streams.settings import Settings
 from turnout import logs
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"turnout: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    metadata_backoff.install()  # every Kafka client of every command
     from turnout.kafka_admin import KafkaStartupError
 
     try:
