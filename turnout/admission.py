@@ -22,12 +22,9 @@ from turnout import rules
 from turnout.config import Config, Route
 from turnout.errors import (
     DeadlineExceeded,
-    InternalError,
     InvalidReplyTopic,
     InvalidRequest,
     RateLimited,
-    ReplyUnpublishable,
-    RequestError,
     RequestTooLarge,
     RouteNotAllowed,
     TurnoutError,
@@ -78,8 +75,10 @@ class Rejected:
 
     @property
     def dead_letter(self) -> bool:
-        """Malformed input and records turnout failed on are dead-lettered; a late request not."""
-        return isinstance(self.error, (RequestError, InternalError, ReplyUnpublishable))
+        """Malformed input and records turnout failed on are dead-lettered; a late request not.
+
+        The error's class says which (``TurnoutError.dead_letter``)."""
+        return self.error.dead_letter
 
 
 _BODY_FIELD = {"chat": "messages", "completion": "prompt", "embeddings": "input"}

@@ -243,6 +243,26 @@ async def test_reply_errors_become_http_errors(
     assert r.headers.get("Retry-After") == ("2" if status in (429, 502, 503, 504) else None)
 
 
+async def test_a_route_not_allowed_reply_is_a_403_permission_error(gw: Running) -> None:
+    """A client whose config forbids the route gets 403 ``permission_error``, not a 502."""
+    gw.script = lambda req: [failure(req, "route_not_allowed", False)]
+    r = await gw.post("/v1/chat/completions", CHAT)
+    body = await r.json()
+    assert r.status == 403, body
+    assert body["error"]["type"] == "permission_error"
+    assert body["error"]["code"] == "route_not_allowed"
+    assert "Retry-After" not in r.headers
+
+
+async def test_a_route_not_allowed_reply_is_a_403_in_anthropics_shape(gw: Running) -> None:
+    """/v1/messages answers the same refusal as Anthropic's ``permission_error``."""
+    gw.script = lambda req: [failure(req, "route_not_allowed", False)]
+    body = {"model": "default", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    r = await gw.post("/v1/messages", body)
+    assert r.status == 403
+    assert (await r.json())["error"]["type"] == "permission_error"
+
+
 async def test_ollama_routes_answer_errors_in_ollamas_shape(gw: Running) -> None:
     """/api errors are {"error": "..."}."""
     gw.script = lambda req: [failure(req, "unknown_model", False)]
