@@ -183,6 +183,7 @@ class Client(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     None: as long as the request's deadline allows."""
     allowed_routes: list[str] | None = None
     default_priority: int = 5
+    """The priority (0 to 9) of this client's requests that set none."""
 
     def allows(self, route_name: str) -> bool:
         return self.allowed_routes is None or route_name in self.allowed_routes
