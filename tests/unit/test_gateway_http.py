@@ -215,7 +215,8 @@ async def test_a_sync_chat_is_published_and_answered(gw: Running) -> None:
     assert (await r.json())["choices"][0]["message"]["content"] == "echo: hi"
     topic, key, req = gw.kafka.published[0]
     assert (topic, key) == ("turnout.requests", b"client-a")
-    assert (req.client_id, req.reply_to, req.stream) == ("client-a", gw.kafka.gw.reply_topic, False)
+    reply_topic = gw.kafka.gw.reply_topic(gw.kafka.base)
+    assert (req.client_id, req.reply_to, req.stream) == ("client-a", reply_topic, False)
     assert r.headers["X-Request-Id"] == req.id
     assert [w["status"] for w in gw.kafka.status_writes] == ["queued", "done"]
 
