@@ -155,6 +155,36 @@ def test_the_drawn_tree_gives_each_class_its_code() -> None:
         assert by_name[name].code == code, name
 
 
+OTHERS = [
+    # module, class, code, http_status: errors never on the wire, defined beside their code
+    ("turnout.health.machine", "LocalHealthError", "health_state", 500),
+    ("turnout.health.machine", "InvalidHealthRecord", "invalid_health_record", 500),
+    ("turnout.region_state", "InvalidRegionState", "invalid_region_state", 500),
+    ("turnout.gateway.webhooks", "WebhookRefused", "webhook_refused", 400),
+    ("turnout.kafka_security", "SecurityConfigError", "invalid_security_config", 500),
+    ("turnout.kafka_admin", "KafkaStartupError", "kafka_unusable", 500),
+    ("streams.tables", "DataDirInUse", "data_dir_in_use", 500),
+    ("turnout.ops.replay", "ReplayError", "replay_refused", 500),
+]
+
+
+@pytest.mark.parametrize(("module", "name", "code", "status"), OTHERS)
+def test_each_error_outside_the_reply_table_has_its_code_and_is_never_retried(
+    module: str, name: str, code: str, status: int
+) -> None:
+    """Health, region, webhook and startup errors: a code, not retryable, not dead-lettered."""
+    cls = getattr(importlib.import_module(module), name)
+    exc = cls("m")
+    assert isinstance(exc, TurnoutError) and exc.message == "m"
+    assert (exc.code, exc.retryable, exc.dead_letter, exc.http_status) == (
+        code,
+        False,
+        False,
+        status,
+    )
+    assert cls not in errors.REPLY_ERRORS
+
+
 def test_startup_errors_keep_the_library_bases_callers_catch() -> None:
     """Brought into the tree, the startup errors are still what their callers catch."""
     from streams.tables import DataDirInUse
