@@ -40,8 +40,9 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     """Relative to the record's timestamp. With ``deadline``, the earlier one wins."""
     deadline: Annotated[int, msgspec.Meta(gt=0)] | None = None
     """Absolute, in milliseconds since the Unix epoch."""
-    priority: Annotated[int, msgspec.Meta(ge=0, le=9)] = 5
-    """0 (lowest) to 9 (highest)."""
+    priority: Annotated[int, msgspec.Meta(ge=0, le=9)] | msgspec.UnsetType = msgspec.UNSET
+    """0 (lowest) to 9 (highest). Unset: the client's ``default_priority`` in the
+    config (5 unless configured); admission resolves it into ``Admitted.priority``."""
     metadata: dict[str, str] = {}
     """Free-form tags; routing rules may match them."""
     stream: bool = False

@@ -35,6 +35,7 @@ from faust.types import TP
 
 from streams.settings import Settings
 from turnout import logs, retention
+from turnout.errors import StartupError
 
 log = logs.get("turnout.tables")
 
@@ -306,8 +307,10 @@ class DoneSweeper:
                 log.debug("done_evicted", entries=evicted, total=self.evicted)
 
 
-class DataDirInUse(RuntimeError):
+class DataDirInUse(StartupError, RuntimeError):
     """Another live worker holds this data directory."""
+
+    code = "data_dir_in_use"
 
 
 def lock_data_dir(path: str) -> int:

@@ -19,15 +19,12 @@ from typing import Any
 from schemas.types import Request, salvage_reply_address
 from streams.settings import Settings
 from turnout import rules
-from turnout.config import Config, Route
+from turnout.config import Client, Config, Route
 from turnout.errors import (
     DeadlineExceeded,
-    InternalError,
     InvalidReplyTopic,
     InvalidRequest,
     RateLimited,
-    ReplyUnpublishable,
-    RequestError,
     RequestTooLarge,
     RouteNotAllowed,
     TurnoutError,
@@ -66,6 +63,8 @@ class Admitted:
     """Estimated, for rules, token rate limits and the cost policy."""
     tiers: frozenset[str] | None = None
     """Tiers a matching rule allows (None: any)."""
+    priority: int = 5
+    """The request's priority, or its client's ``default_priority`` when it set none."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,8 +77,10 @@ class Rejected:
 
     @property
     def dead_letter(self) -> bool:
-        """Malformed input and records turnout failed on are dead-lettered; a late request not."""
-        return isinstance(self.error, (RequestError, InternalError, ReplyUnpublishable))
+        """Malformed input and records turnout failed on are dead-lettered; a late request not.
+
+        The error's class says which (``TurnoutError.dead_letter``)."""
+        return self.error.dead_letter
 
 
 _BODY_FIELD = {"chat": "messages", "completion": "prompt", "embeddings": "input"}
@@ -131,13 +132,15 @@ def admit(
             reply_to,
         )
     route_name, route = resolved
+    client = config.client(request.client_id)
+    priority = resolve_priority(request, client)
     prompt_tokens = estimate_prompt_tokens(request.kind, request.body)
     tiers: frozenset[str] | None = None
     rule = rules.match(
         config.rules,
         client_id=request.client_id,
         metadata=request.metadata,
-        priority=request.priority,
+        priority=priority,
         kind=request.kind,
         prompt_tokens=prompt_tokens,
     )
@@ -146,7 +149,6 @@ def admit(
         if ruled is not None:
             route_name, route = rule.route, ruled
         tiers = frozenset(rule.tiers) if rule.tiers else None
-    client = config.client(request.client_id)
     if client is not None and not client.allows(route_name):
         allowed = ", ".join(client.allowed_routes or []) or "none"
         return Rejected(
@@ -170,8 +172,36 @@ def admit(
         )
         return Rejected(late, request.id, request.client_id, reply_to)
     return Admitted(
-        request, reply_to, route_name, route, deadline_ms, prompt_tokens=prompt_tokens, tiers=tiers
+        request,
+        reply_to,
+        route_name,
+        route,
+        deadline_ms,
+        prompt_tokens=prompt_tokens,
+        tiers=tiers,
+        priority=priority,
     )
+
+
+def resolve_priority(request: Request, client: Client | None) -> int:
+    """The request's own priority, else its client's ``default_priority``, else 5.
+
+    >>> from schemas.types import Request
+    >>> from turnout.config import Client
+    >>> r = Request(id="r", client_id="c", kind="chat", model="m", body={})
+    >>> resolve_priority(r, Client(default_priority=1)), resolve_priority(r, None)
+    (1, 5)
+    >>> import msgspec
+    >>> resolve_priority(msgspec.structs.replace(r, priority=8), Client(default_priority=1))
+    8
+    """
+    if isinstance(request.priority, int):
+        return request.priority
+    return client.default_priority if client is not None else DEFAULT_PRIORITY
+
+
+DEFAULT_PRIORITY = 5
+"""A request's priority when neither it nor its client's config sets one."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

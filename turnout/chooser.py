@@ -323,7 +323,7 @@ class Chooser:
         ``prefer`` names a backend of the route to keep (cache affinity) while it can serve.
         """
         key = id(job)
-        self._pending[key] = (job.route_name, job.request.priority, job.deadline_ms)
+        self._pending[key] = (job.route_name, job.priority, job.deadline_ms)
         try:
             return await self._choose(job, tried, parking, prefer)
         finally:
@@ -342,7 +342,7 @@ class Chooser:
         woken = False
         while True:
             if not woken:  # a newcomer, or a timeout: woken waiters look first
-                await self._after_woken(req.priority)
+                await self._after_woken(job.priority)
             now = _now_ms()
             down_now = self.health.unroutable(now)
             too_slow = self._too_slow(routes, job.deadline_ms - now) - down_now
@@ -352,7 +352,7 @@ class Chooser:
             wanted = RouteRequest(
                 kind=req.kind,
                 client_id=req.client_id,
-                priority=req.priority,
+                priority=job.priority,
                 metadata=req.metadata,
                 prompt_tokens=job.prompt_tokens,
                 remaining_ms=job.deadline_ms - now,
@@ -407,7 +407,7 @@ class Chooser:
             # Capacity and health changes wake waiters; a refilling rate cap does not.
             parked = parking is not None and parking.park()
             try:
-                woken = await self.wait_for_change(req.priority, min(remaining_s, refill_s))
+                woken = await self.wait_for_change(job.priority, min(remaining_s, refill_s))
             finally:
                 if parked:
                     assert parking is not None

@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 
+from turnout.errors import StartupError
+
 Protocol = Literal["openai", "ollama", "anthropic"]
 Tier = Literal["local", "cloud"]
 Kind = Literal["chat", "completion", "embeddings"]
@@ -37,8 +39,10 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _IMPLICIT = "model:"
 
 
-class ConfigError(Exception):
+class ConfigError(StartupError):
     """The configuration is invalid; ``problems`` lists every problem found."""
+
+    code = "invalid_config"
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -179,6 +183,7 @@ class Client(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     None: as long as the request's deadline allows."""
     allowed_routes: list[str] | None = None
     default_priority: int = 5
+    """The priority (0 to 9) of this client's requests that set none."""
 
     def allows(self, route_name: str) -> bool:
         return self.allowed_routes is None or route_name in self.allowed_routes

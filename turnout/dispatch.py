@@ -417,6 +417,12 @@ class Dispatcher:
         tp = TP(record.topic, record.partition)
         deadline = outcome.deadline_ms if isinstance(outcome, Admitted) else None
         stage = Stage("serving", "serving the request", deadline)
+        # Every line logged while serving it names the request (this task's context only).
+        if isinstance(outcome, Admitted):
+            rid, cid = outcome.request.id, outcome.request.client_id
+        else:
+            rid, cid = outcome.request_id, outcome.client_id
+        logs.bind_request(request_id=rid, client_id=cid)
         _stage.set(stage)
         _replied.set(False)
         self._stages[tp][record.offset] = stage
@@ -517,15 +523,22 @@ class Dispatcher:
                 # the record is in the dead-letter topic already: that is where it ends
                 replied = False
                 log.warning("error_reply_unpublishable", request_id=reply.id, error=exc.message)
+        t = float(_now_ms() - record.timestamp_ms)
         if replied:
-            t = float(_now_ms() - record.timestamp_ms)
             self.metrics.request_completed(None, None, "error", err.code, t, 0.0, t)
         log.info(
             "request_completed",
-            status="error",
-            code=err.code,
             request_id=rejected.request_id,
             client_id=rejected.client_id,
+            route=None,
+            backend=None,
+            policy=None,
+            status="error",
+            code=err.code,
+            attempts=0,
+            queue_ms=t,
+            backend_ms=0.0,
+            total_ms=t,
             dead_lettered=rejected.dead_letter,
             replied=replied,
             partition=record.partition,

@@ -35,6 +35,7 @@ from turnout.durability import (
     policy_for,
     startup_verdict,
 )
+from turnout.errors import StartupError
 from turnout.kafka_security import SecuritySettings
 
 log = logs.get("turnout.kafka")
@@ -44,8 +45,10 @@ TOPIC_ALREADY_EXISTS = 36
 UNKNOWN_TOPIC = 3
 
 
-class KafkaStartupError(Exception):
+class KafkaStartupError(StartupError):
     """Kafka is not usable as configured; ``str()`` is one line for a person, no secrets."""
+
+    code = "kafka_unusable"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from turnout.config import Secret
+from turnout.errors import StartupError
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -43,8 +44,10 @@ VARIABLES: tuple[tuple[str, str], ...] = (
 )
 
 
-class SecurityConfigError(ValueError):
+class SecurityConfigError(StartupError, ValueError):
     """The security variables do not describe a usable setup; the message says how to fix it."""
+
+    code = "invalid_security_config"
 
 
 def _read_secret(env: Mapping[str, str], name: str, problems: list[str]) -> Secret | None:

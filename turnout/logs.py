@@ -1,7 +1,10 @@
 """structlog set-up: the production chain from structlog's performance guide.
 
-contextvars (so ``bind_contextvars`` carries request ids), level filter, ISO UTC
-timestamps, orjson JSON rendered straight to bytes; a console renderer on a TTY.
+contextvars, level filter, ISO UTC timestamps, orjson JSON rendered straight to
+bytes; a console renderer on a TTY. The dispatcher serves each request in its own
+task and calls ``bind_request`` there first, so every line logged while serving it
+(``request_failed``, a backend's failure...) carries its ``request_id`` and
+``client_id`` without passing them down; an explicit key-value wins over the bound one.
 Event names are constant snake_case; data goes in key-values. Prompts and
 responses are never passed to a logger unless TURNOUT_LOG_CONTENT is on.
 """
@@ -54,3 +57,12 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
 
 def get(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)  # type: ignore[no-any-return]
+
+
+def bind_request(*, request_id: str | None, client_id: str | None) -> None:
+    """Name the request on every line the current task logs from now on.
+
+    Call it only at the start of a task that serves one request: the binding lives
+    in the task's context (asyncio copies it per task), so it never leaks to another.
+    """
+    structlog.contextvars.bind_contextvars(request_id=request_id, client_id=client_id)

@@ -31,6 +31,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from turnout.errors import TurnoutError
+
 STATE_TOPIC = "turnout.regions"
 """The compacted topic each region publishes its own summary to."""
 
@@ -43,8 +45,10 @@ SERVING_STATES = frozenset({"healthy", "degraded"})
 Status = Literal["fresh", "stale", "future"]
 
 
-class InvalidRegionState(ValueError):
+class InvalidRegionState(TurnoutError, ValueError):
     """A ``turnout.regions`` record that is not a RegionState (wrong JSON or fields)."""
+
+    code = "invalid_region_state"
 
 
 class BackendSummary(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):

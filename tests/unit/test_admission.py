@@ -196,3 +196,55 @@ def test_charge_refuses_past_the_burst_with_an_honest_retry():
     assert [type(v).__name__ for v in verdicts] == ["Charged", "Charged", "Rejected"]
     err = verdicts[2].error
     assert err.code == "rate_limited" and err.retryable and 900 <= err.retry_after_ms <= 1000
+
+
+PRIORITIES = cfg.loads(
+    """
+backends:
+  - {id: local, protocol: openai, base_url: "http://l", models: [echo]}
+routes:
+  fast: {targets: [{backend: local, model: echo}]}
+  urgent: {targets: [{backend: local, model: echo}]}
+rules:
+  - {name: urgent, match: {min_priority: 8}, route: urgent}
+clients:
+  batch: {default_priority: 1}
+  pager: {default_priority: 9}
+default_client: {default_priority: 3}
+default_route: fast
+""",
+    env={},
+)
+
+
+def run_prioritised(value, key):
+    return admit(record(value, key=key), config=PRIORITIES, settings=SETTINGS, now_ms=NOW)
+
+
+@pytest.mark.parametrize(
+    ("client", "sent", "priority"),
+    [
+        ("batch", {}, 1),  # unset: the client's default_priority
+        ("batch", {"priority": 7}, 7),  # the request's own wins
+        ("batch", {"priority": 5}, 5),  # even when it is the old wire default
+        ("someone", {}, 3),  # an unlisted client: default_client's
+    ],
+)
+def test_a_request_without_a_priority_gets_its_clients_default_priority(client, sent, priority):
+    """``default_priority`` applies exactly when the request sets no priority."""
+    out = run_prioritised(good(client_id=client, **sent), key=client.encode())
+    assert isinstance(out, Admitted) and out.priority == priority
+
+
+def test_with_no_client_config_an_unset_priority_is_5():
+    """No clients configured: a request without a priority is priority 5."""
+    out = run(record(good()))
+    assert isinstance(out, Admitted) and out.priority == 5
+
+
+def test_rules_match_the_resolved_priority():
+    """A rule on priority sees the client's default when the request set none."""
+    out = run_prioritised(good(client_id="pager"), key=b"pager")
+    assert isinstance(out, Admitted) and out.route_name == "urgent"
+    out = run_prioritised(good(client_id="batch"), key=b"batch")
+    assert isinstance(out, Admitted) and out.route_name == "fast"

@@ -215,7 +215,8 @@ async def test_a_sync_chat_is_published_and_answered(gw: Running) -> None:
     assert (await r.json())["choices"][0]["message"]["content"] == "echo: hi"
     topic, key, req = gw.kafka.published[0]
     assert (topic, key) == ("turnout.requests", b"client-a")
-    assert (req.client_id, req.reply_to, req.stream) == ("client-a", gw.kafka.gw.reply_topic, False)
+    reply_topic = gw.kafka.gw.reply_topic(gw.kafka.base)
+    assert (req.client_id, req.reply_to, req.stream) == ("client-a", reply_topic, False)
     assert r.headers["X-Request-Id"] == req.id
     assert [w["status"] for w in gw.kafka.status_writes] == ["queued", "done"]
 
@@ -241,6 +242,26 @@ async def test_reply_errors_become_http_errors(
     assert r.status == status
     assert body["error"]["code"] == code and body["error"]["message"] == f"{code} happened"
     assert r.headers.get("Retry-After") == ("2" if status in (429, 502, 503, 504) else None)
+
+
+async def test_a_route_not_allowed_reply_is_a_403_permission_error(gw: Running) -> None:
+    """A client whose config forbids the route gets 403 ``permission_error``, not a 502."""
+    gw.script = lambda req: [failure(req, "route_not_allowed", False)]
+    r = await gw.post("/v1/chat/completions", CHAT)
+    body = await r.json()
+    assert r.status == 403, body
+    assert body["error"]["type"] == "permission_error"
+    assert body["error"]["code"] == "route_not_allowed"
+    assert "Retry-After" not in r.headers
+
+
+async def test_a_route_not_allowed_reply_is_a_403_in_anthropics_shape(gw: Running) -> None:
+    """/v1/messages answers the same refusal as Anthropic's ``permission_error``."""
+    gw.script = lambda req: [failure(req, "route_not_allowed", False)]
+    body = {"model": "default", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    r = await gw.post("/v1/messages", body)
+    assert r.status == 403
+    assert (await r.json())["error"]["type"] == "permission_error"
 
 
 async def test_ollama_routes_answer_errors_in_ollamas_shape(gw: Running) -> None:

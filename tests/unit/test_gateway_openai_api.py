@@ -70,7 +70,11 @@ def test_invalid_bodies_are_400_naming_the_field(kind: Any, body: Any, param: st
     [
         ("rate_limited", True, 429, 3),
         ("invalid_request", False, 400, None),
+        ("invalid_reply_topic", False, 400, None),
         ("request_too_large", False, 413, None),
+        ("route_not_allowed", False, 403, None),
+        ("internal_error", False, 502, 3),
+        ("reply_unpublishable", False, 502, 3),
         ("unknown_model", False, 404, None),
         ("deadline_exceeded", True, 504, 3),
         ("backend_unavailable", True, 502, 3),

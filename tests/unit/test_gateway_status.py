@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.types import Reply, ReplyChunk
+from streams.settings import Settings
 from turnout.gateway import ANONYMOUS, GatewaySettings, load_keys
 from turnout.gateway.kafka import StatusRecord, StatusStore
 from turnout.gateway.openai_api import ChunkSequencer, StreamRestarted
@@ -178,10 +179,18 @@ def test_what_reaches_the_client_is_one_serve_in_order(events, last) -> None:
 def test_settings_name_the_topics_and_group() -> None:
     """The gateway id names its reply topic, status topic and consumer group."""
     gw = GatewaySettings.from_env({"TURNOUT_GATEWAY_ID": "eu1", "TURNOUT_WEBHOOK_ALLOW": "a, b"})
-    assert gw.reply_topic == "turnout.replies.gateway-eu1"
+    assert gw.reply_topic(Settings()) == "turnout.replies.gateway-eu1"
     assert gw.status_topic == "turnout.gateway-status.eu1"
     assert gw.consumer_group == "turnout-gateway-eu1"
     assert gw.allow_prefixes == ("a", "b")
+
+
+def test_the_reply_topic_follows_the_workers_reply_prefix() -> None:
+    """With TURNOUT_REPLY_PREFIX set, the gateway's reply topic is under it (else the
+    workers would reject every gateway request's reply_to)."""
+    gw = GatewaySettings.from_env({"TURNOUT_GATEWAY_ID": "eu1"})
+    base = Settings.from_env({"TURNOUT_REPLY_PREFIX": "acme.answers."})
+    assert gw.reply_topic(base) == "acme.answers.gateway-eu1"
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,9 @@
 The router talks to every backend through one small interface, ``BackendClient``:
 hand it an OpenAI-style request body and get back an OpenAI-style response body,
 or a ``turnout.errors.BackendError`` subclass. Protocol translation lives in
-``openai.py`` and ``ollama.py`` as pure functions (no I/O), so it is tested
-with plain tables of cases.
+``openai.py``, ``ollama.py`` and ``anthropic.py`` as pure functions (no I/O), so it
+is tested with plain tables of cases; ``adapters.py`` holds one ``Adapter`` per
+protocol in a registry, which the I/O in ``http.py`` and ``streaming.py`` looks up.
 """
 
 from __future__ import annotations

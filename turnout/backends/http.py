@@ -1,7 +1,7 @@
 """The real ``BackendClient``: one shared aiohttp session, protocol adapters for the shapes.
 
 All I/O is here; what to send and how to read the answer is decided by the pure
-adapters in ``openai.py`` and ``ollama.py``. aiohttp and OS exceptions are
+adapter of the backend's protocol (``adapters.py``, a registry). aiohttp and OS exceptions are
 translated into turnout's ``BackendError`` subclasses at this edge, with
 messages that name the backend id and never its URL or key.
 """
@@ -17,7 +17,7 @@ import orjson
 
 from schemas.types import Kind
 from turnout import tracing
-from turnout.backends import anthropic, ollama, openai
+from turnout.backends.adapters import adapter_for
 from turnout.backends.failures import translate
 from turnout.backends.http_call import HttpAnswer, HttpCall, join_url
 from turnout.backends.streaming import stream_call
@@ -106,31 +106,22 @@ class HttpBackendClient:
         body: Mapping[str, Any],
         first_by: float | None = None,
     ) -> dict[str, Any]:
-        if backend.protocol == "openai":
-            answer = await self._post(backend, openai.build(kind, model, body), first_by)
-            return openai.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
-        if backend.protocol == "anthropic":
-            call = anthropic.build(kind, model, body, backend_id=backend.id)
-            answer = await self._post(backend, call, first_by)
-            return anthropic.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
-        if kind == "embeddings" and backend.embed_endpoint == "embeddings":
-            calls = ollama.build_legacy_embeddings(model, body)
-            answers = [await self._post(backend, call) for call in calls]
-            return ollama.parse_legacy_embeddings(backend.id, model, answers)
-        answer = await self._post(
-            backend, ollama.build(kind, model, body, backend_id=backend.id), first_by
-        )
-        return ollama.parse(kind, backend.id, answer.status, answer.payload, answer.headers)
+        adapter = adapter_for(backend.protocol)
+        calls = adapter.plan(backend, kind, model, body)
+        # ``first_by`` bounds the first exchange's headers (Ollama's legacy embeddings
+        # make one call per input; the later ones have only the total timeout).
+        answers = [
+            await self._post(backend, call, first_by if i == 0 else None)
+            for i, call in enumerate(calls)
+        ]
+        return adapter.read(backend, kind, model, answers)
 
     async def _post(
         self, backend: Backend, call: HttpCall, first_by: float | None = None
     ) -> HttpAnswer:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = self._keys.get(backend.id)
-        if backend.protocol == "anthropic":
-            headers.update(anthropic.headers(None if key is None else key.reveal()))
-        elif key is not None:
-            headers["Authorization"] = f"Bearer {key.reveal()}"
+        headers.update(adapter_for(backend.protocol).auth(None if key is None else key.reveal()))
         tracing.inject(headers)
         posting = self._session.post(
             join_url(backend.base_url, call.path),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -32,7 +32,8 @@ import orjson
 
 from schemas.types import Kind
 from turnout import tracing
-from turnout.backends import anthropic, ollama, openai, tools
+from turnout.backends import anthropic, ollama, tools
+from turnout.backends.adapters import Adapter, StreamFormat, adapter_for
 from turnout.backends.failures import translate
 from turnout.backends.http_call import HttpAnswer, check_status, describe, join_url
 from turnout.config import Backend, Secret
@@ -66,9 +67,9 @@ async def stream_call(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     first_by = deadline if first_byte_s is None else min(deadline, loop.time() + first_byte_s)
-    protocol = str(backend.protocol)
+    adapter = adapter_for(backend.protocol)
     try:
-        url, payload, headers = _request(protocol, backend, keys, kind, model, body)
+        url, payload, headers = _request(adapter, backend, keys, kind, model, body)
         try:
             async with asyncio.timeout_at(first_by):
                 response = await session.post(
@@ -84,21 +85,16 @@ async def stream_call(
                     raw = await response.read()
                 check_status(backend.id, HttpAnswer(response.status, raw, response.headers))
             ctype = response.headers.get("Content-Type", "")
-            if protocol != "ollama" and ctype.startswith("application/json"):
+            # An NDJSON stream may be labelled JSON; an SSE stream never is.
+            if adapter.stream_format != "ndjson" and ctype.startswith("application/json"):
                 async with asyncio.timeout_at(deadline):
                     raw = await response.read()
-                parse = anthropic.parse if protocol == "anthropic" else openai.parse
-                whole = parse(kind, backend.id, response.status, raw, response.headers)
+                whole = adapter.parse(kind, backend.id, response.status, raw, response.headers)
                 for chunk in chunks_from_response(kind, whole):
                     yield chunk
                 return
             lines = _lines(response.content, deadline, backend.id, first_by, first_byte_s, stall_s)
-            if protocol == "ollama":
-                chunks = _ollama_chunks(kind, backend.id, lines)
-            elif protocol == "anthropic":
-                chunks = _anthropic_chunks(kind, backend.id, lines)
-            else:
-                chunks = _openai_chunks(backend.id, lines)
+            chunks = _DECODERS[adapter.stream_format](kind, backend.id, lines)
             async for chunk in chunks:
                 yield chunk
         finally:
@@ -108,7 +104,7 @@ async def stream_call(
 
 
 def _request(
-    protocol: str,
+    adapter: Adapter,
     backend: Backend,
     keys: Mapping[str, Secret],
     kind: Kind,
@@ -116,23 +112,9 @@ def _request(
     body: Mapping[str, Any],
 ) -> tuple[str, bytes, dict[str, str]]:
     key = keys.get(backend.id)
-    headers = {"Content-Type": "application/json"}
-    if protocol == "anthropic":
-        call = anthropic.build(kind, model, body, stream=True, backend_id=backend.id)
-        headers.update(anthropic.headers(None if key is None else key.reveal()))
-        headers["Accept"] = "text/event-stream"
-    else:
-        if protocol == "ollama":
-            call = ollama.build(kind, model, body, backend_id=backend.id)
-            headers["Accept"] = "application/x-ndjson"
-        else:
-            call = openai.build(kind, model, body)
-            headers["Accept"] = "text/event-stream"
-            if isinstance(body.get("stream_options"), dict):
-                call.json["stream_options"] = body["stream_options"]
-        call.json["stream"] = True
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key.reveal()}"
+    call = adapter.plan_stream(backend, kind, model, body)
+    headers = {"Content-Type": "application/json", "Accept": adapter.stream_accept}
+    headers.update(adapter.auth(None if key is None else key.reveal()))
     tracing.inject(headers)
     return join_url(backend.base_url, call.path), orjson.dumps(call.json), headers
 
@@ -237,7 +219,9 @@ async def _sse_events(lines: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, s
         yield last
 
 
-async def _openai_chunks(backend_id: str, lines: AsyncIterator[bytes]) -> AsyncIterator[dict]:
+async def _openai_chunks(
+    kind: Kind, backend_id: str, lines: AsyncIterator[bytes]
+) -> AsyncIterator[dict]:
     finished = False
     async for _, data in _sse_events(lines):
         if data.strip() == "[DONE]":
@@ -297,6 +281,14 @@ async def _ollama_chunks(
         if translator.done:
             return
     raise _cut_short(backend_id, 'a line with "done": true')
+
+
+_DECODERS: dict[StreamFormat, Callable[[Kind, str, AsyncIterator[bytes]], AsyncIterator[dict]]] = {
+    "sse": _openai_chunks,
+    "anthropic_sse": _anthropic_chunks,
+    "ndjson": _ollama_chunks,
+}
+"""A stream's OpenAI chunks, by the wire format of the backend's adapter."""
 
 
 class OllamaTranslator:

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from streams.settings import read_env, setting
+from streams.settings import Settings, read_env, setting
 from turnout.config import Secret
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -102,9 +102,10 @@ class GatewaySettings:
         if self.webhook_attempts < 1 or self.webhook_backoff_s < 0:
             raise ValueError("TURNOUT_WEBHOOK_ATTEMPTS must be >= 1 and _BACKOFF_S >= 0")
 
-    @property
-    def reply_topic(self) -> str:
-        return f"turnout.replies.gateway-{self.gateway_id}"
+    def reply_topic(self, base: Settings) -> str:
+        """``<TURNOUT_REPLY_PREFIX>gateway-<id>``: the workers accept only reply topics
+        under their prefix, so the gateway's must use the same one."""
+        return base.reply_topic_for(f"gateway-{self.gateway_id}")
 
     @property
     def status_topic(self) -> str:

@@ -240,7 +240,7 @@ class Gateway:
             "kind": call.kind,
             "model": call.model,
             "body": call.body,
-            "reply_to": self.gw.reply_topic,
+            "reply_to": self.gw.reply_topic(self.base),
             "stream": call.stream,
             **extra,
         }

@@ -1,7 +1,7 @@
 """The gateway's Kafka side: publish requests, read replies, keep every request's status.
 
     HTTP call ──► status "queued" (compacted status topic) and the Request (key
-                  client_id, reply_to turnout.replies.gateway-<id>), sent together
+                  client_id, reply_to <TURNOUT_REPLY_PREFIX>gateway-<id>), sent together
                   and both acked before the call goes on waiting
     reply topic ──► ReplyChunk: to the waiting stream, if any (never stored)
                 └─► Reply: status "done"/"failed" written, waiter woken, webhook sent;
@@ -233,7 +233,7 @@ class GatewayKafka:
             **kafka_kwargs(),
         )
         await consumer.start()
-        topic = self.gw.reply_topic
+        topic = self.gw.reply_topic(self.base)
         consumer.assign([TopicPartition(topic, p) for p in range(partitions[topic])])
         self._consumer = consumer
         self._tasks = [
@@ -245,7 +245,7 @@ class GatewayKafka:
         self.started = True
         log.info(
             "gateway_kafka_started",
-            reply_topic=self.gw.reply_topic,
+            reply_topic=self.gw.reply_topic(self.base),
             status_topic=self.gw.status_topic,
             statuses_loaded=loaded,
         )
@@ -297,13 +297,13 @@ class GatewayKafka:
                     self.base.request_partitions,
                     dict(REQUEST_TOPIC_CONFIGS),
                 ),
-                self.gw.reply_topic: (self.base.reply_partitions, {}),
+                self.gw.reply_topic(self.base): (self.base.reply_partitions, {}),
                 self.gw.status_topic: (
                     1,
                     {"cleanup.policy": "compact,delete", "retention.ms": str(retention)},
                 ),
             },
-            check_safe=[self.base.request_topic, self.gw.reply_topic],
+            check_safe=[self.base.request_topic, self.gw.reply_topic(self.base)],
         )
 
     async def _load_status(self, partitions: int) -> int:

@@ -6,17 +6,11 @@ becomes a ``Call`` (kind, model, the body to publish, stream or not). Out: a
 becomes server-sent events, and every error has OpenAI's shape
 ``{"error": {"message", "type", "code", "param"}}``.
 
-Reply errors map to HTTP statuses (``reply_error``):
-
-    rate_limited                                  429  Retry-After
-    invalid_request, invalid_reply_topic          400
-    request_too_large                             413
-    unknown_model                                 404
-    backend_status (not retryable: the backend    400
-      refused the request itself)
-    deadline_exceeded                             504  Retry-After
-    backend_unavailable/_timeout/_status/_protocol 502  Retry-After
-    no_backend_available                          503  Retry-After
+A reply's error becomes the HTTP status its class in ``turnout.errors`` carries
+(``errors.http_status``: one table for the workers and the gateway), with
+Retry-After on 429, 502, 503 and 504; OpenAI's error ``type`` follows the status
+(403 ``permission_error``, 429 ``rate_limit_error``, 5xx ``server_error``...). A
+code this gateway does not know (a newer worker's) is a 502.
 """
 
 from __future__ import annotations
@@ -29,22 +23,10 @@ from typing import Any
 import orjson
 
 from schemas.types import ErrorInfo, Kind, Reply, ReplyChunk
+from turnout import errors
 from turnout.backends.streaming import chunks_from_response
 from turnout.gateway.kafka import StatusRecord
 
-_STATUS = {
-    "rate_limited": 429,
-    "invalid_request": 400,
-    "invalid_reply_topic": 400,
-    "request_too_large": 413,
-    "unknown_model": 404,
-    "deadline_exceeded": 504,
-    "no_backend_available": 503,
-    "backend_unavailable": 502,
-    "backend_timeout": 502,
-    "backend_status": 502,
-    "backend_protocol": 502,
-}
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -155,9 +137,7 @@ def reply_error(info: ErrorInfo | None) -> EdgeError:
     """The HTTP error for a failed ``Reply``."""
     if info is None:
         return EdgeError(502, "the worker answered with an error but no detail", code="unknown")
-    status = _STATUS.get(info.code, 502)
-    if info.code == "backend_status" and not info.retryable:
-        status = 400
+    status = errors.http_status(info.code, info.retryable)
     retry = retry_after_s(info) if status in (429, 502, 503, 504) else None
     return EdgeError(status, info.message, code=info.code, retry_after_s=retry)
 

@@ -40,6 +40,7 @@ import aiohttp
 
 from turnout import logs
 from turnout.config import Secret
+from turnout.errors import TurnoutError
 
 log = logs.get("turnout.gateway.webhooks")
 
@@ -48,8 +49,11 @@ _MAX_DELAY_S = 300.0
 _TIMEOUT_S = 10.0
 
 
-class WebhookRefused(ValueError):
+class WebhookRefused(TurnoutError, ValueError):
     """The webhook target is not allowed; the message says why and how to fix it."""
+
+    code = "webhook_refused"
+    http_status = 400
 
 
 def sign(secret: Secret, body: bytes) -> str:

@@ -137,11 +137,16 @@ class HealthBook:
         return frozenset(b for b, m in self.machines.items() if not m.routable(now_ms))
 
     def held_back(self, rng: random.Random) -> frozenset[str]:
-        """Backends in probation that this decision leaves out, so they get only a trickle."""
+        """Backends this decision leaves out, each with chance ``1 - traffic_share``.
+
+        A degraded backend is considered by half the decisions, one on probation by a
+        trickle; a healthy one always (and an unhealthy one is unroutable anyway). The
+        chooser decides again without them when nothing else can serve.
+        """
         return frozenset(
             b
             for b, m in self.machines.items()
-            if m.state is State.PROBATION and rng.random() >= m.traffic_share
+            if 0.0 < m.traffic_share < 1.0 and rng.random() >= m.traffic_share
         )
 
     def state(self, backend_id: str) -> State:

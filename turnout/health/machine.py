@@ -23,10 +23,12 @@ detector; a probe that timed out while nothing else completed is a hang too.
 A 429 cooldown is not a state: it is orthogonal to health (a rate-limited backend is
 healthy, just busy), so it is kept as ``cooldown_until_ms`` and checked by ``routable``.
 
-Traffic share per state (``TRAFFIC_SHARE``), a weight the routing policy multiplies in:
-HEALTHY 1.0; DEGRADED 0.5, so a degraded backend still serves and keeps producing the
-evidence it needs to recover, while healthier peers take more; UNHEALTHY 0.0, it is only
-probed; PROBATION 0.05, a trickle of real traffic beside the probes.
+Traffic share per state (``TRAFFIC_SHARE``), the chance that a routing decision
+considers the backend at all (``HealthBook.held_back`` leaves it out of the others,
+unless nothing else can serve): HEALTHY 1.0; DEGRADED 0.5, so a degraded backend still
+serves and keeps producing the evidence it needs to recover, while healthier peers take
+more; UNHEALTHY 0.0, it is only probed; PROBATION 0.05, a trickle of real traffic beside
+the probes.
 """
 
 from __future__ import annotations

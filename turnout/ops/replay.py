@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.types import DeadLetter, Reply, decode_reply_message
 from turnout.client import ensure_request_topic, ensure_topics
+from turnout.errors import StartupError
 from turnout.kafka_admin import client_kwargs as kafka_kwargs
 from turnout.ops.replay_core import (
     REPLAY_HEADER,
@@ -70,8 +71,10 @@ from turnout.ops.replay_core import (
 )
 
 
-class ReplayError(Exception):
+class ReplayError(StartupError):
     """The replay cannot start; the message says why."""
+
+    code = "replay_refused"
 
 
 REPLY_LOOKBACK_MS = 60_000
