@@ -32,8 +32,9 @@ def cpu_s(pid: int) -> float:
 
 
 def kafka(command: str) -> None:
-    env = {**os.environ, "KAFKA_BOOTSTRAP": BOOTSTRAP}
-    subprocess.run([str(ROOT / "scripts" / "kafka"), command], env=env, check=True, timeout=180)
+    # A loaded machine with thousands of partitions can take over a minute to start.
+    env = {**os.environ, "KAFKA_BOOTSTRAP": BOOTSTRAP, "KAFKA_START_TIMEOUT": "180"}
+    subprocess.run([str(ROOT / "scripts" / "kafka"), command], env=env, check=True, timeout=240)
 
 
 def line_count(path) -> int:
