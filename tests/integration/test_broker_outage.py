@@ -32,8 +32,9 @@ def cpu_s(pid: int) -> float:
 
 
 def kafka(command: str) -> None:
-    env = {**os.environ, "KAFKA_BOOTSTRAP": BOOTSTRAP}
-    subprocess.run([str(ROOT / "scripts" / "kafka"), command], env=env, check=True, timeout=180)
+    # A loaded machine with thousands of partitions can take over a minute to start.
+    env = {**os.environ, "KAFKA_BOOTSTRAP": BOOTSTRAP, "KAFKA_START_TIMEOUT": "180"}
+    subprocess.run([str(ROOT / "scripts" / "kafka"), command], env=env, check=True, timeout=240)
 
 
 def line_count(path) -> int:
@@ -106,8 +107,10 @@ async def test_a_broker_outage_costs_few_lines_little_cpu_and_no_request(spawn, 
         print("   ", line[:200].decode("utf-8", "replace"))
     assert cpu / down_s < 0.1
     # broker_unreachable, one broker_still_unreachable per 10 s, a publish_retry per
-    # 10 s, and slack for a few one-off lines (a heartbeat, a commit).
-    assert len(lines) <= 12
+    # 10 s, and slack for a few one-off lines (a heartbeat, a commit). Requests that
+    # finish while the broker shuts down log their own request_completed: not noise.
+    noise = [line for line in lines if b'"request_completed"' not in line]
+    assert len(noise) <= 6 + 2 * int(down_s // 10)
     assert any(b"broker_unreachable" in line for line in lines)
     assert sent <= answered, f"{len(sent - answered)} lost"
     end = time.monotonic() + 30
