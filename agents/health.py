@@ -6,7 +6,7 @@ from typing import Any
 
 import faust
 
-from turnout.runtime import Runtime
+from streams.runtime import Runtime
 
 
 def register(app: faust.App, interval_s: float, runtime: Runtime) -> Any:

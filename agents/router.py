@@ -12,9 +12,9 @@ from typing import Any
 
 import faust
 
+from streams.runtime import Runtime
 from turnout import logs, tracing
-from turnout.admission import Record
-from turnout.runtime import Runtime
+from turnout.core.admission import Record
 
 REPLAY = "turnout-replay"
 REPLAY_FORCE = "turnout-replay-force"

@@ -31,7 +31,7 @@ from faust.types import TP, Message
 from mode import Service, ServiceT
 
 from turnout import logs
-from turnout.batching import FetchBatching, set_fetch
+from turnout.core.batching import FetchBatching, set_fetch
 
 log = logs.get("turnout.consumer")
 

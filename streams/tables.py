@@ -10,9 +10,9 @@ makes the limits exact across any number of workers without Redis.
   request's dispatch task, in the request's own partition: see ``ChangelogTable``).
   A request already answered ok is not served again: a replay, or a repeat after
   a crash that got as far as recording the outcome. Entries older than the dedupe
-  window are evicted and tombstoned by ``DoneSweeper`` (``turnout.retention``).
+  window are evicted and tombstoned by ``DoneSweeper`` (``turnout.core.retention``).
 - ``affinity``: client id + cache key → the backend that served it last ok (routes
-  with ``cache_affinity``; written like ``done``, see ``turnout/affinity.py``).
+  with ``cache_affinity``; written like ``done``, see ``turnout/core/affinity.py``).
 
 Workers keep tables in RocksDB by default (``TURNOUT_STORE=rocksdb://``, through
 rocksdict): state survives a restart on disk, and a restarted worker reads only
@@ -33,8 +33,9 @@ from typing import Any, Protocol
 import faust
 from faust.types import TP
 
-from streams.settings import Settings
-from turnout import logs, retention
+from turnout import logs
+from turnout.core import retention
+from turnout.settings import Settings
 
 log = logs.get("turnout.tables")
 
@@ -263,7 +264,7 @@ class DoneSweeper:
     """Evicts ``done`` entries older than the window, from the partitions this worker owns.
 
     It runs as its own task every ``interval_s``, apart from the request path, and
-    reads at most ``budget`` entries a pass; the decision is ``turnout.retention``'s.
+    reads at most ``budget`` entries a pass; the decision is ``turnout.core.retention``'s.
     """
 
     def __init__(

@@ -25,8 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.types import Reply, decode_reply_message
 from tests.integration.harness import chat_request
-from turnout import kafka_cluster
 from turnout.client import ensure_topics
+from turnout.kafka import cluster as kafka_cluster
 
 NODES = 3
 

@@ -33,8 +33,8 @@ import orjson
 
 from schemas.types import Reply
 from turnout.backends.streaming import chunks_from_response
+from turnout.core.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
 from turnout.gateway.openai_api import Call, Dialect, EdgeError
-from turnout.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
 
 CONTENT_TYPE = "text/event-stream"
 _STOP = {
@@ -265,7 +265,7 @@ def model_list(names: list[str]) -> dict[str, Any]:
 
 def count_tokens(body: Any) -> dict[str, int]:
     """``POST /v1/messages/count_tokens``: an estimate (turnout has no tokenizer: about
-    four characters a token, ``turnout/tokens.py``), the system prompt and tools included."""
+    four characters a token, ``turnout/core/tokens.py``), the system prompt and tools included."""
     if isinstance(body, dict) and "max_tokens" not in body:
         body = {**body, "max_tokens": 1}
     call = parse(body)

@@ -35,7 +35,6 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from schemas.types import Kind, ReplyChunk, Request
-from streams.settings import Settings
 from turnout import gcfreeze, logs, tracing
 from turnout.config import Config, ConfigError, load
 from turnout.errors import InvalidRequest
@@ -49,7 +48,8 @@ from turnout.gateway.metrics import GatewayMetrics
 from turnout.gateway.openai_api import Call, ChunkSequencer, Dialect, EdgeError, StreamRestarted
 from turnout.gateway.openapi import document
 from turnout.gateway.webhooks import Allowlist, WebhookRefused, WebhookSender
-from turnout.kafka_admin import KafkaStartupError
+from turnout.kafka.admin import KafkaStartupError
+from turnout.settings import Settings
 
 log = logs.get("turnout.gateway")
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 3600.0

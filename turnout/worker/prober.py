@@ -18,18 +18,18 @@ from collections.abc import Callable
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.settings import Settings
 from turnout import logs
 from turnout.backends import BackendClient
-from turnout.chooser import report_transitions
 from turnout.client import ensure_topics
 from turnout.config import Backend, Config
 from turnout.errors import BackendError
 from turnout.health.book import HealthBook
 from turnout.health.machine import HealthRecord, InvalidHealthRecord, State
-from turnout.kafka_admin import client_kwargs as kafka_kwargs
-from turnout.metrics import Metrics
-from turnout.publisher import Publisher
+from turnout.kafka.admin import client_kwargs as kafka_kwargs
+from turnout.settings import Settings
+from turnout.worker.chooser import report_transitions
+from turnout.worker.metrics import Metrics
+from turnout.worker.publisher import Publisher
 
 log = logs.get("turnout.health")
 

@@ -17,9 +17,10 @@ import dataclasses
 from typing import Any
 
 from schemas.types import Request, salvage_reply_address
-from streams.settings import Settings
-from turnout import rules
 from turnout.config import Config, Route
+from turnout.core import rules
+from turnout.core.ratelimit import ClientLimits, ClientState
+from turnout.core.tokens import estimate_completion_tokens, estimate_prompt_tokens
 from turnout.errors import (
     DeadlineExceeded,
     InternalError,
@@ -33,8 +34,7 @@ from turnout.errors import (
     TurnoutError,
     UnknownModel,
 )
-from turnout.ratelimit import ClientLimits, ClientState
-from turnout.tokens import estimate_completion_tokens, estimate_prompt_tokens
+from turnout.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -37,9 +37,10 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from schemas.types import DeadLetter, Source, salvage_reply_address
-from streams.settings import Settings
-from turnout import kafka_admin, logs
-from turnout.kafka_admin import client_kwargs
+from turnout import logs
+from turnout.kafka import admin as kafka_admin
+from turnout.kafka.admin import client_kwargs
+from turnout.settings import Settings
 
 log = logs.get("turnout.intake")
 
