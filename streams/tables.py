@@ -28,7 +28,7 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import faust
 from faust.types import TP
@@ -97,25 +97,6 @@ def rocksdb_options() -> dict[str, int]:
         "block_cache_size": 8 * 1024 * 1024,
         "target_file_size_base": 16 * 1024 * 1024,
     }
-
-
-def done_key(client_id: str, request_id: str) -> bytes:
-    return f"{client_id}\x00{request_id}".encode()
-
-
-class StateTable(Protocol):
-    """What the dispatcher needs of a table: read a key, write one in a partition."""
-
-    def get(self, key: bytes) -> bytes | None: ...
-
-    async def put(self, partition: int, key: bytes, value: bytes) -> None: ...
-
-
-class MemoryTable(dict[bytes, bytes]):
-    """A ``StateTable`` in a dict: for the dispatcher's unit tests and tools without Kafka."""
-
-    async def put(self, partition: int, key: bytes, value: bytes) -> None:
-        self[key] = value
 
 
 class ChangelogTable:

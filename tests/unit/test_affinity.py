@@ -7,7 +7,6 @@ import time
 import pytest
 
 from schemas.types import Request
-from streams.tables import MemoryTable
 from tests.unit.test_dispatch import TP0, RecordingPublisher, drain
 from tests.unit.test_routing import BACKENDS
 from turnout import config as cfg
@@ -18,6 +17,7 @@ from turnout.core.routing import RouteRequest, Snapshot, decide
 from turnout.settings import Settings
 from turnout.testing.fake import ScriptedBackendClient
 from turnout.worker.dispatch import Dispatcher
+from turnout.worker.state import MemoryTable
 
 AB = Route(targets=[Target(backend="a", model="m"), Target(backend="b", model="m")])
 

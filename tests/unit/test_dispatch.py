@@ -8,7 +8,6 @@ import pytest
 from faust.types import TP
 
 from schemas.types import Reply, Request
-from streams.tables import MemoryTable
 from turnout import config as cfg
 from turnout.core.admission import Record
 from turnout.errors import BackendStatusError, BackendUnavailable
@@ -16,6 +15,7 @@ from turnout.settings import Settings
 from turnout.testing.fake import ScriptedBackendClient
 from turnout.worker.dispatch import Dispatcher
 from turnout.worker.publisher import PublishFailed
+from turnout.worker.state import MemoryTable
 
 CONFIG = cfg.loads(
     """

@@ -41,7 +41,6 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from faust.types import TP
 
 from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Timings
-from streams.tables import MemoryTable, StateTable, done_key
 from turnout import logs, tracing
 from turnout.backends import BackendClient
 from turnout.backends.streaming import accumulate
@@ -70,6 +69,7 @@ from turnout.worker.chooser import Chooser
 from turnout.worker.metrics import Metrics
 from turnout.worker.publisher import Publisher, PublishFailed
 from turnout.worker.slots import SlotLease, SlotPool
+from turnout.worker.state import MemoryTable, StateTable, done_key
 
 log = logs.get("turnout.request")
 
