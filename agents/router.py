@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from streams.runtime import Runtime
+from agents.intake import Intake
 from turnout import logs, tracing
 from turnout.core.admission import Record
 
@@ -37,7 +37,7 @@ def to_record(msg: Any) -> Record:
     )
 
 
-def register(app: faust.App, topic: faust.TopicT, runtime: Runtime) -> Any:
+def register(app: faust.App, topic: faust.TopicT, runtime: Intake) -> Any:
     @app.agent(topic, name="turnout-route")
     async def route(stream: faust.StreamT[bytes]) -> None:
         await runtime.start()

@@ -17,6 +17,7 @@ import faust
 from aiohttp import web
 from faust.types import TP
 
+from agents import health, router
 from streams import consumer
 from streams import tables as tables_mod
 from streams.app import create_app
@@ -278,8 +279,6 @@ class Runtime:
 
 
 def build(settings: Settings) -> faust.App:
-    from agents import health, router
-
     config = config_mod.load(settings.config_path)
     # Held until the process exits: two workers sharing RocksDB files would fight over them.
     tables_mod.lock_data_dir(settings.data_dir)
