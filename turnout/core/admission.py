@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from schemas.types import Request, salvage_reply_address
+from schemas.types import Request, WireError, salvage_reply_address
 from turnout.config import Config, Route
 from turnout.core import rules
 from turnout.core.ratelimit import ClientLimits, ClientState
@@ -99,8 +99,8 @@ def admit(
         )
     try:
         request = Request.from_wire(record.value)
-    except InvalidRequest as exc:
-        return _reject(record, settings, exc)
+    except WireError as exc:
+        return _reject(record, settings, InvalidRequest(exc.message))
     depth = nesting_depth(request.body, settings.max_request_depth)
     if depth > settings.max_request_depth:
         return _reject(

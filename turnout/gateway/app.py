@@ -34,10 +34,9 @@ import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from schemas.types import Kind, ReplyChunk, Request
+from schemas.types import Kind, ReplyChunk, Request, WireError
 from turnout import gcfreeze, logs, tracing
 from turnout.config import Config, ConfigError, load
-from turnout.errors import InvalidRequest
 from turnout.gateway import ApiKeys, GatewaySettings, load_keys, webhook_secret
 from turnout.gateway import anthropic_api as ant
 from turnout.gateway import ollama_api as oll
@@ -254,7 +253,7 @@ class Gateway:
             )
         try:
             return Request.from_wire(wire)
-        except InvalidRequest as exc:
+        except WireError as exc:
             raise EdgeError(400, exc.message, code="invalid_request") from None
 
     # -- sync and streamed calls ---------------------------------------------------------------
