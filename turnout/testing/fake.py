@@ -128,7 +128,7 @@ class ScriptedBackendClient:
         return self._delay_s
 
 
-# -- deterministic answers, shared with turnout.testing.mock_backend --------------------------------
+# -- deterministic answers, shared with turnout.testing.mock_backend ---------------------------
 
 
 def echo_content(kind: Kind, body: Mapping[str, Any]) -> str:
