@@ -328,7 +328,7 @@ class OllamaTranslator:
             seed = orjson.dumps([obj.get("model"), obj.get("created_at")])
             self.id = hashlib.blake2b(seed, digest_size=12).hexdigest()
             self.created = ollama._epoch_s(obj.get("created_at"))
-        self.model = obj.get("model") if isinstance(obj.get("model"), str) else ""
+        self.model = got if isinstance(got := obj.get("model"), str) else ""
         if self.kind == "chat":
             message = obj.get("message")
             text = message.get("content") if isinstance(message, dict) else None
@@ -395,7 +395,7 @@ def chunks_from_response(kind: Kind, response: Mapping[str, Any]) -> list[dict[s
     if kind == "chat":
         head["object"] = "chat.completion.chunk"
         for i, c in enumerate(choices):
-            message = c.get("message") if isinstance(c.get("message"), dict) else {}
+            message = got if isinstance(got := c.get("message"), dict) else {}
             delta = {"role": message.get("role", "assistant"), "content": message.get("content")}
             if message.get("tool_calls"):
                 delta["tool_calls"] = [

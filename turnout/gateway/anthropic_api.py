@@ -180,7 +180,7 @@ def _part(block: Mapping[str, Any], where: str) -> dict[str, Any]:
     if kind == "text":
         part: dict[str, Any] = {"type": "text", "text": str(block.get("text", ""))}
     elif kind == "image":
-        source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        source = got if isinstance(got := block.get("source"), dict) else {}
         if source.get("type") == "base64":
             url = f"data:{source.get('media_type')};base64,{source.get('data')}"
         else:
@@ -287,7 +287,7 @@ def usage(raw: Any) -> dict[str, int]:
     details = raw.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     cached = cached if isinstance(cached, int) else 0
-    prompt = raw.get("prompt_tokens") if isinstance(raw.get("prompt_tokens"), int) else 0
+    prompt = got if isinstance(got := raw.get("prompt_tokens"), int) else 0
     out = {
         "input_tokens": max(0, prompt - cached),
         "output_tokens": raw.get("completion_tokens") or 0,
@@ -301,7 +301,7 @@ def message_body(model: str, completion: Mapping[str, Any]) -> dict[str, Any]:
     """The Anthropic ``message`` for an OpenAI chat.completion."""
     choices = completion.get("choices")
     first = choices[0] if isinstance(choices, list) and choices else {}
-    message = first.get("message") if isinstance(first.get("message"), dict) else {}
+    message = got if isinstance(got := first.get("message"), dict) else {}
     content: list[dict[str, Any]] = []
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
@@ -414,7 +414,7 @@ class MessageStream:
         choice = choices[0] if isinstance(choices, list) and choices else {}
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        delta = got if isinstance(got := choice.get("delta"), dict) else {}
         text = delta.get("content")
         if isinstance(text, str) and text:
             if self.open != "text":
