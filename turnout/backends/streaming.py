@@ -237,7 +237,9 @@ async def _sse_events(lines: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, s
         yield last
 
 
-async def _openai_chunks(backend_id: str, lines: AsyncIterator[bytes]) -> AsyncIterator[dict]:
+async def _openai_chunks(
+    backend_id: str, lines: AsyncIterator[bytes]
+) -> AsyncIterator[dict[str, Any]]:
     finished = False
     async for _, data in _sse_events(lines):
         if data.strip() == "[DONE]":
@@ -275,7 +277,7 @@ async def _openai_chunks(backend_id: str, lines: AsyncIterator[bytes]) -> AsyncI
 
 async def _anthropic_chunks(
     kind: Kind, backend_id: str, lines: AsyncIterator[bytes]
-) -> AsyncIterator[dict]:
+) -> AsyncIterator[dict[str, Any]]:
     translator = anthropic.StreamTranslator(kind, backend_id)
     async for event, data in _sse_events(lines):
         for chunk in translator.feed(event, _json(backend_id, f"{event or 'stream'} event", data)):
@@ -287,7 +289,7 @@ async def _anthropic_chunks(
 
 async def _ollama_chunks(
     kind: Kind, backend_id: str, lines: AsyncIterator[bytes]
-) -> AsyncIterator[dict]:
+) -> AsyncIterator[dict[str, Any]]:
     translator = OllamaTranslator(kind, backend_id)
     async for line in lines:
         if not line.strip():

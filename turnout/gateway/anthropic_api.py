@@ -369,7 +369,7 @@ class MessageStream:
             return b""
         self.started = True
         self.id = "msg_" + (chunk_id.removeprefix("chatcmpl-") or "turnout")
-        message = {
+        message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
             "role": "assistant",
@@ -424,7 +424,7 @@ class MessageStream:
             name = f"tool:{call.get('index', 0)}"
             fn = call.get("function") or {}
             if self.open != name:
-                block = {
+                block: dict[str, Any] = {
                     "type": "tool_use",
                     "id": call.get("id") or f"toolu_{self.index + 1}",
                     "name": fn.get("name") or "",

@@ -156,8 +156,8 @@ class Gateway:
         dialect = _dialect(request)
         try:
             response = await handler(request)
-        except EdgeError as err:
-            response = _json(dialect.error_body(err), err.status, **err.headers)
+        except EdgeError as edge:
+            response = _json(dialect.error_body(edge), edge.status, **edge.headers)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -308,7 +308,7 @@ class Gateway:
         self._count_tokens(listener)
         if reply.status != "ok":
             raise oai.reply_error(reply.error)
-        return _json(dialect.response_body(call, reply), **{"X-Request-Id": req.id})
+        return _json(dialect.response_body(call, reply), 200, **{"X-Request-Id": req.id})
 
     def _count_tokens(self, listener: Listener) -> None:
         final = listener.final
@@ -423,7 +423,7 @@ class Gateway:
         if not background:
             return await self._call(request, RESPONSES, call, client, id=req_id)
         await self._accept(request, self._request(call, client, id=req_id))
-        return _json(rsp.queued(rid, call.model), **{"X-Request-Id": req_id})
+        return _json(rsp.queued(rid, call.model), 200, **{"X-Request-Id": req_id})
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         self._client(request)
@@ -480,7 +480,7 @@ class Gateway:
                 403, f"request {request_id!r} belongs to another client", code="forbidden"
             )
         headers = {} if rec.final else {"Retry-After": "1"}
-        return _json(oai.status_view(request_id, rec), **headers)
+        return _json(oai.status_view(request_id, rec), 200, **headers)
 
     async def _deliver_webhook(self, request_id: str, rec: StatusRecord) -> None:
         if not rec.webhook_url:

@@ -175,7 +175,7 @@ def _content(content: Any, i: int) -> Any:
         return content
     if not isinstance(content, list):
         raise _bad(f"input[{i}].content: expected a string or a list of parts", "input")
-    parts = []
+    parts: list[dict[str, Any]] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text"):

@@ -409,16 +409,16 @@ def _anthropic_blocks(
 ) -> list[tuple[str, dict[str, Any]]]:
     if plan is not None:
         return [(e["type"], e) for e in mock_tools.anthropic_events(0, *plan)]
-    start = {
+    start: dict[str, Any] = {
         "type": "content_block_start",
         "index": 0,
         "content_block": {"type": "text", "text": ""},
     }
-    deltas = [
+    deltas: list[dict[str, Any]] = [
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
         for p in _pieces(text)
     ]
-    stop = {"type": "content_block_stop", "index": 0}
+    stop: dict[str, Any] = {"type": "content_block_stop", "index": 0}
     return [(e["type"], e) for e in (start, *deltas, stop)]
 
 

@@ -433,7 +433,7 @@ class Chooser:
         )
 
     def _cannot_finish(
-        self, job: Admitted, too_slow: frozenset[str], remaining_ms: int
+        self, job: Admitted, too_slow: frozenset[str], remaining_ms: float
     ) -> DeadlineExceeded:
         p50s = ", ".join(
             f"{b} p50 {self.health.percentile(b, 50):.0f} ms" for b in sorted(too_slow)

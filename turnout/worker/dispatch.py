@@ -481,6 +481,9 @@ class Dispatcher:
         else:
             log.exception("request_failed", offset=record.offset, partition=record.partition)
             error = _internal(exc, _stage_detail())
+        rid: str | None
+        cid: str | None
+        reply_to: str | None
         if isinstance(outcome, Admitted):
             rid, cid, reply_to = outcome.request.id, outcome.request.client_id, outcome.reply_to
         else:

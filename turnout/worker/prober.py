@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -33,7 +34,7 @@ from turnout.worker.publisher import Publisher
 
 log = logs.get("turnout.health")
 
-PROBE_BODIES = {
+PROBE_BODIES: dict[str, dict[str, Any]] = {
     "chat": {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1},
     "embeddings": {"input": "ping"},
 }
