@@ -8,7 +8,7 @@ taken, which is how backpressure reaches Kafka.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -42,7 +42,8 @@ def register(app: faust.App, topic: faust.TopicT, runtime: Intake) -> Any:
     async def route(stream: faust.StreamT[bytes]) -> None:
         await runtime.start()
         try:
-            async for event in stream.noack().events():
+            # faust hands the agent a Stream; noack() is declared on it, not on StreamT.
+            async for event in cast("faust.Stream[bytes]", stream).noack().events():
                 msg = event.message
                 try:
                     record = to_record(msg)

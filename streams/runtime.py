@@ -297,7 +297,9 @@ def build(settings: Settings) -> faust.App:
     )
     router.register(app, topics.requests, runtime)
     health.register(app, settings.probe_interval_s, runtime)
-    app.on_partitions_revoked.connect(runtime.on_revoked)
-    app.on_partitions_assigned.connect(runtime.on_assigned)
+    # faust types a receiver as taking any positional arguments; these take the one
+    # set of partitions faust sends (and its keywords).
+    app.on_partitions_revoked.connect(runtime.on_revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(runtime.on_assigned)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(runtime.drain)
     return app

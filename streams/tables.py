@@ -27,11 +27,11 @@ import dataclasses
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import faust
-from faust.types import TP
+from faust.types import TP, TableT
 
 from turnout import logs
 from turnout.core import retention
@@ -42,9 +42,9 @@ log = logs.get("turnout.tables")
 
 @dataclasses.dataclass(frozen=True)
 class Tables:
-    client_buckets: faust.Table[bytes, bytes]
-    done: faust.Table[bytes, bytes]
-    affinity: faust.Table[bytes, bytes]
+    client_buckets: TableT[bytes, bytes]
+    done: TableT[bytes, bytes]
+    affinity: TableT[bytes, bytes]
 
 
 def declare(app: faust.App, settings: Settings) -> Tables:
@@ -120,8 +120,10 @@ class ChangelogTable:
     restart recovers only what came after it.
     """
 
-    def __init__(self, table: faust.Table[bytes, bytes], app: faust.App) -> None:
-        self._table = table
+    def __init__(self, table: TableT[bytes, bytes], app: faust.App) -> None:
+        # App.Table is typed to return the TableT protocol; it makes a faust.Table,
+        # whose store (data, set_persisted_offset) this class reads.
+        self._table = cast("faust.Table[bytes, bytes]", table)
         self._app = app
         self._topic = table.changelog_topic.get_topic_name()
         self._cursors: dict[int, bytes | None] = {}
@@ -153,7 +155,12 @@ class ChangelogTable:
 
     async def _send(self, partition: int, key: bytes, value: bytes | None) -> None:
         try:
-            sent = await self._app.producer.send(self._topic, key, value, partition, None, None)
+            # faust annotates the result as an Awaitable; its aiokafka driver returns the
+            # send's asyncio.Future, whose callback this relies on.
+            sent = cast(
+                "asyncio.Future[Any]",
+                await self._app.producer.send(self._topic, key, value, partition, None, None),
+            )
         except Exception as exc:  # the broker is away: the worker keeps serving from the store
             log.warning("changelog_unsent", topic=self._topic, error=type(exc).__name__)
             return
@@ -188,7 +195,7 @@ class ChangelogTable:
         owned = sorted(set(owned))
         dbs = self._dbs()
         if dbs is None:
-            data: dict[bytes, bytes] = self._table.data.data  # type: ignore[attr-defined]
+            data: Mapping[bytes, bytes] = self._table.data.data
             keys = retention.oldest_first_expired(
                 data.items(), now_ms=now_ms, window_ms=window_ms, limit=budget
             )
@@ -232,7 +239,7 @@ class ChangelogTable:
         dbs = self._dbs()
         for partition, key in entries:
             if dbs is None:
-                self._table.data.data.pop(key, None)  # type: ignore[attr-defined]
+                self._table.data.data.pop(key, None)
             elif partition is not None and partition in dbs:
                 dbs[partition].delete(key)
         for partition, key in entries:
