@@ -6,10 +6,10 @@ from typing import Any
 
 import faust
 
-from turnout.runtime import Runtime
+from agents.intake import Probes
 
 
-def register(app: faust.App, interval_s: float, runtime: Runtime) -> Any:
+def register(app: faust.App, interval_s: float, runtime: Probes) -> Any:
     @app.timer(interval=interval_s, on_leader=True, name="turnout-prober")
     async def probe_backends() -> None:
         await runtime.probe_round()

@@ -8,13 +8,13 @@ taken, which is how backpressure reaches Kafka.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import faust
 
+from agents.intake import Intake
 from turnout import logs, tracing
-from turnout.admission import Record
-from turnout.runtime import Runtime
+from turnout.core.admission import Record
 
 REPLAY = "turnout-replay"
 REPLAY_FORCE = "turnout-replay-force"
@@ -37,12 +37,13 @@ def to_record(msg: Any) -> Record:
     )
 
 
-def register(app: faust.App, topic: faust.TopicT, runtime: Runtime) -> Any:
+def register(app: faust.App, topic: faust.TopicT, runtime: Intake) -> Any:
     @app.agent(topic, name="turnout-route")
     async def route(stream: faust.StreamT[bytes]) -> None:
         await runtime.start()
         try:
-            async for event in stream.noack().events():
+            # faust hands the agent a Stream; noack() is declared on it, not on StreamT.
+            async for event in cast("faust.Stream[bytes]", stream).noack().events():
                 msg = event.message
                 try:
                     record = to_record(msg)

@@ -10,17 +10,43 @@ mapping because it is the backend protocol's business.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 import orjson
-
-from turnout.errors import InvalidRequest, TurnoutError
 
 TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
 ClientId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Kind = Literal["chat", "completion", "embeddings"]
+
+
+class WireError(ValueError):
+    """Bytes that do not decode to a valid message; ``message`` says what and how to fix it.
+
+    The wire contract imports nothing of turnout's: turnout translates this into its
+    own ``InvalidRequest`` (``turnout/errors.py``) where it decodes a request.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ErrorLike(Protocol):
+    """What an error reply is made from (every ``turnout.errors.TurnoutError`` has these)."""
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def retryable(self) -> bool: ...
+
+    @property
+    def retry_after_ms(self) -> int | None: ...
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,11 +79,11 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
         try:
             return _request_decoder.decode(raw)
         except msgspec.ValidationError as exc:
-            raise InvalidRequest(f"request does not match the schema: {exc}") from None
+            raise WireError(f"request does not match the schema: {exc}") from None
         except msgspec.DecodeError as exc:
-            raise InvalidRequest(f"request is not valid JSON: {exc}") from None
+            raise WireError(f"request is not valid JSON: {exc}") from None
         except RecursionError:
-            raise InvalidRequest(
+            raise WireError(
                 "request is nested too deeply to decode (hundreds of levels of objects or "
                 "arrays); flatten it"
             ) from None
@@ -77,7 +103,7 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     """When a retry makes sense, if known."""
 
     @classmethod
-    def from_error(cls, exc: TurnoutError) -> ErrorInfo:
+    def from_error(cls, exc: ErrorLike) -> ErrorInfo:
         return cls(
             code=exc.code,
             message=exc.message,

@@ -24,8 +24,8 @@ import time
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from turnout import kafka_cluster
-from turnout.kafka_security import SecuritySettings
+from turnout.kafka import cluster as kafka_cluster
+from turnout.kafka.security import SecuritySettings
 
 PROBE_TOPIC = "turnout.ready-probe"
 

@@ -6,8 +6,8 @@ import socket
 
 import faust
 
-from streams.settings import Settings
-from turnout.kafka_security import SecuritySettings
+from turnout.kafka.security import SecuritySettings
+from turnout.settings import Settings
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -41,6 +41,6 @@ def create_app(settings: Settings) -> faust.App:
         producer_linger_ms=1,
         topic_partitions=settings.request_partitions,
         topic_allow_declare=True,
-        # The worker serves /metrics and its status page itself (turnout/web.py).
+        # The worker serves /metrics and its status page itself (turnout/worker/web.py).
         web_enabled=False,
     )

@@ -22,16 +22,17 @@ and tests/unit/test_faust_tripwire.py fails when any of them changes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from faust.transport.conductor import Conductor
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer
-from faust.types import TP, Message
+from faust.types import TP
 from mode import Service, ServiceT
 
 from turnout import logs
-from turnout.batching import FetchBatching, set_fetch
+from turnout.core.batching import FetchBatching, set_fetch
 
 log = logs.get("turnout.consumer")
 
@@ -115,7 +116,9 @@ class TrackedConsumer(Consumer):
         buffer = app.producer.buffer
         if buffer.size > buffer.max_messages:
             return False
-        conductor = app.topics
+        # App.topics is typed as the abstract ConductorT; the instance is faust's
+        # Conductor, whose private index and lock are read here (docs/faust-consumer.md).
+        conductor = cast(Conductor, app.topics)
         if conductor._tp_to_callback_lock.locked():
             return False
         return all(not channel.queue.full() for channel in conductor._tp_index.get(tp, ()))
@@ -160,7 +163,7 @@ class TrackedConsumer(Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
-                ait = cast(AsyncIterator[tuple[TP, Message]], getmany(timeout=1.0))
+                ait = getmany(timeout=1.0)
                 await asyncio.sleep(0)
                 if self.should_stop:
                     continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from turnout.durability import TopicPolicy
+from turnout.kafka.durability import TopicPolicy
 
 
 def install(app: Any, policy: TopicPolicy) -> None:

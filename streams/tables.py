@@ -10,9 +10,9 @@ makes the limits exact across any number of workers without Redis.
   request's dispatch task, in the request's own partition: see ``ChangelogTable``).
   A request already answered ok is not served again: a replay, or a repeat after
   a crash that got as far as recording the outcome. Entries older than the dedupe
-  window are evicted and tombstoned by ``DoneSweeper`` (``turnout.retention``).
+  window are evicted and tombstoned by ``DoneSweeper`` (``turnout.core.retention``).
 - ``affinity``: client id + cache key → the backend that served it last ok (routes
-  with ``cache_affinity``; written like ``done``, see ``turnout/affinity.py``).
+  with ``cache_affinity``; written like ``done``, see ``turnout/core/affinity.py``).
 
 Workers keep tables in RocksDB by default (``TURNOUT_STORE=rocksdb://``, through
 rocksdict): state survives a restart on disk, and a restarted worker reads only
@@ -27,24 +27,25 @@ import dataclasses
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import faust
-from faust.types import TP
+from faust.types import TP, TableT
 
-from streams.settings import Settings
-from turnout import logs, retention
+from turnout import logs
+from turnout.core import retention
 from turnout.errors import StartupError
+from turnout.settings import Settings
 
 log = logs.get("turnout.tables")
 
 
 @dataclasses.dataclass(frozen=True)
 class Tables:
-    client_buckets: faust.Table[bytes, bytes]
-    done: faust.Table[bytes, bytes]
-    affinity: faust.Table[bytes, bytes]
+    client_buckets: TableT[bytes, bytes]
+    done: TableT[bytes, bytes]
+    affinity: TableT[bytes, bytes]
 
 
 def declare(app: faust.App, settings: Settings) -> Tables:
@@ -99,25 +100,6 @@ def rocksdb_options() -> dict[str, int]:
     }
 
 
-def done_key(client_id: str, request_id: str) -> bytes:
-    return f"{client_id}\x00{request_id}".encode()
-
-
-class StateTable(Protocol):
-    """What the dispatcher needs of a table: read a key, write one in a partition."""
-
-    def get(self, key: bytes) -> bytes | None: ...
-
-    async def put(self, partition: int, key: bytes, value: bytes) -> None: ...
-
-
-class MemoryTable(dict[bytes, bytes]):
-    """A ``StateTable`` in a dict: for the dispatcher's unit tests and tools without Kafka."""
-
-    async def put(self, partition: int, key: bytes, value: bytes) -> None:
-        self[key] = value
-
-
 class ChangelogTable:
     """A faust table, read and written around faust's per-message send buffer.
 
@@ -139,8 +121,10 @@ class ChangelogTable:
     restart recovers only what came after it.
     """
 
-    def __init__(self, table: faust.Table[bytes, bytes], app: faust.App) -> None:
-        self._table = table
+    def __init__(self, table: TableT[bytes, bytes], app: faust.App) -> None:
+        # App.Table is typed to return the TableT protocol; it makes a faust.Table,
+        # whose store (data, set_persisted_offset) this class reads.
+        self._table = cast("faust.Table[bytes, bytes]", table)
         self._app = app
         self._topic = table.changelog_topic.get_topic_name()
         self._cursors: dict[int, bytes | None] = {}
@@ -172,7 +156,12 @@ class ChangelogTable:
 
     async def _send(self, partition: int, key: bytes, value: bytes | None) -> None:
         try:
-            sent = await self._app.producer.send(self._topic, key, value, partition, None, None)
+            # faust annotates the result as an Awaitable; its aiokafka driver returns the
+            # send's asyncio.Future, whose callback this relies on.
+            sent = cast(
+                "asyncio.Future[Any]",
+                await self._app.producer.send(self._topic, key, value, partition, None, None),
+            )
         except Exception as exc:  # the broker is away: the worker keeps serving from the store
             log.warning("changelog_unsent", topic=self._topic, error=type(exc).__name__)
             return
@@ -207,7 +196,7 @@ class ChangelogTable:
         owned = sorted(set(owned))
         dbs = self._dbs()
         if dbs is None:
-            data: dict[bytes, bytes] = self._table.data.data  # type: ignore[attr-defined]
+            data: Mapping[bytes, bytes] = self._table.data.data
             keys = retention.oldest_first_expired(
                 data.items(), now_ms=now_ms, window_ms=window_ms, limit=budget
             )
@@ -251,7 +240,7 @@ class ChangelogTable:
         dbs = self._dbs()
         for partition, key in entries:
             if dbs is None:
-                self._table.data.data.pop(key, None)  # type: ignore[attr-defined]
+                self._table.data.data.pop(key, None)
             elif partition is not None and partition in dbs:
                 dbs[partition].delete(key)
         for partition, key in entries:
@@ -264,7 +253,7 @@ class DoneSweeper:
     """Evicts ``done`` entries older than the window, from the partitions this worker owns.
 
     It runs as its own task every ``interval_s``, apart from the request path, and
-    reads at most ``budget`` entries a pass; the decision is ``turnout.retention``'s.
+    reads at most ``budget`` entries a pass; the decision is ``turnout.core.retention``'s.
     """
 
     def __init__(

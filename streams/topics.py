@@ -6,8 +6,8 @@ import dataclasses
 
 import faust
 
-from streams.settings import Settings
 from turnout.client import REQUEST_TOPIC_CONFIGS
+from turnout.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)

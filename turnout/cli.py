@@ -10,9 +10,9 @@ import uuid
 
 import orjson
 
-from streams import metadata_backoff
-from streams.settings import Settings
 from turnout import logs
+from turnout.kafka import metadata_backoff
+from turnout.settings import Settings
 
 EPILOG = "Settings come from environment variables; `turnout settings` lists them."
 
@@ -74,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     ops.add_commands(sub)
 
     if argv[:1] == ["mock-backend"]:
-        from turnout import mock_backend
+        from turnout.testing import mock_backend
 
         return mock_backend.run(argv[1:]) or 0
     args = parser.parse_args(argv)
 
     if args.command == "settings":
-        from turnout.durability import DurabilitySettings
-        from turnout.kafka_security import VARIABLES
+        from turnout.kafka.durability import DurabilitySettings
+        from turnout.kafka.security import VARIABLES
 
         for env, default, doc in [*Settings.describe(), *DurabilitySettings.describe()]:
             print(f"{env:28} {default:24} {doc}")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_format)
     metadata_backoff.install()  # every Kafka client of every command
-    from turnout.kafka_admin import KafkaStartupError
+    from turnout.kafka.admin import KafkaStartupError
 
     try:
         return _command(settings, args)
@@ -120,11 +120,11 @@ def _command(settings: Settings, args: argparse.Namespace) -> int:
             return 2
         return _worker(settings)
     if args.command == "intake":
-        from turnout import intake
+        from turnout.worker import intake
 
         return intake.main(settings)
     if args.command == "acls":
-        from turnout import acls
+        from turnout.kafka import acls
 
         return acls.main(settings, args)
     if args.command == "backends":
@@ -161,10 +161,10 @@ def _worker(settings: Settings) -> int:
     # exactly the request topic's partition count (each table partition has the one
     # writer of its request partition), so an existing topic's count wins.
     from streams import durable
-    from turnout import kafka_admin
+    from streams.runtime import build
     from turnout.client import REQUEST_TOPIC_CONFIGS, ensure_topics, timestamp_type
     from turnout.config import ConfigError
-    from turnout.runtime import build
+    from turnout.kafka import admin as kafka_admin
 
     kafka = kafka_admin.KafkaEnv.from_env()
     counts, policy = asyncio.run(
@@ -237,7 +237,7 @@ def _worker(settings: Settings) -> int:
 
 
 async def _backends(settings: Settings) -> int:
-    from turnout.prober import format_health, read_health
+    from turnout.worker.prober import format_health, read_health
 
     print(format_health(await read_health(settings), int(time.time() * 1000)))
     return 0

@@ -15,8 +15,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import GroupCoordinatorNotAvailableError, KafkaError
 
 from schemas.types import Reply, Request, decode_reply_message
-from turnout import kafka_admin
-from turnout.kafka_admin import partition_counts
+from turnout.kafka import admin as kafka_admin
+from turnout.kafka.admin import partition_counts
 
 __all__ = ["ReplyReader", "RequestPublisher", "ensure_topics", "partition_counts"]
 
@@ -38,7 +38,7 @@ async def ensure_topics(
     """Create the topics that do not exist, durably; return every named topic's partition count.
 
     Replication factor and min.insync.replicas come from the cluster's ``TopicPolicy``
-    and security from the environment (``turnout.kafka_admin``).
+    and security from the environment (``turnout.kafka.admin``).
     """
     return await kafka_admin.ensure_topics(bootstrap, names, partitions, configs)
 

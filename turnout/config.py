@@ -142,7 +142,7 @@ class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Capabilities a backend must have to be a candidate."""
     cache_affinity: bool = False
     """Requests sharing a ``prompt_cache_key`` (else ``metadata.session``) go to the
-    backend that served that key last, while it can serve (``turnout/affinity.py``)."""
+    backend that served that key last, while it can serve (``turnout/core/affinity.py``)."""
     retry_budget: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
     """Retries of calls that reached a backend may add at most this share of the
     route's requests (plus a reserve of 10), so retries cannot multiply an overload."""

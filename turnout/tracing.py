@@ -170,10 +170,10 @@ def usage_attributes(body: Mapping[str, Any] | None) -> dict[str, Any]:
     """GenAI usage attributes of an OpenAI-shaped answer."""
     if not isinstance(body, Mapping):
         return {}
-    usage = body.get("usage") if isinstance(body.get("usage"), Mapping) else {}
+    usage = got if isinstance(got := body.get("usage"), Mapping) else {}
     details = usage.get("prompt_tokens_details")
     out = {
-        "gen_ai.response.model": body.get("model") if isinstance(body.get("model"), str) else None,
+        "gen_ai.response.model": got if isinstance(got := body.get("model"), str) else None,
         "gen_ai.usage.input_tokens": usage.get("prompt_tokens"),
         "gen_ai.usage.output_tokens": usage.get("completion_tokens"),
         "gen_ai.usage.cached_input_tokens": details.get("cached_tokens")

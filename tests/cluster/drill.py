@@ -28,8 +28,8 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from schemas.types import Reply, decode_reply_message
 from tests.integration.harness import chat_request
-from turnout import kafka_cluster
 from turnout.client import ensure_topics
+from turnout.kafka import cluster as kafka_cluster
 
 NODES = 3
 

@@ -17,8 +17,8 @@ import pytest
 
 from tests.cluster.drill import NODES, Cluster, DrillResult, Load
 from tests.integration.harness import config_for, events, unique
-from turnout import kafka_cluster
 from turnout.client import ensure_topics
+from turnout.kafka import cluster as kafka_cluster
 
 pytestmark = pytest.mark.cluster
 

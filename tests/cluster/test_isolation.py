@@ -23,11 +23,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from schemas.types import DeadLetter, Reply, decode_reply_message
-from streams.settings import Settings
 from tests.cluster.drill import Cluster
 from tests.integration.harness import ROOT, MockBackend, Worker, chat_request, config_for, events
-from turnout import acls
-from turnout.kafka_security import SecuritySettings
+from turnout.kafka import acls
+from turnout.kafka.security import SecuritySettings
+from turnout.settings import Settings
 
 pytestmark = pytest.mark.cluster
 

@@ -33,8 +33,8 @@ from tests.integration.harness import (
     probing_env,
     unique,
 )
-from turnout import local_llm
 from turnout.client import RequestPublisher, ensure_topics
+from turnout.ops import local_llm
 
 # The first test may build llama-cpp-python from source.
 pytestmark = [pytest.mark.local_llm, pytest.mark.timeout(1500)]

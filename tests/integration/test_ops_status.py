@@ -16,8 +16,8 @@ from tests.integration.harness import (
     unique,
 )
 from turnout.client import RequestPublisher, ensure_topics
-from turnout.metrics import Metrics
-from turnout.web import bound_port, build_app, start_web
+from turnout.worker.metrics import Metrics
+from turnout.worker.web import bound_port, build_app, start_web
 
 
 async def test_status_shows_the_backlog_until_a_worker_drains_it(spawn, names, tmp_path):

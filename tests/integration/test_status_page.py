@@ -13,8 +13,8 @@ import zlib
 import pytest
 
 from turnout.config import load
-from turnout.metrics import Metrics
-from turnout.web import bound_port, build_app, start_web
+from turnout.worker.metrics import Metrics
+from turnout.worker.web import bound_port, build_app, start_web
 
 CONFIG = """
 backends:

@@ -3,9 +3,9 @@
 import orjson
 import pytest
 
-from streams.settings import Settings
 from turnout import config as cfg
-from turnout.admission import Admitted, Record, Rejected, admit, charge
+from turnout.core.admission import Admitted, Record, Rejected, admit, charge
+from turnout.settings import Settings
 
 CONFIG = cfg.loads(
     """

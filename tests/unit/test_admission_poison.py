@@ -10,9 +10,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.types import salvage_reply_address
-from streams.settings import Settings
 from turnout import config as cfg
-from turnout.admission import Admitted, Record, Rejected, admit, nesting_depth, valid_reply_topic
+from turnout.core.admission import (
+    Admitted,
+    Record,
+    Rejected,
+    admit,
+    nesting_depth,
+    valid_reply_topic,
+)
+from turnout.settings import Settings
 
 CONFIG = cfg.loads(
     """

@@ -7,17 +7,17 @@ import time
 import pytest
 
 from schemas.types import Request
-from streams.settings import Settings
-from streams.tables import MemoryTable
 from tests.unit.test_dispatch import TP0, RecordingPublisher, drain
 from tests.unit.test_routing import BACKENDS
 from turnout import config as cfg
-from turnout.admission import Record
-from turnout.affinity import affinity_key, table_key
-from turnout.backends.fake import ScriptedBackendClient
 from turnout.config import Route, Target
-from turnout.dispatch import Dispatcher
-from turnout.routing import RouteRequest, Snapshot, decide
+from turnout.core.admission import Record
+from turnout.core.affinity import affinity_key, table_key
+from turnout.core.routing import RouteRequest, Snapshot, decide
+from turnout.settings import Settings
+from turnout.testing.fake import ScriptedBackendClient
+from turnout.worker.dispatch import Dispatcher
+from turnout.worker.state import MemoryTable
 
 AB = Route(targets=[Target(backend="a", model="m"), Target(backend="b", model="m")])
 

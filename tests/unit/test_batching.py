@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from turnout.batching import BATCHED, UNBATCHED, FetchBatching
+from turnout.core.batching import BATCHED, UNBATCHED, FetchBatching
 
 
 def feed(b: FetchBatching, rate: float, seconds: float, t0: float, step: float = 0.01) -> list:

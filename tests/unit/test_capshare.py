@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from turnout.capshare import fraction, units
+from turnout.core.capshare import fraction, units
 
 
 def test_the_remainder_units_go_to_the_lowest_numbered_partitions():
@@ -63,6 +63,6 @@ def test_the_module_examples_hold():
     """The docstring's examples are the specification: they must stay true."""
     import doctest
 
-    from turnout import capshare
+    from turnout.core import capshare
 
     assert doctest.testmod(capshare).failed == 0

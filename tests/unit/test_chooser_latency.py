@@ -7,11 +7,11 @@ import time
 import pytest
 
 from schemas.types import Request
-from streams.settings import Settings
-from turnout import chooser as chooser_mod
-from turnout.admission import Admitted
-from turnout.chooser import LATENCY_MEMORY_S, Chooser
 from turnout.config import loads
+from turnout.core.admission import Admitted
+from turnout.settings import Settings
+from turnout.worker import chooser as chooser_mod
+from turnout.worker.chooser import LATENCY_MEMORY_S, Chooser
 
 CONFIG = loads(
     """

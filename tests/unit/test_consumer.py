@@ -15,7 +15,7 @@ import pytest
 from faust.types import TP
 
 from streams import consumer
-from turnout.batching import BATCHED, FetchBatching
+from turnout.core.batching import BATCHED, FetchBatching
 
 REQUESTS = TP("requests", 0)
 

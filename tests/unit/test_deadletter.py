@@ -5,8 +5,8 @@ import hashlib
 import pytest
 
 from schemas.types import DeadLetter
-from turnout.admission import Record
-from turnout.deadletter import PREFIX_BYTES, dead_letter_for
+from turnout.core.admission import Record
+from turnout.core.deadletter import PREFIX_BYTES, dead_letter_for
 
 LIMIT = 900_000
 

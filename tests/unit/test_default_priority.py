@@ -8,12 +8,12 @@ import time
 from faust.types import TP
 
 from schemas.types import Request
-from streams.settings import Settings
 from tests.unit.test_dispatch import RecordingPublisher, drain, own
 from turnout import config as cfg
-from turnout.admission import Record
-from turnout.backends.fake import ScriptedBackendClient
-from turnout.dispatch import Dispatcher
+from turnout.core.admission import Record
+from turnout.settings import Settings
+from turnout.testing.fake import ScriptedBackendClient
+from turnout.worker.dispatch import Dispatcher
 
 CONFIG = cfg.loads(
     """

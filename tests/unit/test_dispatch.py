@@ -8,14 +8,14 @@ import pytest
 from faust.types import TP
 
 from schemas.types import Reply, Request
-from streams.settings import Settings
-from streams.tables import MemoryTable
 from turnout import config as cfg
-from turnout.admission import Record
-from turnout.backends.fake import ScriptedBackendClient
-from turnout.dispatch import Dispatcher
+from turnout.core.admission import Record
 from turnout.errors import BackendStatusError, BackendUnavailable
-from turnout.publisher import PublishFailed
+from turnout.settings import Settings
+from turnout.testing.fake import ScriptedBackendClient
+from turnout.worker.dispatch import Dispatcher
+from turnout.worker.publisher import PublishFailed
+from turnout.worker.state import MemoryTable
 
 CONFIG = cfg.loads(
     """

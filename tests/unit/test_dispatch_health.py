@@ -8,12 +8,12 @@ import time
 from faust.types import TP
 
 from schemas.types import Request
-from streams.settings import Settings
 from turnout import config as cfg
-from turnout.admission import Record
-from turnout.backends.fake import ScriptedBackendClient
-from turnout.dispatch import Dispatcher
+from turnout.core.admission import Record
 from turnout.health import HangDetected, State
+from turnout.settings import Settings
+from turnout.testing.fake import ScriptedBackendClient
+from turnout.worker.dispatch import Dispatcher
 
 TP0 = TP("turnout.requests", 0)
 CONFIG = cfg.loads(
@@ -219,7 +219,7 @@ async def test_a_down_backend_is_reported_down_not_too_slow():
 
 async def test_a_newcomer_does_not_take_a_slot_ahead_of_a_woken_waiter():
     """A request arriving as a slot frees joins the queue behind more urgent waiters."""
-    from turnout.admission import admit
+    from turnout.core.admission import admit
 
     one = cfg.loads(
         """

@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.types import Reply, Request
-from streams.settings import Settings
 from turnout import config as cfg
-from turnout.admission import Record
-from turnout.backends.fake import ScriptedBackendClient
-from turnout.dispatch import Dispatcher
-from turnout.publisher import PublishFailed
-from turnout.stall import Stalled
+from turnout.core.admission import Record
+from turnout.core.stall import Stalled
+from turnout.settings import Settings
+from turnout.testing.fake import ScriptedBackendClient
+from turnout.worker.dispatch import Dispatcher
+from turnout.worker.publisher import PublishFailed
 
 CONFIG = cfg.loads(
     """
@@ -161,7 +161,7 @@ async def test_a_bug_while_serving_ends_in_a_dead_letter_and_an_error_reply():
 
 async def test_a_bug_in_admission_ends_in_a_dead_letter(monkeypatch):
     """Admission itself failing does not pin the offset: the record is dead-lettered."""
-    import turnout.dispatch as dispatch
+    import turnout.worker.dispatch as dispatch
 
     def broken(*args, **kwargs):
         raise KeyError("bug")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from turnout.durability import (
+from turnout.kafka.durability import (
     DurabilitySettings,
     TopicPolicy,
     TopicState,

@@ -5,7 +5,7 @@ import asyncio
 import faust
 
 from streams import durable
-from turnout.durability import TopicPolicy
+from turnout.kafka.durability import TopicPolicy
 
 
 def test_every_faust_topic_gets_the_policy_and_keeps_its_own_configs():

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from turnout.backends import BackendClient
-from turnout.backends.fake import Call, ScriptedBackendClient, vector
 from turnout.config import Backend
 from turnout.errors import BackendStatusError, BackendTimeout, BackendUnavailable
+from turnout.testing.fake import Call, ScriptedBackendClient, vector
 
 B1 = Backend(id="b1", protocol="openai", base_url="http://b1", models=["m"])
 B2 = Backend(id="b2", protocol="ollama", base_url="http://b2", models=["m"])

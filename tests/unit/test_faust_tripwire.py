@@ -25,7 +25,7 @@ SOURCES = {
         "c2701bfc3e6f6cad",
     ),
     "ConductorCompiler.build": (ConductorCompiler.build, "837cf521368c1ee4"),
-    # streams/metadata_backoff.py wraps the first; the second is why (getsource unwraps).
+    # turnout/kafka/metadata_backoff.py wraps the first; the second is why (getsource unwraps).
     "AIOKafkaClient._metadata_update": (AIOKafkaClient._metadata_update, "06dc51ed3e0d38b8"),
     "Sender._sender_routine": (Sender._sender_routine, "2380dc5e333d9ebd"),
 }

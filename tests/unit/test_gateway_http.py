@@ -17,13 +17,13 @@ import pytest
 from aiohttp import web
 
 from schemas.types import ErrorInfo, Reply, ReplyChunk, Request
-from streams.settings import Settings
 from turnout.config import Secret, loads
 from turnout.gateway import GatewaySettings, load_keys
 from turnout.gateway.app import Gateway
 from turnout.gateway.kafka import GatewayKafka
 from turnout.gateway.openapi import document
 from turnout.gateway.webhooks import sign
+from turnout.settings import Settings
 
 CONFIG = loads(
     "backends: [{id: b, protocol: openai, base_url: 'http://127.0.0.1:1', models: [echo]}]\n"

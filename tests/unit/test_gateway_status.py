@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.types import Reply, ReplyChunk
-from streams.settings import Settings
 from turnout.gateway import ANONYMOUS, GatewaySettings, load_keys
 from turnout.gateway.kafka import StatusRecord, StatusStore
 from turnout.gateway.openai_api import ChunkSequencer, StreamRestarted
+from turnout.settings import Settings
 
 
 def rec(status: str = "queued", updated_ms: int = 0, **kw: object) -> StatusRecord:

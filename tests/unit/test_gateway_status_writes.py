@@ -16,7 +16,6 @@ from aiokafka.errors import (
 )
 
 from schemas.types import Reply
-from streams.settings import Settings
 from turnout.gateway import GatewaySettings
 from turnout.gateway.kafka import (
     GatewayKafka,
@@ -25,6 +24,7 @@ from turnout.gateway.kafka import (
     now_ms,
     retriable,
 )
+from turnout.settings import Settings
 
 
 class Producer:

@@ -27,8 +27,8 @@ from turnout.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
-from turnout.mock_backend import MockOptions
-from turnout.mock_backend import start as start_mock
+from turnout.testing.mock_backend import MockOptions
+from turnout.testing.mock_backend import start as start_mock
 
 CHAT = {"model": "alias", "messages": [{"role": "user", "content": "hello there world"}]}
 KEY = "sk-test-stream"
@@ -442,7 +442,7 @@ async def test_vary_makes_every_call_answer_differently(
 
 def test_vary_and_chunk_delay_are_runtime_options() -> None:
     """Both can be set on the command line and changed live; wrong types are refused."""
-    from turnout.mock_backend import parse_args
+    from turnout.testing.mock_backend import parse_args
 
     options = parse_args(["--vary", "--chunk-delay-ms", "20"])
     assert options.vary and options.chunk_delay_ms == 20.0

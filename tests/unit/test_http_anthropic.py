@@ -5,7 +5,7 @@ import pytest
 from turnout.backends.http import HttpBackendClient, new_session
 from turnout.config import Backend, Secret
 from turnout.errors import BackendStatusError
-from turnout.mock_backend import MockOptions, start
+from turnout.testing.mock_backend import MockOptions, start
 
 KEY = "sk-ant-test"
 

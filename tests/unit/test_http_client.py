@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from turnout.backends.fake import vector
 from turnout.backends.http import HttpBackendClient, new_session
 from turnout.config import Backend, Secret
 from turnout.errors import (
@@ -21,7 +20,8 @@ from turnout.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
-from turnout.mock_backend import MockOptions, build_app
+from turnout.testing.fake import vector
+from turnout.testing.mock_backend import MockOptions, build_app
 
 KEY = "sk-test-0123456789abcdef"
 CHAT = {"model": "alias", "messages": [{"role": "user", "content": "hello there"}]}

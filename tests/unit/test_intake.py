@@ -3,9 +3,9 @@
 import orjson
 import pytest
 
-from streams.settings import Settings
-from turnout.acls import client_acls, plan, service_acls
-from turnout.intake import Forward, Reject, client_of, vet
+from turnout.kafka.acls import client_acls, plan, service_acls
+from turnout.settings import Settings
+from turnout.worker.intake import Forward, Reject, client_of, vet
 
 S = Settings()
 

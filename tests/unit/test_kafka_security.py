@@ -7,8 +7,8 @@ import sys
 import pytest
 from aiokafka import errors as kerrors
 
-from turnout.kafka_admin import describe_failure
-from turnout.kafka_security import SecurityConfigError, SecuritySettings
+from turnout.kafka.admin import describe_failure
+from turnout.kafka.security import SecurityConfigError, SecuritySettings
 
 PASSWORD = "pa55-very-secret-word"
 

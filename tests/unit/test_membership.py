@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from streams.consumer import leave_group_on_stop
-from streams.settings import Settings
+from turnout.settings import Settings
 
 
 def test_auto_ids_differ_per_data_dir_and_stay_the_same_across_restarts() -> None:

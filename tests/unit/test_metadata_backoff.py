@@ -1,4 +1,4 @@
-"""aiokafka refreshes metadata no more often than its retry backoff (streams/metadata_backoff.py)."""
+"""aiokafka refreshes metadata no more often than its retry backoff (kafka/metadata_backoff.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import doctest
 
 from aiokafka.client import AIOKafkaClient
 
-from streams import metadata_backoff
+from turnout.kafka import metadata_backoff
 
 
 def test_the_decision_doctests():

@@ -6,8 +6,8 @@ import aiohttp
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from turnout.metrics import History, Metrics, Price, tokens_of
-from turnout.web import bound_port, build_app, merge, start_web
+from turnout.worker.metrics import History, Metrics, Price, tokens_of
+from turnout.worker.web import bound_port, build_app, merge, start_web
 
 
 class Clock:

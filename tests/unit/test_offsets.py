@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from turnout.offsets import OffsetTracker
+from turnout.core.offsets import OffsetTracker
 
 
 def test_nothing_begun_has_nothing_to_commit():

@@ -16,8 +16,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from turnout import offsets
-from turnout.offsets import Trackers
+from turnout.core import offsets
+from turnout.core.offsets import Trackers
 
 TP = "requests-0"
 

@@ -7,7 +7,7 @@ import logging
 from hypothesis import given
 from hypothesis import strategies as st
 
-from turnout.outage import BrokerOutage, OutageEvent, OutageFilter, install, uninstall
+from turnout.worker.outage import BrokerOutage, OutageEvent, OutageFilter, install, uninstall
 
 
 def names(events: list[OutageEvent]) -> list[str]:

@@ -1,12 +1,12 @@
 """The prober's schedule and probe requests, with a scripted backend: no Kafka."""
 
-from streams.settings import Settings
 from turnout import config as cfg
-from turnout.backends.fake import ScriptedBackendClient
 from turnout.errors import BackendUnavailable
 from turnout.health.book import HealthBook
 from turnout.health.machine import HealthRecord
-from turnout.prober import Prober
+from turnout.settings import Settings
+from turnout.testing.fake import ScriptedBackendClient
+from turnout.worker.prober import Prober
 
 CONFIG = cfg.loads(
     """

@@ -15,9 +15,9 @@ from aiokafka.errors import (
 )
 from faust.exceptions import ProducerSendError
 
-from streams.settings import Settings
-from turnout import publisher as publisher_mod
-from turnout.publisher import Publisher, PublishFailed
+from turnout.settings import Settings
+from turnout.worker import publisher as publisher_mod
+from turnout.worker.publisher import Publisher, PublishFailed
 
 
 class Producer:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turnout.config import Client
-from turnout.ratelimit import Bucket, ClientLimits, ClientState, refill, take
+from turnout.core.ratelimit import Bucket, ClientLimits, ClientState, refill, take
 
 T0 = 1_700_000_000_000
 

@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.settings import Settings
-from turnout import region_state
 from turnout.config import Backend
-from turnout.region_state import (
+from turnout.core import region_state
+from turnout.core.region_state import (
     BackendSummary,
     InvalidRegionState,
     RegionState,
@@ -24,6 +23,7 @@ from turnout.region_state import (
     trusted,
     view,
 )
+from turnout.settings import Settings
 
 BOUND = 15_000
 

@@ -7,8 +7,8 @@ import re
 import pytest
 from structlog.testing import capture_logs
 
-from turnout.region_state import RegionState
-from turnout.region_sync import STATE_PATTERN, RegionSync
+from turnout.core.region_state import RegionState
+from turnout.worker.region_sync import STATE_PATTERN, RegionSync
 
 
 class Clock:

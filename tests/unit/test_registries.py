@@ -11,11 +11,12 @@ from typing import Any, get_args
 import orjson
 import pytest
 
-from turnout import config, routing
+from turnout import config
 from turnout.backends import streaming
 from turnout.backends.adapters import ADAPTERS, StreamFormat, adapter_for
 from turnout.backends.http_call import HttpAnswer
 from turnout.config import Backend
+from turnout.core import routing
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": True}}
 

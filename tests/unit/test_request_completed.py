@@ -14,8 +14,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from tests.unit.test_dispatch import TP0, drain, make, record
-from turnout.backends.fake import ScriptedBackendClient
 from turnout.errors import BackendStatusError
+from turnout.testing.fake import ScriptedBackendClient
 
 COMMON = {
     "request_id",

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.tables import ChangelogTable, DoneSweeper, lock_data_dir
-from turnout import retention
-from turnout.retention import done_value, expired, oldest_first_expired, select_expired
+from turnout.core import retention
+from turnout.core.retention import done_value, expired, oldest_first_expired, select_expired
 
 WINDOW_MS = 60_000
 TOPIC = "app-done-changelog"

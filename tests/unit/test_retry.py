@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from turnout.core.retry import backlog_clear_ms, blames_backend, next_step, retry_after_ms
 from turnout.health.timeouts import call_timeouts
-from turnout.retry import backlog_clear_ms, blames_backend, next_step, retry_after_ms
 
 BASE = dict(
     retryable=True,

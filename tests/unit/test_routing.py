@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turnout.config import Backend, Cost, Route, Target
-from turnout.routing import RouteRequest, Snapshot, decide, retry_delay_s, unavailable
+from turnout.core.routing import RouteRequest, Snapshot, decide, retry_delay_s, unavailable
 
 
 def backend(id, tier="local", max_concurrency=2, weight=1.0, caps=(), cost=(0.0, 0.0)):

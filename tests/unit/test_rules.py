@@ -3,7 +3,7 @@
 import pytest
 
 from turnout.config import Match, Rule
-from turnout.rules import match
+from turnout.core.rules import match
 
 RULES = [
     Rule(name="batch", route="cheap", match=Match(clients=["batch-1", "batch-2"])),

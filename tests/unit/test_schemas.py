@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from schemas.generate import render
-from schemas.types import WIRE_TYPES, DeadLetter, ErrorInfo, Reply, Request, Source
-from turnout.errors import InvalidRequest, RateLimited
+from schemas.types import WIRE_TYPES, DeadLetter, ErrorInfo, Reply, Request, Source, WireError
+from turnout.errors import RateLimited
 
 SCHEMA_DIR = pathlib.Path(__file__).parents[2] / "schemas"
 
@@ -40,7 +40,7 @@ def test_request_values_are_frozen():
 
 def test_invalid_request_names_the_field():
     """A schema violation says which field and what was expected."""
-    with pytest.raises(InvalidRequest, match=r"Expected `str`, got `int` - at `\$.client_id`"):
+    with pytest.raises(WireError, match=r"Expected `str`, got `int` - at `\$.client_id`"):
         Request.from_wire(b'{"id":"a","client_id":5,"kind":"chat","model":"m","body":{}}')
 
 

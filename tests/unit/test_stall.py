@@ -1,6 +1,6 @@
 """The stall watch: a commit point stuck while later records are done is reported once."""
 
-from turnout.stall import Head, Resumed, Stalled, StallWatch
+from turnout.core.stall import Head, Resumed, Stalled, StallWatch
 
 
 def head(offset=10, done=3, busy=None, partition=0, cause="publishing_reply"):

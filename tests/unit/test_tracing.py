@@ -7,12 +7,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from streams.settings import Settings
 from tests.unit.test_dispatch import TP0, drain, make
 from tests.unit.test_gateway_http import CHAT, Running, gw, receiver, receiver_prefix  # noqa: F401
 from turnout import tracing
-from turnout.admission import Record
-from turnout.backends.fake import ScriptedBackendClient
+from turnout.core.admission import Record
+from turnout.settings import Settings
+from turnout.testing.fake import ScriptedBackendClient
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"

@@ -7,12 +7,12 @@ import time
 from collections import Counter
 
 from schemas.types import Request
-from streams.settings import Settings
-from turnout.admission import Admitted
-from turnout.chooser import Chooser
 from turnout.config import loads
+from turnout.core.admission import Admitted
 from turnout.health import Verdict
 from turnout.health.book import HealthBook
+from turnout.settings import Settings
+from turnout.worker.chooser import Chooser
 
 CONFIG = loads(
     """

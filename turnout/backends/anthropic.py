@@ -152,8 +152,8 @@ def parse(
         if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
     )
     finish = FINISH.get(str(obj.get("stop_reason")), "stop")
-    model = obj.get("model") if isinstance(obj.get("model"), str) else ""
-    raw_id = obj.get("id") if isinstance(obj.get("id"), str) else ""
+    model = got if isinstance(got := obj.get("model"), str) else ""
+    raw_id = got if isinstance(got := obj.get("id"), str) else ""
     if kind == "chat":
         choice: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
         calls = tools.tool_calls_from_anthropic(blocks)
@@ -226,7 +226,7 @@ class StreamTranslator:
             )
         kind = data.get("type", event)
         if kind == "message_start":
-            message = data.get("message") if isinstance(data.get("message"), dict) else {}
+            message = got if isinstance(got := data.get("message"), dict) else {}
             self.id = str(message.get("id", ""))
             self.model = str(message.get("model", ""))
             self.input_usage = usage(message.get("usage"))
@@ -240,7 +240,7 @@ class StreamTranslator:
             text = part.get("text") if isinstance(part, dict) else None
             return [self._chunk({"content": text}, None)] if isinstance(text, str) and text else []
         if kind == "message_delta":
-            delta = data.get("delta") if isinstance(data.get("delta"), dict) else {}
+            delta = got if isinstance(got := data.get("delta"), dict) else {}
             finish = FINISH.get(str(delta.get("stop_reason")), "stop")
             out_tokens = usage(data.get("usage"))["completion_tokens"]
             chunk = self._chunk({}, finish)
@@ -254,7 +254,7 @@ class StreamTranslator:
             self.done = True
             return []
         if kind == "error":
-            error = data.get("error") if isinstance(data.get("error"), dict) else {}
+            error = got if isinstance(got := data.get("error"), dict) else {}
             etype = str(error.get("type", "api_error"))
             raise BackendStatusError(
                 f"backend {self.backend_id!r} failed mid-stream ({etype[:64]})",

@@ -104,7 +104,7 @@ def parse(
         message = obj.get("message")
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise shape_error(backend_id, status, "message.content", obj)
-        role = message.get("role") if isinstance(message.get("role"), str) else "assistant"
+        role = got if isinstance(got := message.get("role"), str) else "assistant"
         choice: dict[str, Any] = {
             "index": 0,
             "message": {"role": role, "content": message["content"]},

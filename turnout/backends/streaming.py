@@ -221,7 +221,7 @@ async def _sse_events(lines: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, s
 
 async def _openai_chunks(
     kind: Kind, backend_id: str, lines: AsyncIterator[bytes]
-) -> AsyncIterator[dict]:
+) -> AsyncIterator[dict[str, Any]]:
     finished = False
     async for _, data in _sse_events(lines):
         if data.strip() == "[DONE]":
@@ -259,7 +259,7 @@ async def _openai_chunks(
 
 async def _anthropic_chunks(
     kind: Kind, backend_id: str, lines: AsyncIterator[bytes]
-) -> AsyncIterator[dict]:
+) -> AsyncIterator[dict[str, Any]]:
     translator = anthropic.StreamTranslator(kind, backend_id)
     async for event, data in _sse_events(lines):
         for chunk in translator.feed(event, _json(backend_id, f"{event or 'stream'} event", data)):
@@ -271,7 +271,7 @@ async def _anthropic_chunks(
 
 async def _ollama_chunks(
     kind: Kind, backend_id: str, lines: AsyncIterator[bytes]
-) -> AsyncIterator[dict]:
+) -> AsyncIterator[dict[str, Any]]:
     translator = OllamaTranslator(kind, backend_id)
     async for line in lines:
         if not line.strip():
@@ -283,7 +283,8 @@ async def _ollama_chunks(
     raise _cut_short(backend_id, 'a line with "done": true')
 
 
-_DECODERS: dict[StreamFormat, Callable[[Kind, str, AsyncIterator[bytes]], AsyncIterator[dict]]] = {
+_Decoder = Callable[[Kind, str, AsyncIterator[bytes]], AsyncIterator[dict[str, Any]]]
+_DECODERS: dict[StreamFormat, _Decoder] = {
     "sse": _openai_chunks,
     "anthropic_sse": _anthropic_chunks,
     "ndjson": _ollama_chunks,
@@ -320,7 +321,7 @@ class OllamaTranslator:
             seed = orjson.dumps([obj.get("model"), obj.get("created_at")])
             self.id = hashlib.blake2b(seed, digest_size=12).hexdigest()
             self.created = ollama._epoch_s(obj.get("created_at"))
-        self.model = obj.get("model") if isinstance(obj.get("model"), str) else ""
+        self.model = got if isinstance(got := obj.get("model"), str) else ""
         if self.kind == "chat":
             message = obj.get("message")
             text = message.get("content") if isinstance(message, dict) else None
@@ -387,7 +388,7 @@ def chunks_from_response(kind: Kind, response: Mapping[str, Any]) -> list[dict[s
     if kind == "chat":
         head["object"] = "chat.completion.chunk"
         for i, c in enumerate(choices):
-            message = c.get("message") if isinstance(c.get("message"), dict) else {}
+            message = got if isinstance(got := c.get("message"), dict) else {}
             delta = {"role": message.get("role", "assistant"), "content": message.get("content")}
             if message.get("tool_calls"):
                 delta["tool_calls"] = [

@@ -43,7 +43,7 @@ def unsupported(backend_id: str, protocol: str, what: str, hint: str) -> Backend
 def _functions(tools: Any, backend_id: str, protocol: str) -> list[Mapping[str, Any]]:
     if not isinstance(tools, list):
         return []
-    out = []
+    out: list[Mapping[str, Any]] = []
     for t in tools:
         if not isinstance(t, dict) or t.get("type", "function") != "function":
             kind = t.get("type") if isinstance(t, dict) else type(t).__name__

@@ -13,7 +13,7 @@ and reads the answers from that topic; routing stays with the workers.
 
 Gateway settings are environment variables, declared once below (``turnout
 gateway --help`` and ``GatewaySettings.describe()`` list them); Kafka and topic
-settings are the worker's (``streams.settings.Settings``).
+settings are the worker's (``turnout.settings.Settings``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from streams.settings import Settings, read_env, setting
 from turnout.config import Secret
+from turnout.settings import Settings, read_env, setting
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _CLIENT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

@@ -33,8 +33,8 @@ import orjson
 
 from schemas.types import Reply
 from turnout.backends.streaming import chunks_from_response
+from turnout.core.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
 from turnout.gateway.openai_api import Call, Dialect, EdgeError
-from turnout.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
 
 CONTENT_TYPE = "text/event-stream"
 _STOP = {
@@ -180,7 +180,7 @@ def _part(block: Mapping[str, Any], where: str) -> dict[str, Any]:
     if kind == "text":
         part: dict[str, Any] = {"type": "text", "text": str(block.get("text", ""))}
     elif kind == "image":
-        source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        source = got if isinstance(got := block.get("source"), dict) else {}
         if source.get("type") == "base64":
             url = f"data:{source.get('media_type')};base64,{source.get('data')}"
         else:
@@ -265,7 +265,7 @@ def model_list(names: list[str]) -> dict[str, Any]:
 
 def count_tokens(body: Any) -> dict[str, int]:
     """``POST /v1/messages/count_tokens``: an estimate (turnout has no tokenizer: about
-    four characters a token, ``turnout/tokens.py``), the system prompt and tools included."""
+    four characters a token, ``turnout/core/tokens.py``), the system prompt and tools included."""
     if isinstance(body, dict) and "max_tokens" not in body:
         body = {**body, "max_tokens": 1}
     call = parse(body)
@@ -287,7 +287,7 @@ def usage(raw: Any) -> dict[str, int]:
     details = raw.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     cached = cached if isinstance(cached, int) else 0
-    prompt = raw.get("prompt_tokens") if isinstance(raw.get("prompt_tokens"), int) else 0
+    prompt = got if isinstance(got := raw.get("prompt_tokens"), int) else 0
     out = {
         "input_tokens": max(0, prompt - cached),
         "output_tokens": raw.get("completion_tokens") or 0,
@@ -301,7 +301,7 @@ def message_body(model: str, completion: Mapping[str, Any]) -> dict[str, Any]:
     """The Anthropic ``message`` for an OpenAI chat.completion."""
     choices = completion.get("choices")
     first = choices[0] if isinstance(choices, list) and choices else {}
-    message = first.get("message") if isinstance(first.get("message"), dict) else {}
+    message = got if isinstance(got := first.get("message"), dict) else {}
     content: list[dict[str, Any]] = []
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
@@ -369,7 +369,7 @@ class MessageStream:
             return b""
         self.started = True
         self.id = "msg_" + (chunk_id.removeprefix("chatcmpl-") or "turnout")
-        message = {
+        message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
             "role": "assistant",
@@ -414,7 +414,7 @@ class MessageStream:
         choice = choices[0] if isinstance(choices, list) and choices else {}
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        delta = got if isinstance(got := choice.get("delta"), dict) else {}
         text = delta.get("content")
         if isinstance(text, str) and text:
             if self.open != "text":
@@ -424,7 +424,7 @@ class MessageStream:
             name = f"tool:{call.get('index', 0)}"
             fn = call.get("function") or {}
             if self.open != name:
-                block = {
+                block: dict[str, Any] = {
                     "type": "tool_use",
                     "id": call.get("id") or f"toolu_{self.index + 1}",
                     "name": fn.get("name") or "",

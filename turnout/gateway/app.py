@@ -34,11 +34,9 @@ import orjson
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
-from schemas.types import Kind, ReplyChunk, Request
-from streams.settings import Settings
+from schemas.types import Kind, ReplyChunk, Request, WireError
 from turnout import gcfreeze, logs, tracing
 from turnout.config import Config, ConfigError, load
-from turnout.errors import InvalidRequest
 from turnout.gateway import ApiKeys, GatewaySettings, load_keys, webhook_secret
 from turnout.gateway import anthropic_api as ant
 from turnout.gateway import ollama_api as oll
@@ -49,7 +47,8 @@ from turnout.gateway.metrics import GatewayMetrics
 from turnout.gateway.openai_api import Call, ChunkSequencer, Dialect, EdgeError, StreamRestarted
 from turnout.gateway.openapi import document
 from turnout.gateway.webhooks import Allowlist, WebhookRefused, WebhookSender
-from turnout.kafka_admin import KafkaStartupError
+from turnout.kafka.admin import KafkaStartupError
+from turnout.settings import Settings
 
 log = logs.get("turnout.gateway")
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 3600.0
@@ -157,8 +156,8 @@ class Gateway:
         dialect = _dialect(request)
         try:
             response = await handler(request)
-        except EdgeError as err:
-            response = _json(dialect.error_body(err), err.status, **err.headers)
+        except EdgeError as edge:
+            response = _json(dialect.error_body(edge), edge.status, **edge.headers)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -254,7 +253,7 @@ class Gateway:
             )
         try:
             return Request.from_wire(wire)
-        except InvalidRequest as exc:
+        except WireError as exc:
             raise EdgeError(400, exc.message, code="invalid_request") from None
 
     # -- sync and streamed calls ---------------------------------------------------------------
@@ -309,7 +308,7 @@ class Gateway:
         self._count_tokens(listener)
         if reply.status != "ok":
             raise oai.reply_error(reply.error)
-        return _json(dialect.response_body(call, reply), **{"X-Request-Id": req.id})
+        return _json(dialect.response_body(call, reply), 200, **{"X-Request-Id": req.id})
 
     def _count_tokens(self, listener: Listener) -> None:
         final = listener.final
@@ -424,7 +423,7 @@ class Gateway:
         if not background:
             return await self._call(request, RESPONSES, call, client, id=req_id)
         await self._accept(request, self._request(call, client, id=req_id))
-        return _json(rsp.queued(rid, call.model), **{"X-Request-Id": req_id})
+        return _json(rsp.queued(rid, call.model), 200, **{"X-Request-Id": req_id})
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         self._client(request)
@@ -481,7 +480,7 @@ class Gateway:
                 403, f"request {request_id!r} belongs to another client", code="forbidden"
             )
         headers = {} if rec.final else {"Retry-After": "1"}
-        return _json(oai.status_view(request_id, rec), **headers)
+        return _json(oai.status_view(request_id, rec), 200, **headers)
 
     async def _deliver_webhook(self, request_id: str, rec: StatusRecord) -> None:
         if not rec.webhook_url:

@@ -46,12 +46,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from schemas.types import Reply, ReplyChunk, Request, decode_reply_message
-from streams.settings import Settings
-from turnout import kafka_admin, logs
-from turnout.batching import FetchBatching, set_fetch
+from turnout import logs
 from turnout.client import REQUEST_TOPIC_CONFIGS
+from turnout.core.batching import FetchBatching, set_fetch
 from turnout.gateway import GatewaySettings
-from turnout.kafka_admin import client_kwargs as kafka_kwargs
+from turnout.kafka import admin as kafka_admin
+from turnout.kafka.admin import client_kwargs as kafka_kwargs
+from turnout.settings import Settings
 
 log = logs.get("turnout.gateway")
 
@@ -457,7 +458,7 @@ class GatewayKafka:
 
         A reply is committed only after its status write is on the broker. Between
         commits a restart reads some replies again: the status store keeps the first.
-        Under load fetches are batched (``turnout.batching``), as in the worker.
+        Under load fetches are batched (``turnout.core.batching``), as in the worker.
         """
         consumer = self._consumer
         assert consumer is not None

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PCounter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from turnout.metrics import LATENCY_BUCKETS_S
+from turnout.worker.metrics import LATENCY_BUCKETS_S
 
 OTHER = "other"
 

@@ -225,9 +225,9 @@ def _text(body: Mapping[str, Any]) -> tuple[str, str, list[Any]]:
     first = choices[0] if isinstance(choices, list) and choices else {}
     if not isinstance(first, dict):
         first = {}
-    message = first.get("message") if isinstance(first.get("message"), dict) else {}
+    message = got if isinstance(got := first.get("message"), dict) else {}
     text = message.get("content") if "message" in first else first.get("text")
-    calls = message.get("tool_calls") if isinstance(message.get("tool_calls"), list) else []
+    calls = got if isinstance(got := message.get("tool_calls"), list) else []
     finish = "length" if first.get("finish_reason") == "length" else "stop"
     return (text if isinstance(text, str) else ""), finish, calls
 
@@ -245,7 +245,7 @@ def _tool_call_in(call: Any) -> Any:
 
 def _counts(reply: Reply) -> dict[str, Any]:
     body = reply.body or {}
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    usage = got if isinstance(got := body.get("usage"), dict) else {}
     out: dict[str, Any] = {
         "prompt_eval_count": usage.get("prompt_tokens", 0),
         "eval_count": usage.get("completion_tokens", 0),
@@ -261,7 +261,7 @@ def response_body(call: Call, reply: Reply, created_at: str) -> dict[str, Any]:
     """The non-streamed Ollama answer for an ok ``reply``."""
     body = reply.body or {}
     if call.api in ("embed", "embeddings"):
-        data = body.get("data") if isinstance(body.get("data"), list) else []
+        data = got if isinstance(got := body.get("data"), list) else []
         vectors = [d.get("embedding") for d in data if isinstance(d, dict)]
         if call.api == "embeddings":
             return {"embedding": vectors[0] if vectors else []}
@@ -304,7 +304,7 @@ def _chunk_text(delta: Mapping[str, Any]) -> tuple[str, str, list[Any]]:
     first = choices[0] if isinstance(choices, list) and choices else {}
     if not isinstance(first, dict):
         return "", "stop", []
-    inner = first.get("delta") if isinstance(first.get("delta"), dict) else None
+    inner = got if isinstance(got := first.get("delta"), dict) else None
     text = inner.get("content") if inner is not None else first.get("text")
     return (text if isinstance(text, str) else ""), "stop", []
 

@@ -180,7 +180,7 @@ def finish(call: Call, reply: Reply) -> bytes:
     body = reply.body or {}
     out = b""
     if call.include_usage and isinstance(body.get("usage"), dict):
-        head = {k: body[k] for k in ("id", "created", "model") if k in body}
+        head: dict[str, Any] = {k: body[k] for k in ("id", "created", "model") if k in body}
         shape = "chat.completion.chunk" if call.kind == "chat" else "text_completion"
         out = event({**head, "object": shape, "choices": [], "usage": body["usage"]})
     return out + DONE

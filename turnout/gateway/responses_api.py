@@ -175,7 +175,7 @@ def _content(content: Any, i: int) -> Any:
         return content
     if not isinstance(content, list):
         raise _bad(f"input[{i}].content: expected a string or a list of parts", "input")
-    parts = []
+    parts: list[dict[str, Any]] = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text"):
@@ -268,7 +268,7 @@ def output_items(rid: str, completion: Mapping[str, Any]) -> list[dict[str, Any]
     """The output items for a chat.completion: a message, then one item per tool call."""
     choices = completion.get("choices")
     first = choices[0] if isinstance(choices, list) and choices else {}
-    message = first.get("message") if isinstance(first.get("message"), dict) else {}
+    message = got if isinstance(got := first.get("message"), dict) else {}
     items: list[dict[str, Any]] = []
     text = message.get("content")
     if isinstance(text, str) and text:
@@ -421,7 +421,7 @@ class ResponseStream:
         out = self._start()
         choices = chunk.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else {}
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        delta = got if isinstance(got := choice.get("delta"), dict) else {}
         text = delta.get("content")
         if isinstance(text, str) and text:
             if self.open != "text":

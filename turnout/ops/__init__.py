@@ -8,6 +8,7 @@
   running workers report on ``/status.json``.
 
 ``turnout.cli`` registers them with ``add_commands`` and runs them with ``main``.
+``local_llm.py`` installs and serves a real local model (``scripts/local-llm``).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas.types import DeadLetter, Reply, decode_reply_message
 from turnout.client import ensure_request_topic, ensure_topics
 from turnout.errors import StartupError
-from turnout.kafka_admin import client_kwargs as kafka_kwargs
+from turnout.kafka.admin import client_kwargs as kafka_kwargs
 from turnout.ops.replay_core import (
     REPLAY_HEADER,
     Candidate,

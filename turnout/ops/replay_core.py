@@ -17,8 +17,7 @@ from typing import IO, Any
 
 import orjson
 
-from schemas.types import DeadLetter, Reply, Request
-from turnout.errors import InvalidRequest
+from schemas.types import DeadLetter, Reply, Request, WireError
 
 REPLAY_HEADER = "turnout-replay"
 """``<source topic>:<partition>:<offset>``; the worker marks such requests ``replay``."""
@@ -257,7 +256,7 @@ def select(
     else:
         try:
             Request.from_wire(value)
-        except InvalidRequest:
+        except WireError:
             return "not a valid request (it was dead-lettered; see turnout dlq)"
     obj = _json_object(value)
     client_id, request_id, model = _str(obj, "client_id"), _str(obj, "id"), _str(obj, "model")

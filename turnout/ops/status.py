@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from turnout import logs
-from turnout.kafka_admin import client_kwargs as kafka_kwargs
+from turnout.kafka.admin import client_kwargs as kafka_kwargs
 
 log = logs.get(__name__)
 
@@ -144,7 +144,7 @@ class LagSampler:
 
     async def _run(self) -> None:
         # One line when sampling starts failing and one when it works again (with the
-        # count), not one per sample: a broker outage is reported by turnout.outage.
+        # count), not one per sample: a broker outage is reported by turnout.worker.outage.
         failures = 0
         while True:
             try:

@@ -17,26 +17,28 @@ import faust
 from aiohttp import web
 from faust.types import TP
 
+from agents import health, router
 from streams import consumer
 from streams import tables as tables_mod
 from streams.app import create_app
-from streams.settings import Settings
 from streams.tables import ChangelogTable, DoneSweeper, Tables
 from streams.topics import declare
 from turnout import config as config_mod
-from turnout import gcfreeze, logs, outage, tracing
+from turnout import gcfreeze, logs, tracing
 from turnout.backends.http import HttpBackendClient, new_session
-from turnout.batching import FetchBatching
 from turnout.config import Config, Secret
-from turnout.dispatch import Dispatcher
+from turnout.core.batching import FetchBatching
 from turnout.health.book import HealthBook
 from turnout.health.stats import HealthPolicy
-from turnout.metrics import Metrics
 from turnout.ops.status import LagSampler
-from turnout.prober import HealthFeed, Prober
-from turnout.publisher import Publisher
-from turnout.region_sync import RegionSync, region_status, start_region_sync
-from turnout.web import build_app, start_web
+from turnout.settings import Settings
+from turnout.worker import outage
+from turnout.worker.dispatch import Dispatcher
+from turnout.worker.metrics import Metrics
+from turnout.worker.prober import HealthFeed, Prober
+from turnout.worker.publisher import Publisher
+from turnout.worker.region_sync import RegionSync, region_status, start_region_sync
+from turnout.worker.web import build_app, start_web
 
 log = logs.get(__name__)
 
@@ -277,8 +279,6 @@ class Runtime:
 
 
 def build(settings: Settings) -> faust.App:
-    from agents import health, router
-
     config = config_mod.load(settings.config_path)
     # Held until the process exits: two workers sharing RocksDB files would fight over them.
     tables_mod.lock_data_dir(settings.data_dir)
@@ -297,7 +297,9 @@ def build(settings: Settings) -> faust.App:
     )
     router.register(app, topics.requests, runtime)
     health.register(app, settings.probe_interval_s, runtime)
-    app.on_partitions_revoked.connect(runtime.on_revoked)
-    app.on_partitions_assigned.connect(runtime.on_assigned)
+    # faust types a receiver as taking any positional arguments; these take the one
+    # set of partitions faust sends (and its keywords).
+    app.on_partitions_revoked.connect(runtime.on_revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(runtime.on_assigned)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(runtime.drain)
     return app

@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from schemas.types import Request, salvage_reply_address
-from streams.settings import Settings
-from turnout import rules
+from schemas.types import Request, WireError, salvage_reply_address
 from turnout.config import Client, Config, Route
+from turnout.core import rules
+from turnout.core.ratelimit import ClientLimits, ClientState
+from turnout.core.tokens import estimate_completion_tokens, estimate_prompt_tokens
 from turnout.errors import (
     DeadlineExceeded,
     InvalidReplyTopic,
@@ -30,8 +31,7 @@ from turnout.errors import (
     TurnoutError,
     UnknownModel,
 )
-from turnout.ratelimit import ClientLimits, ClientState
-from turnout.tokens import estimate_completion_tokens, estimate_prompt_tokens
+from turnout.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,8 +100,8 @@ def admit(
         )
     try:
         request = Request.from_wire(record.value)
-    except InvalidRequest as exc:
-        return _reject(record, settings, exc)
+    except WireError as exc:
+        return _reject(record, settings, InvalidRequest(exc.message))
     depth = nesting_depth(request.body, settings.max_request_depth)
     if depth > settings.max_request_depth:
         return _reject(

@@ -10,7 +10,7 @@ A script may also be a callable that gets the ``Call`` and returns a step.
 
 "ok" answers echo the request: chat content is ``"echo: <last user message>"``,
 a completion is ``"echo: <prompt>"``, and an embedding is an 8-float vector
-derived from a hash of its input. ``turnout.mock_backend`` answers the same way.
+derived from a hash of its input. ``turnout.testing.mock_backend`` answers the same way.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class ScriptedBackendClient:
         return self._delay_s
 
 
-# -- deterministic answers, shared with turnout.mock_backend --------------------------------
+# -- deterministic answers, shared with turnout.testing.mock_backend ---------------------------
 
 
 def echo_content(kind: Kind, body: Mapping[str, Any]) -> str:

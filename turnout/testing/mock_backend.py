@@ -3,7 +3,7 @@
     turnout mock-backend --port 8001 --latency-ms 50 --error-rate 0.1
 
 Answers are deterministic (``"echo: <last user message>"``, hash-derived vectors; see
-``turnout.backends.fake``), unless ``--vary`` makes every call's answer different: each
+``turnout.testing.fake``), unless ``--vary`` makes every call's answer different: each
 word carries the call's number (``"echo:~7 hi~7"``), so a request served twice gets two
 answers that differ in every chunk, which is what shows a spliced stream.
 ``--chunk-delay-ms`` spreads a streamed answer out.
@@ -29,8 +29,8 @@ import orjson
 from aiohttp import web
 
 from schemas.types import Kind
-from turnout import mock_tools
-from turnout.backends.fake import (
+from turnout.testing import mock_tools
+from turnout.testing.fake import (
     count_words,
     echo_content,
     embedding_inputs,
@@ -409,16 +409,16 @@ def _anthropic_blocks(
 ) -> list[tuple[str, dict[str, Any]]]:
     if plan is not None:
         return [(e["type"], e) for e in mock_tools.anthropic_events(0, *plan)]
-    start = {
+    start: dict[str, Any] = {
         "type": "content_block_start",
         "index": 0,
         "content_block": {"type": "text", "text": ""},
     }
-    deltas = [
+    deltas: list[dict[str, Any]] = [
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
         for p in _pieces(text)
     ]
-    stop = {"type": "content_block_stop", "index": 0}
+    stop: dict[str, Any] = {"type": "content_block_stop", "index": 0}
     return [(e["type"], e) for e in (start, *deltas, stop)]
 
 

@@ -8,7 +8,7 @@ benchmarks, tests) goes through ``connect_admin`` and ``ensure_topics``:
   port, a bad password and an untrusted certificate must read differently. The
   failure becomes one ``KafkaStartupError`` line (``describe_failure``, pure).
 - ``ensure_topics`` creates missing topics with the cluster's ``TopicPolicy``
-  (replication factor and min.insync.replicas from ``turnout.durability``) and reads
+  (replication factor and min.insync.replicas from ``turnout.kafka.durability``) and reads
   back partition counts; a topic the principal may not create or describe is named.
 - ``check_topics`` reads existing topics' replication and configs for the startup
   verdict (refuse, or warn with ``TURNOUT_ALLOW_UNSAFE_TOPICS=1``).
@@ -27,16 +27,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 
-from turnout import kafka_cluster, logs
-from turnout.durability import (
+from turnout import logs
+from turnout.errors import StartupError
+from turnout.kafka import cluster as kafka_cluster
+from turnout.kafka.durability import (
     DurabilitySettings,
     TopicPolicy,
     TopicState,
     policy_for,
     startup_verdict,
 )
-from turnout.errors import StartupError
-from turnout.kafka_security import SecuritySettings
+from turnout.kafka.security import SecuritySettings
 
 log = logs.get("turnout.kafka")
 

@@ -21,8 +21,8 @@ No record may hold its partition forever. Transient broker failures are retried
 by the publisher with backoff; anything else that fails in a record's path ends
 in a dead letter (``internal_error``, ``reply_unpublishable``) and the offset is
 finished. A dead letter too large for Kafka references its original instead
-(``turnout.deadletter``). What holds each partition's commit point is watched
-(``check_commits``, ``turnout.stall``): a point stuck while later records are
+(``turnout.core.deadletter``). What holds each partition's commit point is watched
+(``check_commits``, ``turnout.core.stall``): a point stuck while later records are
 done logs ``commit_stalled`` with the partition, offset and cause.
 """
 
@@ -41,16 +41,18 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from faust.types import TP
 
 from schemas.types import DeadLetter, ErrorInfo, Reply, ReplyChunk, Timings
-from streams.settings import Settings
-from streams.tables import MemoryTable, StateTable, done_key
 from turnout import logs, tracing
-from turnout.admission import Admitted, Record, Rejected, admit, charge, refuse
-from turnout.affinity import affinity_key, table_key
 from turnout.backends import BackendClient
 from turnout.backends.streaming import accumulate
-from turnout.chooser import Chooser
 from turnout.config import Config
-from turnout.deadletter import dead_letter_for
+from turnout.core.admission import Admitted, Record, Rejected, admit, charge, refuse
+from turnout.core.affinity import affinity_key, table_key
+from turnout.core.deadletter import dead_letter_for
+from turnout.core.offsets import OffsetTracker, Trackers
+from turnout.core.retention import done_value
+from turnout.core.retry import BUDGET_SPENT, blames_backend, next_step
+from turnout.core.routing import Decision, retry_delay_s
+from turnout.core.stall import Head, Resumed, Stalled, StallWatch
 from turnout.errors import (
     BackendError,
     BackendTimeout,
@@ -62,14 +64,12 @@ from turnout.errors import (
 )
 from turnout.health.book import HealthBook
 from turnout.health.timeouts import CallTimeouts
-from turnout.metrics import Metrics
-from turnout.offsets import OffsetTracker, Trackers
-from turnout.publisher import Publisher, PublishFailed
-from turnout.retention import done_value
-from turnout.retry import BUDGET_SPENT, blames_backend, next_step
-from turnout.routing import Decision, retry_delay_s
-from turnout.slots import SlotLease, SlotPool
-from turnout.stall import Head, Resumed, Stalled, StallWatch
+from turnout.settings import Settings
+from turnout.worker.chooser import Chooser
+from turnout.worker.metrics import Metrics
+from turnout.worker.publisher import Publisher, PublishFailed
+from turnout.worker.slots import SlotLease, SlotPool
+from turnout.worker.state import MemoryTable, StateTable, done_key
 
 log = logs.get("turnout.request")
 
@@ -418,6 +418,8 @@ class Dispatcher:
         deadline = outcome.deadline_ms if isinstance(outcome, Admitted) else None
         stage = Stage("serving", "serving the request", deadline)
         # Every line logged while serving it names the request (this task's context only).
+        rid: str | None
+        cid: str | None
         if isinstance(outcome, Admitted):
             rid, cid = outcome.request.id, outcome.request.client_id
         else:
@@ -487,6 +489,9 @@ class Dispatcher:
         else:
             log.exception("request_failed", offset=record.offset, partition=record.partition)
             error = _internal(exc, _stage_detail())
+        rid: str | None
+        cid: str | None
+        reply_to: str | None
         if isinstance(outcome, Admitted):
             rid, cid, reply_to = outcome.request.id, outcome.request.client_id, outcome.reply_to
         else:
@@ -857,7 +862,7 @@ class Dispatcher:
         write lands in the ``done`` partition of the request's own partition (the
         single writer of it). The changelog record is flushed before the next
         commit. The entry says when, so ``DoneSweeper`` can evict it after the dedupe
-        window (``turnout.retention``). A failure here costs dedupe of one request,
+        window (``turnout.core.retention``). A failure here costs dedupe of one request,
         never the request: it must not leave the offset unfinished.
         """
         try:

@@ -37,9 +37,10 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from schemas.types import DeadLetter, Source, salvage_reply_address
-from streams.settings import Settings
-from turnout import kafka_admin, logs
-from turnout.kafka_admin import client_kwargs
+from turnout import logs
+from turnout.kafka import admin as kafka_admin
+from turnout.kafka.admin import client_kwargs
+from turnout.settings import Settings
 
 log = logs.get("turnout.intake")
 
@@ -131,13 +132,15 @@ async def _forward(
 ) -> asyncio.Future[object]:
     """Send one intake record on (vetted) or to the dead letters; the send's future."""
     verdict = vet(rec.topic, rec.value or b"", settings)
+    sent: asyncio.Future[object]  # aiokafka is untyped: send() resolves to this future
     if isinstance(verdict, Forward):
-        return await producer.send(
+        sent = await producer.send(
             settings.request_topic,
             rec.value,
             key=verdict.client_id.encode(),
             headers=list(rec.headers or ()),
         )
+        return sent
     log.warning(
         "intake_rejected",
         code=verdict.code,
@@ -145,11 +148,12 @@ async def _forward(
         request_id=verdict.request_id,
         topic=rec.topic,
     )
-    return await producer.send(
+    sent = await producer.send(
         settings.dead_letter_topic,
         _dead_letter(rec, verdict).to_wire(),
         key=verdict.client_id.encode() or None,
     )
+    return sent
 
 
 async def run(

@@ -14,26 +14,27 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.settings import Settings
 from turnout import logs
 from turnout.backends import BackendClient
-from turnout.chooser import report_transitions
 from turnout.client import ensure_topics
 from turnout.config import Backend, Config
 from turnout.errors import BackendError
 from turnout.health.book import HealthBook
 from turnout.health.machine import HealthRecord, InvalidHealthRecord, State
-from turnout.kafka_admin import client_kwargs as kafka_kwargs
-from turnout.metrics import Metrics
-from turnout.publisher import Publisher
+from turnout.kafka.admin import client_kwargs as kafka_kwargs
+from turnout.settings import Settings
+from turnout.worker.chooser import report_transitions
+from turnout.worker.metrics import Metrics
+from turnout.worker.publisher import Publisher
 
 log = logs.get("turnout.health")
 
-PROBE_BODIES = {
+PROBE_BODIES: dict[str, dict[str, Any]] = {
     "chat": {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1},
     "embeddings": {"input": "ping"},
 }

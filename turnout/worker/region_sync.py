@@ -11,7 +11,7 @@ single-region and nothing here runs. Two tasks on the worker's loop:
   the beginning), keeping each region's newest summary.
 
 ``view()`` applies the staleness bound at the moment it is asked. The decisions live in
-``turnout.region_state``; this module only moves bytes and logs transitions.
+``turnout.core.region_state``; this module only moves bytes and logs transitions.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from turnout import logs
-from turnout.region_state import (
+from turnout.core.region_state import (
     STATE_TOPIC,
     InvalidRegionState,
     RegionState,

@@ -28,11 +28,15 @@ from typing import Protocol
 
 import msgspec
 
-from streams.settings import Settings
-from turnout import capshare, logs
-from turnout.admission import Admitted
-from turnout.budget import RetryBudget
+from turnout import logs
 from turnout.config import Backend, Config, Route
+from turnout.core import capshare
+from turnout.core.admission import Admitted
+from turnout.core.budget import RetryBudget
+from turnout.core.ratelimit import ClientLimits, ClientState
+from turnout.core.retry import backlog_clear_ms, retry_after_ms
+from turnout.core.routing import Decision, RouteRequest, Snapshot, decide
+from turnout.core.tokens import estimate_completion_tokens
 from turnout.errors import (
     BackendError,
     BackendProtocolError,
@@ -42,11 +46,8 @@ from turnout.errors import (
 from turnout.health.book import HealthBook
 from turnout.health.machine import State
 from turnout.health.timeouts import CallTimeouts, call_timeouts
-from turnout.metrics import Metrics
-from turnout.ratelimit import ClientLimits, ClientState
-from turnout.retry import backlog_clear_ms, retry_after_ms
-from turnout.routing import Decision, RouteRequest, Snapshot, decide
-from turnout.tokens import estimate_completion_tokens
+from turnout.settings import Settings
+from turnout.worker.metrics import Metrics
 
 log = logs.get("turnout.request")
 
@@ -247,7 +248,7 @@ class Chooser:
 
         Caps in the config are for the whole deployment. A worker owning
         ``partitions`` of the request topic's ``total`` may run the whole cap units
-        of those partitions (``turnout.capshare``), so the workers together never
+        of those partitions (``turnout.core.capshare``), so the workers together never
         exceed a cap, even one smaller than the number of workers: a worker left
         with no unit of a backend waits (its requests go elsewhere or wait for
         capacity). It is an upper bound, not a pool: a worker whose partitions are
@@ -444,7 +445,7 @@ class Chooser:
         )
 
     def _cannot_finish(
-        self, job: Admitted, too_slow: frozenset[str], remaining_ms: int
+        self, job: Admitted, too_slow: frozenset[str], remaining_ms: float
     ) -> DeadlineExceeded:
         p50s = ", ".join(
             f"{b} p50 {self.health.percentile(b, 50):.0f} ms" for b in sorted(too_slow)
@@ -502,7 +503,7 @@ class Chooser:
     def advice_ms(
         self, job: Admitted, *, health_bound: bool = False, backend_says_ms: int | None = None
     ) -> int:
-        """An honest ``retry_after_ms`` for this request's failure (``turnout.retry``)."""
+        """An honest ``retry_after_ms`` for this request's failure (``turnout.core.retry``)."""
         now = _now_ms()
         targets = [t.backend for t in job.route.targets]
         return retry_after_ms(

@@ -66,7 +66,7 @@ def tool_call(wire: Wire, body: Mapping[str, Any]) -> tuple[str, dict[str, Any]]
     name = forced or next((n for n in names if isinstance(n, str)), None)
     if name is None:
         return None
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    messages = got if isinstance(got := body.get("messages"), list) else []
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     return name, {"text": _text(users[-1].get("content")) if users else ""}
 

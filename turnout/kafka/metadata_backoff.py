@@ -66,4 +66,4 @@ def install() -> None:
             setattr(self, _LAST_END, loop.time())
 
     metadata_update._turnout_backoff = True  # type: ignore[attr-defined]
-    AIOKafkaClient._metadata_update = metadata_update  # type: ignore[method-assign]
+    AIOKafkaClient._metadata_update = metadata_update

@@ -33,7 +33,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 
 from turnout.config import Backend, Route, Target
-from turnout.tokens import DEFAULT_COMPLETION_TOKENS
+from turnout.core.tokens import DEFAULT_COMPLETION_TOKENS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

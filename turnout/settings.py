@@ -238,7 +238,7 @@ class Settings:
                 f"TURNOUT_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}"
             )
         if self.region:
-            from turnout.region_state import check_region
+            from turnout.core.region_state import check_region
 
             check_region(self.region)
             if not 0 < self.region_publish_interval_s < self.region_stale_after_s:

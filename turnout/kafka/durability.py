@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from streams.settings import read_env, setting
+from turnout.settings import read_env, setting
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -17,8 +17,8 @@ import argparse
 import asyncio
 import dataclasses
 
-from streams.settings import Settings
-from turnout.intake import INTAKE_PREFIX
+from turnout.settings import Settings
+from turnout.worker.intake import INTAKE_PREFIX
 
 # Kafka's wire codes (org.apache.kafka.common.resource / acl).
 RESOURCE = {"topic": 2, "group": 3, "cluster": 4}
@@ -121,7 +121,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     for acl in acls:
         print(acl)
     if args.apply:
-        from turnout.kafka_admin import KafkaEnv, connect_admin
+        from turnout.kafka.admin import KafkaEnv, connect_admin
 
         async def go() -> None:
             admin = await connect_admin(settings.bootstrap, KafkaEnv.from_env().security)

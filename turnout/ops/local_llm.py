@@ -181,7 +181,7 @@ def measure(url: str, *, max_tokens: int = 64, runs: int = 3) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m turnout.local_llm")
+    p = argparse.ArgumentParser(prog="python -m turnout.ops.local_llm")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("command", help="print the server's command line, one argument a line")
     c.add_argument("--port", type=int, required=True)

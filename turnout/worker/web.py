@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from turnout import logs
-from turnout.metrics import Metrics
+from turnout.worker.metrics import Metrics
 
 log = logs.get(__name__)
 

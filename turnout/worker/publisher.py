@@ -18,8 +18,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.exceptions import ProducerSendError
 
 from schemas.types import DeadLetter, Reply, ReplyChunk
-from streams.settings import Settings
 from turnout import logs, tracing
+from turnout.settings import Settings
 
 log = logs.get(__name__)
 

@@ -11,7 +11,7 @@ instead: ``source`` says where it is, ``original`` gives its size, SHA-256 and
 first ``PREFIX_BYTES`` bytes, and ``turnout dlq show`` fetches it from the source
 topic while that topic's retention keeps it.
 
-    >>> from turnout.admission import Record
+    >>> from turnout.core.admission import Record
     >>> rec = Record("t", 0, 7, 1, b"k", b"x" * 3000)
     >>> small = dead_letter_for(rec, code="c", reason="r", now_ms=2, max_bytes=10_000)
     >>> small.value == rec.value, small.original
@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 
 from schemas.types import DeadLetter, Original, Source
-from turnout.admission import Record
+from turnout.core.admission import Record
 
 PREFIX_BYTES = 1024
 """How much of a referenced original its dead letter still carries."""

@@ -1,0 +1,1 @@
+"""Broker administration: topics and their checks, durability, security, ACLs, KRaft."""
