@@ -29,6 +29,7 @@ from turnout.backends.http import HttpBackendClient, new_session
 from turnout.batching import FetchBatching
 from turnout.config import Config, Secret
 from turnout.dispatch import Dispatcher
+from turnout.forwarding import Forwarding, start_forwarding
 from turnout.health.book import HealthBook
 from turnout.health.stats import HealthPolicy
 from turnout.metrics import Metrics
@@ -64,6 +65,7 @@ class Runtime:
         self._outage: outage.OutageFilter | None = None
         self._outage_task: asyncio.Task[None] | None = None
         self._regions: RegionSync | None = None
+        self._forwarding: Forwarding | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -141,6 +143,8 @@ class Runtime:
         )
         await self._start_web()
         self._regions = await start_region_sync(self._settings, self._config, self.metrics)
+        self._forwarding = await start_forwarding(self._settings, self._regions, publisher)
+        self._dispatcher.forwarding = self._forwarding
         log.info(
             "worker_started",
             request_topic=self._settings.request_topic,
@@ -158,6 +162,7 @@ class Runtime:
             lambda: {
                 "worker": {"app_id": self._settings.app_id},
                 **region_status(self._regions),
+                **({"spillover": self._forwarding.status()} if self._forwarding else {}),
             },
         )
         self._web = await start_web(app, self._settings.web_host, self._settings.web_port)
@@ -201,6 +206,9 @@ class Runtime:
             self._outage_task.cancel()
             await asyncio.gather(self._outage_task, return_exceptions=True)
             self._outage_task = None
+        if self._forwarding is not None:
+            await self._forwarding.stop()
+            self._forwarding = None
         if self._regions is not None:
             await self._regions.stop()
             self._regions = None
