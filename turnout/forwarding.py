@@ -84,7 +84,9 @@ class Forwarding:
         self._bootstrap = bootstrap
         self._request_topic = request_topic
         self._group = group
-        self._waiters: dict[Key, asyncio.Future[Reply]] = {}
+        self._waiters: dict[Key, list[asyncio.Future[Reply]]] = {}
+        """Serves waiting for an id's answer (two serves of one id both get it; the
+        dispatcher's ``done`` check lets only the first publish it)."""
         self._kept: collections.OrderedDict[Key, tuple[Reply, float]] = collections.OrderedDict()
         self._tasks: list[asyncio.Task[None]] = []
         self._consumers: list[AIOKafkaConsumer] = []
@@ -129,7 +131,7 @@ class Forwarding:
             self.counts["reused"] += 1
         else:
             region = to.region
-            self._waiters[key] = fut
+            self._waiters.setdefault(key, []).append(fut)
             wire = forwarded_request(
                 req, home=self.region, model=to.model, deadline_ms=job.deadline_ms
             ).to_wire()
@@ -154,8 +156,11 @@ class Forwarding:
         except TimeoutError:
             remote = None
         finally:
-            if self._waiters.get(key) is fut:
-                del self._waiters[key]
+            waiting = self._waiters.get(key, [])
+            if fut in waiting:
+                waiting.remove(fut)
+            if not waiting:
+                self._waiters.pop(key, None)
         now = _now_ms()
         timings = Timings(
             queue_ms=float(forwarded_ms - record_timestamp_ms),
@@ -188,9 +193,10 @@ class Forwarding:
         """A reply came home from ``source``: to its waiter, else kept for a later serve."""
         key: Key = (reply.client_id, reply.id)
         reply = msgspec.structs.replace(reply, served_region=source)
-        fut = self._waiters.pop(key, None)
-        if fut is not None and not fut.done():
+        waiting = [f for f in self._waiters.pop(key, []) if not f.done()]
+        for fut in waiting:
             fut.set_result(reply)
+        if waiting:
             return
         now = time.time() if now is None else now
         self._kept[key] = (reply, now)
