@@ -39,6 +39,7 @@ from aiokafka.errors import KafkaError
 from schemas.types import Reply, Timings
 from turnout import logs
 from turnout.admission import Admitted
+from turnout.kafka_admin import client_kwargs
 from turnout.publisher import Publisher
 from turnout.region_state import trusted
 from turnout.region_sync import RegionSync
@@ -215,6 +216,7 @@ class Forwarding:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=5000,
+            **client_kwargs(),
         )
         bridge = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
@@ -222,6 +224,7 @@ class Forwarding:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=5000,
+            **client_kwargs(),
         )
         await relay.start()
         await bridge.start()

@@ -151,7 +151,7 @@ def down(d, backend="a"):
 
 async def test_with_every_local_target_down_the_request_is_served_by_a_region_with_room():
     """Local target unhealthy: forwarded to eu (fresh, room), one final reply, degraded."""
-    d, pub, fw, done = make(eu=4, ap=4)
+    d, pub, _, done = make(eu=4, ap=4)
     down(d)
     acked = []
     await d.submit(TP0, record(0), lambda: acked.append(0))
@@ -244,7 +244,7 @@ async def test_a_retried_forward_answered_before_is_not_forwarded_again():
 
 async def test_a_second_serve_of_an_answered_id_publishes_no_second_final_reply():
     """Two serves of one id (a repeat while the first was forwarded): one final reply."""
-    d, pub, fw, done = make(eu=4)
+    d, pub, fw, _ = make(eu=4)
     down(d)
     await d.submit(TP0, record(0, rid="same"), lambda: None)
     await d.submit(TP0, record(1, rid="same"), lambda: None)
