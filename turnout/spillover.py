@@ -150,20 +150,24 @@ class RegionChoice:
 def spare(state: RegionState, tiers: Collection[str] | None = None) -> int:
     """Calls ``state``'s region could take now for a request allowed ``tiers``.
 
-    Capacity of its serving backends (of those tiers), minus its calls in flight and
-    its known queue (lag): a region with a backlog has nothing to lend.
+    Capacity of its serving backends (of those tiers), minus its work: its calls in
+    flight, or its lag when that is larger. Lag counts every record not yet committed,
+    and a request in flight is not committed yet, so lag beyond ``in_flight`` is the
+    queue: a region with a backlog has nothing to lend.
 
     >>> from turnout.region_state import BackendSummary as B
     >>> s = RegionState(region="eu", published_at_ms=0, in_flight=1, lag=1, backends=(
     ...     B(id="l", tier="local", state="healthy", capacity=4),
     ...     B(id="c", tier="cloud", state="unhealthy", capacity=8)))
     >>> spare(s), spare(s, {"cloud"})
-    (2, 0)
+    (3, 0)
+    >>> spare(msgspec.structs.replace(s, lag=3))
+    1
     """
     capacity = sum(
         b.capacity for b in state.backends if b.serving and (tiers is None or b.tier in tiers)
     )
-    return max(0, capacity - state.in_flight - (state.lag or 0))
+    return max(0, capacity - max(state.in_flight, state.lag or 0))
 
 
 def choose_region(

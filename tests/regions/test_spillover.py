@@ -43,6 +43,8 @@ STALE_AFTER_S = 6.0
 PUBLISH_S = 1.0
 TIMEOUT_MS = 30_000
 N = 20
+CRASH_EU_LATENCY_MS = 15_000
+"""eu answers the crash drill slowly, so the killed us worker restarts while they wait."""
 
 
 def config(region: str, url: str) -> str:
@@ -50,7 +52,7 @@ def config(region: str, url: str) -> str:
     return (
         "backends:\n"
         f"  - {{id: {region}-local, protocol: openai, base_url: '{url}', models: [echo],"
-        " max_concurrency: 16}\n"
+        " max_concurrency: 16, hang_after_ms: 60000}\n"
         "routes:\n"
         "  chat:\n"
         f"    targets: [{{backend: {region}-local, model: echo}}, {others}]\n"
@@ -205,6 +207,8 @@ def test_spillover_serves_a_region_whose_backends_die_and_avoids_stale_regions(r
                     "TURNOUT_REGION_STALE_AFTER_S": str(STALE_AFTER_S),
                     "TURNOUT_WEB_PORT": str(web),
                     **probing_env(f"{app_id}.health", 1.0),
+                    # The crash drill slows eu's backend to 15 s: not a hang, not a failure.
+                    "TURNOUT_PROBE_TIMEOUT_S": "60",
                 },
             )
             started.append(w)
@@ -274,6 +278,49 @@ def test_spillover_serves_a_region_whose_backends_die_and_avoids_stale_regions(r
         print(f"[spillover] eu skipped {len(skipped)} already-answered forwarded requests "
               f"(of {len(forwards)} re-sent)")
         assert skipped, "eu served a retried forward again instead of skipping it"
+
+        # us's worker is killed while its forwards wait for eu's (slow) answers: it reads
+        # the requests again, forwards them again (or reuses an answer that came home
+        # meanwhile); still one final reply per id, none lost.
+        mocks["eu"].configure(latency_ms=CRASH_EU_LATENCY_MS)
+        before = len(asyncio.run(_records("us", "turnout.forward.eu")))
+        crash_ids = [f"crash-{i}" for i in range(N // 2)]
+        reqs = [chat_request(rid, client, f"hi {rid}", model="chat", timeout_ms=120_000)
+                for rid in crash_ids]
+        sent_at = asyncio.run(_send("us", us, reqs))
+        wait_for(
+            lambda: len(asyncio.run(_records("us", "turnout.forward.eu"))) >= before + N // 2,
+            60, "us forwarded the crash drill's requests",
+        )
+        workers["us"][0].kill()
+        killed = time.monotonic()
+        workers["us"][0].start()
+        got = asyncio.run(_collect("us", reply_topic, set(crash_ids), 150, settle_s=10.0))
+        recovered = time.monotonic() - killed
+        mocks["eu"].configure(latency_ms=0)
+        crash = tally("us worker killed mid-forward", crash_ids, got, sent_at)
+        assert crash["lost"] == crash["duplicated"] == 0 and crash["ok"] == N // 2, crash
+        # eu, or ap when eu's state shows its slow calls filling it.
+        assert set(crash["served_by"]) <= {"eu", "ap"}, crash
+        forwarded = {
+            r: sum(
+                1
+                for _, v in asyncio.run(_records("us", f"turnout.forward.{r}"))
+                if orjson.loads(v).get("id") in crash_ids
+            )
+            for r in ("eu", "ap")
+        }
+        served = {
+            r: sum(
+                1
+                for _, v in asyncio.run(_records(r, "turnout.forward-replies.us"))
+                if orjson.loads(v).get("id") in crash_ids
+            )
+            for r in ("eu", "ap")
+        }
+        print(f"[spillover] crash drill: forwards {forwarded} for {N // 2} requests, answers "
+              f"{served}, final replies published {N // 2}; all answered {recovered:.1f}s "
+              "after the kill (includes the worker's restart)")
 
         # 3. eu's state goes stale (its worker stops): spillover goes to ap, none to eu.
         workers["eu"][0].stop()

@@ -71,7 +71,8 @@ FRESH = {
         ([("eu", None), ("ap", None)], {**FRESH, "eu": region("eu")}, None, "eu"),
         ([("ap", None)], {"us": FRESH["us"]}, None, None),  # ap unknown (stale): never
         ([("us", None)], FRESH, None, None),  # the home region is not a spill target
-        ([("ap", None)], {"ap": region("ap", lag=6, in_flight=2, capacity=8)}, None, None),
+        ([("ap", None)], {"ap": region("ap", lag=8, in_flight=2, capacity=8)}, None, None),
+        ([("ap", None)], {"ap": region("ap", lag=6, in_flight=6, capacity=8)}, None, "ap"),
         ([("ap", None)], {"ap": region("ap", state="unhealthy")}, None, None),
         ([("ap", None)], {"ap": region("ap", state="degraded")}, None, "ap"),
         ([("ap", None)], {"ap": region("ap", tier="cloud")}, frozenset({"local"}), None),
