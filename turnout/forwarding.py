@@ -138,9 +138,13 @@ class Forwarding:
             ).to_wire()
             headers = [("turnout-forwarded-from", self.region.encode())]
             # acks=all: once this returns the forward is on the home cluster's disk.
-            await self._publisher.publish(
-                forward_topic(region), req.client_id.encode(), wire, headers, declare=False
-            )
+            try:
+                await self._publisher.publish(
+                    forward_topic(region), req.client_id.encode(), wire, headers, declare=False
+                )
+            except BaseException:  # refused for good, or cancelled: nobody waits any more
+                self._unwait(key, fut)
+                raise
             self.counts["forwarded"] += 1
             log.info(
                 "request_forwarded",
@@ -157,11 +161,7 @@ class Forwarding:
         except TimeoutError:
             remote = None
         finally:
-            waiting = self._waiters.get(key, [])
-            if fut in waiting:
-                waiting.remove(fut)
-            if not waiting:
-                self._waiters.pop(key, None)
+            self._unwait(key, fut)
         now = _now_ms()
         timings = Timings(
             queue_ms=float(forwarded_ms - record_timestamp_ms),
@@ -189,6 +189,13 @@ class Forwarding:
             timings=timings,
             generation=generation,
         )
+
+    def _unwait(self, key: Key, fut: asyncio.Future[Reply]) -> None:
+        waiting = self._waiters.get(key, [])
+        if fut in waiting:
+            waiting.remove(fut)
+        if not waiting:
+            self._waiters.pop(key, None)
 
     def receive_reply(self, reply: Reply, source: str, now: float | None = None) -> None:
         """A reply came home from ``source``: to its waiter, else kept for a later serve."""

@@ -282,3 +282,29 @@ def test_unclaimed_replies_are_kept_for_a_while_then_forgotten():
     fw.receive_reply(Reply(id="2", status="ok", client_id="c"), "eu",
                      now=1000.0 + fwmod.KEEP_S + 1)
     assert list(fw._kept) == [("c", "2")]
+
+
+async def test_a_forward_the_broker_refuses_for_good_ends_the_request_with_a_dead_letter():
+    """A forward topic refusing the record: an error reply and a dead letter, no waiter left."""
+    from turnout.publisher import PublishFailed
+
+    class Refusing(Publisher):
+        def __init__(self):
+            super().__init__()
+            self.dead_letters = []
+
+        async def publish(self, topic, key, value, headers, **_):
+            raise PublishFailed(f"TopicAuthorizationFailedError publishing to {topic}")
+
+        async def dead_letter(self, record):
+            self.dead_letters.append(record)
+
+    d, _, fw, _ = make(eu=4)
+    pub = Refusing()
+    d._publisher = fw._publisher = pub
+    down(d)
+    await d.submit(TP0, record(0), lambda: None)
+    await d.stop(grace_s=10)
+    ((_, reply),) = pub.replies
+    assert reply.status == "error" and len(pub.dead_letters) == 1
+    assert not fw._waiters and d.committable(TP0) == 1
