@@ -323,11 +323,23 @@ def _now_ms() -> int:
 
 
 async def start_forwarding(
-    settings: Any, sync: RegionSync | None, publisher: Publisher
+    settings: Any, config: Any, sync: RegionSync | None, publisher: Publisher
 ) -> Forwarding | None:
     """The runtime's hook: started spillover duties, or None when single-region."""
+    named = {n: [r.region for r in route.regions] for n, route in config.routes.items()}
+    named = {n: rs for n, rs in named.items() if rs}
     if sync is None:
+        if named:
+            log.warning("route_regions_ignored", routes=named, why="TURNOUT_REGION is not set")
         return None
+    for name, regions in named.items():
+        if settings.region in regions:
+            log.warning(
+                "route_names_own_region",
+                route=name,
+                region=settings.region,
+                why="a region never spills to itself; its own targets are the route's backends",
+            )
     fw = Forwarding(
         region=settings.region,
         sync=sync,

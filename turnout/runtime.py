@@ -143,7 +143,9 @@ class Runtime:
         )
         await self._start_web()
         self._regions = await start_region_sync(self._settings, self._config, self.metrics)
-        self._forwarding = await start_forwarding(self._settings, self._regions, publisher)
+        self._forwarding = await start_forwarding(
+            self._settings, self._config, self._regions, publisher
+        )
         self._dispatcher.forwarding = self._forwarding
         log.info(
             "worker_started",
