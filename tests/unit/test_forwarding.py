@@ -130,10 +130,10 @@ def record(offset, model="chat", rid=None, stream=False, reply_to=None, timeout_
                   timestamp_ms=int(time.time() * 1000), key=b"c", value=req.to_wire())
 
 
-def make(client=None, **spare):
+def make(client=None, config=CONFIG, **spare):
     pub = Publisher()
     done = MemoryTable()
-    d = Dispatcher(settings=Settings(), config=CONFIG, client=client or ScriptedBackendClient(),
+    d = Dispatcher(settings=Settings(), config=config, client=client or ScriptedBackendClient(),
                    publisher=pub, done=done)
     fw = Forwarding(region="us", sync=Sync(**spare), publisher=pub, bootstrap="",
                     request_topic="turnout.requests", group="g")
@@ -308,3 +308,20 @@ async def test_a_forward_the_broker_refuses_for_good_ends_the_request_with_a_dea
     ((_, reply),) = pub.replies
     assert reply.status == "error" and len(pub.dead_letters) == 1
     assert not fw._waiters and d.committable(TP0) == 1
+
+
+async def test_a_route_of_regions_only_forwards_at_once():
+    """No local target at all: forwarded to the first region with room, without waiting."""
+    config = cfg.loads(
+        "backends: [{id: a, protocol: openai, base_url: 'http://a', models: [echo]}]\n"
+        "routes: {far: {targets: [{region: eu}]}}\n",
+        env={},
+    )
+    d, pub, _, _ = make(config=config, eu=4)
+    started = time.monotonic()
+    await d.submit(TP0, record(0, model="far"), lambda: None)
+    await d.stop(grace_s=10)
+    ((topic, _),) = pub.forwards
+    ((_, reply),) = pub.replies
+    assert topic == "turnout.forward.eu" and reply.status == "ok" and reply.served_region == "eu"
+    assert time.monotonic() - started < 1.0
