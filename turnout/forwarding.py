@@ -58,7 +58,8 @@ from turnout.spillover import (
 log = logs.get("turnout.spillover")
 
 KEEP_S = 900.0
-"""How long an unclaimed forwarded reply is kept for a later serve of the same id."""
+"""How long an unclaimed forwarded reply is kept for a later serve of the same id (by the
+reply record's timestamp: older ones are ignored when the relay reads from the start)."""
 KEEP_MAX = 20_000
 REPLY_GRACE_MS = 3000
 """How long past the deadline the home waits for the serving region's reply: that
@@ -261,10 +262,13 @@ class Forwarding:
                 log.warning("forward_relay_failed", error=str(exc))
                 await asyncio.sleep(1)
                 continue
+            now = time.time()
             for tp, records in batches.items():
                 for rec in records:
                     if dict(rec.headers or ()).get("turnout-kind") == b"chunk" or not rec.value:
                         continue
+                    if rec.timestamp / 1000 < now - KEEP_S:
+                        continue  # read again from the beginning at start: too old to matter
                     try:
                         reply = Reply.from_wire(rec.value)
                     except (msgspec.ValidationError, msgspec.DecodeError):

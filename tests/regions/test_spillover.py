@@ -119,10 +119,8 @@ async def _records(region: str, topic: str) -> list[tuple[bytes | None, bytes]]:
     await consumer.start()
     out = []
     try:
+        await consumer.topics()  # fetches the cluster's metadata
         parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if not tps:
             return out
