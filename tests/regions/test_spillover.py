@@ -119,8 +119,10 @@ async def _records(region: str, topic: str) -> list[tuple[bytes | None, bytes]]:
     await consumer.start()
     out = []
     try:
-        await consumer.topics()  # fetches the cluster's metadata
         parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:  # the consumer's metadata knows only what it was asked about
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if not tps:
             return out
