@@ -150,6 +150,9 @@ class Reply(
     """Which serve of the request produced this reply: the same token as its ``chunk``
     messages. A request served twice (a worker crash, a rebalance) has two generations;
     a reader never mixes chunks of one with the reply of another."""
+    served_region: str | None = None
+    """Set when another region served the request (cross-region spillover); the reply
+    is then ``degraded`` too. Absent when the client's own region served it."""
 
     @classmethod
     def from_wire(cls, raw: bytes) -> Reply:

@@ -34,6 +34,7 @@ from turnout.ops.status import LagSampler
 from turnout.settings import Settings
 from turnout.worker import outage
 from turnout.worker.dispatch import Dispatcher
+from turnout.worker.forwarding import Forwarding, start_forwarding
 from turnout.worker.metrics import Metrics
 from turnout.worker.prober import HealthFeed, Prober
 from turnout.worker.publisher import Publisher
@@ -66,6 +67,7 @@ class Runtime:
         self._outage: outage.OutageFilter | None = None
         self._outage_task: asyncio.Task[None] | None = None
         self._regions: RegionSync | None = None
+        self._forwarding: Forwarding | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -143,6 +145,10 @@ class Runtime:
         )
         await self._start_web()
         self._regions = await start_region_sync(self._settings, self._config, self.metrics)
+        self._forwarding = await start_forwarding(
+            self._settings, self._config, self._regions, publisher
+        )
+        self._dispatcher.forwarding = self._forwarding
         log.info(
             "worker_started",
             request_topic=self._settings.request_topic,
@@ -160,6 +166,7 @@ class Runtime:
             lambda: {
                 "worker": {"app_id": self._settings.app_id},
                 **region_status(self._regions),
+                **({"spillover": self._forwarding.status()} if self._forwarding else {}),
             },
         )
         self._web = await start_web(app, self._settings.web_host, self._settings.web_port)
@@ -203,6 +210,9 @@ class Runtime:
             self._outage_task.cancel()
             await asyncio.gather(self._outage_task, return_exceptions=True)
             self._outage_task = None
+        if self._forwarding is not None:
+            await self._forwarding.stop()
+            self._forwarding = None
         if self._regions is not None:
             await self._regions.stop()
             self._regions = None

@@ -18,6 +18,7 @@ All problems are reported at once, each naming where it is and how to fix it.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
@@ -37,6 +38,8 @@ Policy = Literal[
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _IMPLICIT = "model:"
+_REGION = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+"""A region name (as ``turnout.core.region_state.REGION_NAME``)."""
 
 
 class ConfigError(StartupError):
@@ -132,8 +135,23 @@ class Target(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     model: str
 
 
+class RegionTarget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Another region as a target: written ``{region: eu}`` among a route's targets.
+
+    Used only when no local target can serve in time, and only while that region's
+    synced state is fresh and shows spare capacity (cross-region spillover,
+    ``turnout/spillover.py``). ``model``: the route or model to ask for there
+    (default: the request's own model)."""
+
+    region: str
+    model: str | None = None
+
+
 class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     targets: list[Target]
+    """Local backends. ``{region: X}`` entries are moved to ``regions`` when loading."""
+    regions: list[RegionTarget] = []
+    """Other regions to spill over to, in order of preference."""
     policy: Policy = "round_robin"
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 2
     fallbacks: list[str] = []
@@ -297,9 +315,7 @@ def _walk_struct(value: Any, cls: type[msgspec.Struct], where: str, problems: li
     fields = {f.name: f for f in msgspec.structs.fields(cls)}
     for key in value:
         if key not in fields:
-            problems.append(
-                f"{prefix}{key}: unknown field (expected one of: {', '.join(fields)})"
-            )
+            problems.append(f"{prefix}{key}: unknown field (expected one of: {', '.join(fields)})")
     for name, field in fields.items():
         if name in value:
             _walk(value[name], field.type, prefix + name, problems)
@@ -391,7 +407,8 @@ def _check_routes(config: Config, problems: list[str]) -> None:
             for t in route.targets
             if t.backend in known and set(route.require) <= set(known[t.backend].capabilities)
         ]
-        if not route.targets:
+        _check_regions(where, route, problems)
+        if not route.targets and not route.regions:
             problems.append(f"{where}.targets: the route has no candidates")
         elif not able and route.require:
             problems.append(
@@ -409,6 +426,20 @@ def _check_routes(config: Config, problems: list[str]) -> None:
             f"default_route: {config.default_route!r} is not a route "
             f"(routes: {_route_names(config)})"
         )
+
+
+def _check_regions(where: str, route: Route, problems: list[str]) -> None:
+    """Region targets: valid names (they become topic names), each named once."""
+    seen: set[str] = set()
+    for r in route.regions:
+        if not _REGION.match(r.region):
+            problems.append(
+                f"{where}.targets: region {r.region!r} is not a region name: expected "
+                "lower-case letters, digits and '-', starting with a letter (e.g. eu)"
+            )
+        elif r.region in seen:
+            problems.append(f"{where}.targets: region {r.region!r} is named twice")
+        seen.add(r.region)
 
 
 def _fallback_cycles(config: Config) -> list[str]:
@@ -501,10 +532,10 @@ def loads(text: str, *, source: str = "<config>", env: Mapping[str, str] | None 
     problems: list[str] = []
     text = _expand_env(text, env, problems)
     try:
-        config = msgspec.yaml.decode(text, type=Config)
+        raw = _region_targets(msgspec.yaml.decode(text))
+        config = msgspec.convert(raw, type=Config, builtin_types=(dt.datetime, dt.date))
     except msgspec.ValidationError as exc:
         # msgspec stops at the first error; walk the file to name every one of them.
-        raw = msgspec.yaml.decode(text)
         found = schema_problems(raw) or [str(exc)]
         raise ConfigError(source, [*problems, *found]) from None
     except msgspec.DecodeError as exc:
@@ -515,6 +546,22 @@ def loads(text: str, *, source: str = "<config>", env: Mapping[str, str] | None 
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+def _region_targets(raw: Any) -> Any:
+    """Move each route's ``{region: X}`` targets to its ``regions`` list, keeping order."""
+    routes = raw.get("routes") if isinstance(raw, dict) else None
+    if not isinstance(routes, dict):
+        return raw
+    for route in routes.values():
+        targets = route.get("targets") if isinstance(route, dict) else None
+        if not isinstance(targets, list):
+            continue
+        regions = [t for t in targets if isinstance(t, dict) and "region" in t]
+        if regions:
+            route["targets"] = [t for t in targets if not (isinstance(t, dict) and "region" in t)]
+            route["regions"] = [*(route.get("regions") or []), *regions]
+    return raw
 
 
 def load(path: str, *, env: Mapping[str, str] | None = None) -> Config:

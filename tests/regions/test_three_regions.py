@@ -12,15 +12,13 @@ take free ports. Runs in CI with the rest of the suite (marker ``regions``, neve
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import time
 import urllib.request
 
 import orjson
 import pytest
 
-from tests.integration.harness import ROOT, MockBackend, Worker, config_for, free_port, unique
+from tests.integration.harness import MockBackend, Worker, config_for, free_port, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.regions, pytest.mark.timeout(600)]
 
@@ -35,46 +33,6 @@ STALE_WITHIN_S = STALE_AFTER_S + 15.0
 
 def bootstrap(region: str) -> str:
     return f"127.0.0.1:{PORT_BASE + 10 * REGIONS.index(region)}"
-
-
-def _port_taken(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-@pytest.fixture(scope="module")
-def regions(tmp_path_factory):
-    """scripts/regions start in a fresh state dir; stop at the end, whatever happened."""
-    ports = [PORT_BASE + 10 * i + k for i in range(len(REGIONS)) for k in (0, 1)]
-    taken = [p for p in ports if _port_taken(p)]
-    if taken:
-        pytest.fail(
-            f"ports {taken} are in use: stop what runs there (scripts/regions stop) or set "
-            "REGIONS_PORT_BASE to a free range"
-        )
-    state = tmp_path_factory.mktemp("regions")
-    env = {**os.environ, "REGIONS_PORT_BASE": str(PORT_BASE), "REGIONS_STATE": str(state)}
-    script = str(ROOT / "scripts" / "regions")
-    started = time.monotonic()
-    try:
-        out = subprocess.run(
-            [script, "start"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=420
-        )
-        print(out.stdout, out.stderr)
-        if out.returncode != 0:
-            pytest.fail(f"scripts/regions start failed ({out.returncode}):\n{out.stderr[-3000:]}")
-        print(f"regions up after {time.monotonic() - started:.0f}s")
-
-        def regions_cmd(*args: str) -> None:
-            out = subprocess.run(
-                [script, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
-            )
-            print(out.stdout, out.stderr)
-            assert out.returncode == 0, f"scripts/regions {' '.join(args)}: {out.stderr[-2000:]}"
-
-        yield regions_cmd
-    finally:
-        subprocess.run([script, "stop"], env=env, cwd=ROOT, capture_output=True, timeout=180)
 
 
 def status(worker_port: int) -> dict:

@@ -20,6 +20,7 @@ from schemas.types import Request, WireError, salvage_reply_address
 from turnout.config import Client, Config, Route
 from turnout.core import rules
 from turnout.core.ratelimit import ClientLimits, ClientState
+from turnout.core.spillover import home_of
 from turnout.core.tokens import estimate_completion_tokens, estimate_prompt_tokens
 from turnout.errors import (
     DeadlineExceeded,
@@ -117,7 +118,8 @@ def admit(
     reply_to = request.reply_to or settings.reply_topic_for(request.client_id)
     problem = _check(request, record, reply_to, settings)
     if problem is not None:
-        ok_reply_to = reply_to if valid_reply_topic(reply_to, settings) else None
+        forwarded = home_of(reply_to) is not None  # the home region relays the rejection
+        ok_reply_to = reply_to if valid_reply_topic(reply_to, settings) or forwarded else None
         return Rejected(problem, request.id, request.client_id, ok_reply_to)
 
     resolved = config.resolve(request.model)
@@ -255,7 +257,7 @@ def _check(
             f"the record's key is {key!r} but client_id is {request.client_id!r}; publish "
             "requests keyed by client_id so per-client limits and dedupe stay exact"
         )
-    if not valid_reply_topic(reply_to, settings):
+    if not valid_reply_topic(reply_to, settings) and home_of(reply_to) is None:
         return InvalidReplyTopic(
             f"reply_to {reply_to[:300]!r} must be {settings.reply_prefix!r} "
             "(TURNOUT_REPLY_PREFIX) followed by at least one of A-Z a-z 0-9 . _ -, "

@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import msgspec
@@ -36,6 +36,7 @@ from turnout.core.budget import RetryBudget
 from turnout.core.ratelimit import ClientLimits, ClientState
 from turnout.core.retry import backlog_clear_ms, retry_after_ms
 from turnout.core.routing import Decision, RouteRequest, Snapshot, decide
+from turnout.core.spillover import Spill, local_outlook
 from turnout.core.tokens import estimate_completion_tokens
 from turnout.errors import (
     BackendError,
@@ -72,6 +73,8 @@ be tried again. An average not refreshed for this long, of a backend with no cal
 in flight, is forgotten: the next request measures the backend afresh.
 """
 
+SPILL_RECHECK_S = 1.0
+"""How often a request waiting for a local target asks again whether to spill over."""
 DRAIN_WINDOW_MS = 10_000
 """Completions over this long measure how fast a backend drains its backlog."""
 IDLE_LOAD = 0.5
@@ -315,6 +318,7 @@ class Chooser:
         tried: frozenset[str],
         parking: Parking | None = None,
         prefer: str | None = None,
+        spill: Callable[[str], Spill | None] | None = None,
     ) -> tuple[Decision, bool]:
         """Decide a backend, or a fallback route's (degraded), waiting while none can serve.
 
@@ -322,11 +326,13 @@ class Chooser:
         fit in the worker's in-flight slots meanwhile. ``parking`` lets the caller give
         up its in-flight slot while the request waits, and take one again after;
         ``prefer`` names a backend of the route to keep (cache affinity) while it can serve.
+        ``spill(why)``, when the route names other regions: asked whenever no local target
+        can serve in time (``spillover.local_outlook``); the ``Spill`` it returns is raised.
         """
         key = id(job)
         self._pending[key] = (job.route_name, job.priority, job.deadline_ms)
         try:
-            return await self._choose(job, tried, parking, prefer)
+            return await self._choose(job, tried, parking, prefer, spill)
         finally:
             self._pending.pop(key, None)
 
@@ -336,6 +342,7 @@ class Chooser:
         tried: frozenset[str],
         parking: Parking | None,
         prefer: str | None,
+        spill: Callable[[str], Spill | None] | None = None,
     ) -> tuple[Decision, bool]:
         req = job.request
         fallbacks = (self._config.route(f) for f in job.route.fallbacks)
@@ -385,6 +392,8 @@ class Chooser:
                         self._turn += 1
                         self._charge_backend(decision.backend, tokens, now)
                         return decision, i > 0
+            if spill is not None:
+                self._spill_if_hopeless(job, routes, tried, down_now | too_slow, now, spill)
             if too_slow:
                 # Hopeless if every live target is too slow, or only slowness stands in
                 # the way: waiting longer only leaves less time.
@@ -408,11 +417,36 @@ class Chooser:
             # Capacity and health changes wake waiters; a refilling rate cap does not.
             parked = parking is not None and parking.park()
             try:
-                woken = await self.wait_for_change(job.priority, min(remaining_s, refill_s))
+                # With regions to spill to, look again at least every second.
+                wait_s = min(remaining_s, refill_s, SPILL_RECHECK_S if spill else math.inf)
+                woken = await self.wait_for_change(job.priority, wait_s)
             finally:
                 if parked:
                     assert parking is not None
                     await parking.unpark()
+
+    def _spill_if_hopeless(
+        self,
+        job: Admitted,
+        routes: list[Route],
+        tried: frozenset[str],
+        down: frozenset[str],
+        now: int,
+        spill: Callable[[str], Spill | None],
+    ) -> None:
+        """Raise the ``Spill`` that ``spill`` offers when no local target can serve in time."""
+        targets = list(dict.fromkeys(t.backend for r in routes for t in r.targets))
+        why = local_outlook(
+            targets=targets,
+            down=down,
+            tried=tried,
+            clear_ms=self.clear_ms(job.route_name, targets, now),
+            remaining_ms=job.deadline_ms - now,
+        )
+        if why is not None:
+            to = spill(why)
+            if to is not None:
+                raise to
 
     def _too_slow(self, routes: list[Route], remaining_ms: int) -> frozenset[str]:
         """Targets whose recent p50 is longer than the time left: a call could not finish."""

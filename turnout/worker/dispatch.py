@@ -37,6 +37,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from faust.types import TP
 
@@ -52,6 +53,7 @@ from turnout.core.offsets import OffsetTracker, Trackers
 from turnout.core.retention import done_value
 from turnout.core.retry import BUDGET_SPENT, blames_backend, next_step
 from turnout.core.routing import Decision, retry_delay_s
+from turnout.core.spillover import Spill, spillable
 from turnout.core.stall import Head, Resumed, Stalled, StallWatch
 from turnout.errors import (
     BackendError,
@@ -70,6 +72,9 @@ from turnout.worker.metrics import Metrics
 from turnout.worker.publisher import Publisher, PublishFailed
 from turnout.worker.slots import SlotLease, SlotPool
 from turnout.worker.state import MemoryTable, StateTable, done_key
+
+if TYPE_CHECKING:
+    from turnout.worker.forwarding import Forwarding
 
 log = logs.get("turnout.request")
 
@@ -147,6 +152,8 @@ class Dispatcher:
         # rebalance starts at attempt 1, seq 0 too, and readers must tell them apart.
         self._generation_tag = uuid.uuid4().hex[:12]
         self._generations = itertools.count(1)
+        self.forwarding: Forwarding | None = None
+        """Cross-region spillover (set by the runtime when the worker has a region)."""
 
     # -- offsets ---------------------------------------------------------------
 
@@ -637,16 +644,20 @@ class Dispatcher:
         error: TurnoutError | None = None
         sticky = self._sticky(job)
         prefer = self._affinity.get(sticky) if sticky is not None else None
+        spill = self._spill_offer(job)
         while True:
             try:
                 with tracing.span("turnout.route", attempt=attempts + 1) as span:
                     decision, fell_back = await self.chooser.choose(
-                        job, frozenset(tried), lease, prefer.decode() if prefer else None
+                        job, frozenset(tried), lease, prefer.decode() if prefer else None, spill
                     )
                     span.set_attributes(tracing.decision_attributes(decision, fell_back))
             except TurnoutError as exc:
                 error = exc
                 break
+            except Spill as to:
+                await self._serve_elsewhere(record, job, to, attempts, generation, lease)
+                return
             degraded = degraded or fell_back
             backend = self.chooser.backends[decision.backend]
             attempts += 1
@@ -815,6 +826,83 @@ class Dispatcher:
             **fields,
         )
 
+    def _spill_offer(self, job: Admitted) -> Callable[[str], Spill | None] | None:
+        """The chooser's way to spill ``job`` to another region, if its route names one."""
+        fw = self.forwarding
+        if fw is None or not job.route.regions or not spillable(job.request, job.reply_to):
+            return None
+        return lambda why: fw.offer(job, why)
+
+    async def _serve_elsewhere(
+        self,
+        record: Record,
+        job: Admitted,
+        to: Spill,
+        attempts: int,
+        generation: str,
+        lease: SlotLease | None,
+    ) -> None:
+        """No local target can serve in time: another region serves; publish its answer.
+
+        The offset stays unfinished until the final reply is on the broker (as for a
+        local serve). A request answered ok meanwhile by another serve of the same id
+        gets no second final reply (the ``done`` table).
+        """
+        assert self.forwarding is not None
+        req = job.request
+        if lease is not None:
+            lease.release()  # waiting for another region holds no local slot
+        _set_stage("forwarded", f"forwarded to region {to.region}, waiting for its reply")
+        reply = await self.forwarding.forward(
+            job,
+            to,
+            record_timestamp_ms=record.timestamp_ms,
+            local_attempts=attempts,
+            generation=generation,
+        )
+        key = done_key(req.client_id, req.id)
+        if self._done.get(key) is not None:
+            self.forwarding.counts["duplicate_suppressed"] += 1
+            log.info("request_skipped", reason="already answered ok", request_id=req.id)
+            return
+        await self._reply(job.reply_to, reply)
+        if reply.status == "ok":
+            await self._record_done(
+                record.partition,
+                key,
+                done_value(
+                    at_ms=_now_ms(),
+                    backend=reply.backend,
+                    replay=record.replay,
+                    partition=record.partition,
+                ),
+            )
+        t = reply.timings or Timings(queue_ms=0.0, backend_ms=0.0, total_ms=0.0)
+        code = reply.error.code if reply.error else None
+        self.metrics.request_completed(
+            job.route_name, reply.backend, reply.status, code, t.queue_ms, t.backend_ms, t.total_ms
+        )
+        log.info(
+            "request_completed",
+            request_id=req.id,
+            client_id=req.client_id,
+            kind=req.kind,
+            model=req.model,
+            route=job.route_name,
+            backend=reply.backend,
+            status=reply.status,
+            code=code,
+            degraded=True,
+            served_region=reply.served_region,
+            spill_why=to.why,
+            attempts=reply.attempts,
+            queue_ms=t.queue_ms,
+            backend_ms=t.backend_ms,
+            total_ms=t.total_ms,
+            partition=record.partition,
+            offset=record.offset,
+        )
+
     def _sticky(self, job: Admitted) -> bytes | None:
         """The affinity table key of a request on a ``cache_affinity`` route, else None."""
         if not job.route.cache_affinity:
@@ -907,8 +995,7 @@ class Dispatcher:
                 )
             except PublishFailed as again:
                 raise ReplyUnpublishable(
-                    f"neither the reply nor an error reply could be published to {topic}: "
-                    f"{again}"
+                    f"neither the reply nor an error reply could be published to {topic}: {again}"
                 ) from None
         _replied.set(True)
 
