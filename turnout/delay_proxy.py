@@ -70,9 +70,11 @@ class DelayProxy:
         if self._server is not None:
             self._server.close()
         self._close_all()
-        for task in list(self._live):
-            task.cancel()
-        await asyncio.gather(*self._live, return_exceptions=True)
+        if self._live:  # closed sockets end every pipe; cancel only what hangs on
+            _, hanging = await asyncio.wait(set(self._live), timeout=2)
+            for task in hanging:
+                task.cancel()
+            await asyncio.gather(*hanging, return_exceptions=True)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()

@@ -1,0 +1,305 @@
+"""A Kafka client that sends to the nearest healthy region and fails over (issue 18 point 4).
+
+The decisions are ``turnout.nearest``'s (rank by RTT, skip regions that failed until
+their backoff ends); this module does the I/O: one idempotent producer per region,
+created on first use, and one reply reader per region the client has sent to.
+
+- ``send`` tries the ranked regions in turn. An attempt that does not get the region's
+  acknowledgement within ``attempt_timeout_s`` (the failover bound) marks the region
+  down, drops its producer (so a batch it still holds cannot be written there later,
+  once the request is already elsewhere) and tries the next region with the *same*
+  request id. An acknowledged request is never re-sent: it is in that region's log and
+  is answered there, after the region returns if it must.
+- Replies are read from the client's reply topic in every region it sent to; the
+  first final reply per id is the answer, later ones are counted as duplicates (a
+  send whose acknowledgement was lost can be served twice; the caller sees it once).
+- ``measure_rtts`` times Kafka metadata round trips to each region: "nearest" measured
+  instead of configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from schemas.types import Reply, Request, decode_reply_message
+from turnout import logs
+from turnout.client import ensure_topics
+from turnout.nearest import Down, Endpoint, mark_down, mark_up, rank, with_rtts
+
+log = logs.get(__name__)
+
+
+class NoRegionReachable(Exception):
+    """Every region refused or timed out within the failover bound."""
+
+
+@dataclass
+class Sent:
+    region: str
+    attempts: list[str] = field(default_factory=list)
+    """Regions tried, in order; the last one accepted the request."""
+    took_s: float = 0.0
+
+
+class RegionalClient:
+    """Send requests to the nearest usable region; read replies from every region used."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[Endpoint],
+        *,
+        request_topic: str,
+        reply_topic: str,
+        attempt_timeout_s: float = 3.0,
+        backoff_max_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.endpoints = tuple(endpoints)
+        self.request_topic = request_topic
+        self.reply_topic = reply_topic
+        self.attempt_timeout_s = attempt_timeout_s
+        self.backoff_max_ms = int(backoff_max_s * 1000)
+        """A down region is retried at least this often, so the client comes back soon."""
+        self._clock = clock
+        self.down: dict[str, Down] = {}
+        self._producers: dict[str, AIOKafkaProducer] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.replies: dict[str, list[tuple[str, Reply]]] = {}
+        self.got_reply = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"<RegionalClient regions={[e.region for e in self.endpoints]} "
+            f"down={sorted(self.down)} producers={sorted(self._producers)} "
+            f"readers={sorted(self._readers)} replies={len(self.replies)}>"
+        )
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _address(self, region: str) -> str:
+        return next(e.address for e in self.endpoints if e.region == region)
+
+    async def measure_rtts(self, samples: int = 3) -> dict[str, float]:
+        """The best of ``samples`` metadata round trips per reachable region, in ms."""
+        out: dict[str, float] = {}
+        for e in self.endpoints:
+            try:
+                producer = await self._producer(e.region)
+                best = float("inf")
+                for _ in range(samples):
+                    t0 = time.monotonic()
+                    await asyncio.wait_for(
+                        producer.client.fetch_all_metadata(), self.attempt_timeout_s
+                    )
+                    best = min(best, (time.monotonic() - t0) * 1000)
+                out[e.region] = round(best, 1)
+            except (KafkaError, OSError, TimeoutError):
+                self._drop(e.region)
+        self.endpoints = with_rtts(self.endpoints, out)
+        log.info("region_rtts_measured", rtts=out)
+        return out
+
+    async def _producer(self, region: str) -> AIOKafkaProducer:
+        held = self._producers.get(region)
+        if held is not None:
+            return held
+        timeout_ms = int(self.attempt_timeout_s * 1000)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._address(region),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            request_timeout_ms=timeout_ms,
+            metadata_max_age_ms=5000,
+        )
+        try:
+            await asyncio.wait_for(producer.start(), self.attempt_timeout_s)
+        except BaseException:
+            self._close_later(producer)
+            raise
+        self._producers[region] = producer
+        return producer
+
+    def _close_later(self, producer: AIOKafkaProducer) -> None:
+        task = asyncio.create_task(_quietly_stop(producer))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _drop(self, region: str) -> None:
+        producer = self._producers.pop(region, None)
+        if producer is not None:
+            self._close_later(producer)
+
+    async def send(self, request: Request) -> Sent:
+        """Publish to the nearest usable region, failing over; NoRegionReachable if none."""
+        t0 = time.monotonic()
+        sent = Sent(region="")
+        for choice in rank(self.endpoints, now_ms=self._now_ms(), down=self.down):
+            sent.attempts.append(choice.region)
+            try:
+                producer = await self._producer(choice.region)
+                self._ensure_reader(choice.region)
+                await asyncio.wait_for(
+                    producer.send_and_wait(
+                        self.request_topic, request.to_wire(), key=request.client_id.encode()
+                    ),
+                    self.attempt_timeout_s,
+                )
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self.down = mark_down(
+                    self.down, choice.region, now_ms=self._now_ms(), max_ms=self.backoff_max_ms
+                )
+                self._drop(choice.region)
+                log.warning(
+                    "region_send_failed",
+                    region=choice.region,
+                    request_id=request.id,
+                    error=type(exc).__name__,
+                    retry_in_ms=self.down[choice.region].retry_at_ms - self._now_ms(),
+                )
+                continue
+            if choice.region in self.down:
+                log.info("region_recovered", region=choice.region, request_id=request.id)
+            self.down = mark_up(self.down, choice.region)
+            sent.region = choice.region
+            sent.took_s = time.monotonic() - t0
+            return sent
+        raise NoRegionReachable(
+            f"request {request.id}: no region accepted it within {self.attempt_timeout_s:g} s "
+            f"each (tried {', '.join(sent.attempts)}); the request was not sent"
+        )
+
+    # -- replies ------------------------------------------------------------------------------
+
+    def _ensure_reader(self, region: str) -> None:
+        if region not in self._readers:
+            self._readers[region] = asyncio.create_task(
+                self._read(region), name=f"turnout-replies-{region}"
+            )
+
+    async def start_readers(self) -> None:
+        """Read replies in every region from now on (before the first send)."""
+        for e in self.endpoints:
+            self._ensure_reader(e.region)
+
+    async def _read(self, region: str) -> None:
+        """Follow the reply topic in ``region``; reconnects by itself after an outage."""
+        consumer: AIOKafkaConsumer | None = None
+        while consumer is None:
+            candidate = AIOKafkaConsumer(
+                bootstrap_servers=self._address(region),
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                request_timeout_ms=int(max(self.attempt_timeout_s, 5) * 1000),
+            )
+            try:
+                bound = max(self.attempt_timeout_s, 5)
+                counts = await asyncio.wait_for(
+                    ensure_topics(self._address(region), [self.reply_topic], 1), bound
+                )
+                await asyncio.wait_for(candidate.start(), bound)
+                candidate.assign(
+                    [TopicPartition(self.reply_topic, p) for p in range(counts[self.reply_topic])]
+                )
+                consumer = candidate
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("region_reply_reader_retry", region=region, error=type(exc).__name__)
+                await _quietly_stop(candidate)
+                await asyncio.sleep(1)
+        try:
+            while True:
+                try:
+                    batches = await consumer.getmany(timeout_ms=500)
+                except KafkaError as exc:
+                    log.warning("region_reply_read_failed", region=region, error=type(exc).__name__)
+                    await asyncio.sleep(0.5)
+                    continue
+                for records in batches.values():
+                    for rec in records:
+                        reply = decode_reply_message(rec.value)
+                        if isinstance(reply, Reply):
+                            self.replies.setdefault(reply.id, []).append((region, reply))
+                            self.got_reply.set()
+        finally:
+            await _quietly_stop(consumer)
+
+    async def wait_for(self, ids: set[str], timeout_s: float) -> set[str]:
+        """Wait until every id has a reply or ``timeout_s`` passes; the ids still missing."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            missing = ids - self.replies.keys()
+            left = deadline - time.monotonic()
+            if not missing or left <= 0:
+                return missing
+            self.got_reply.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.got_reply.wait(), min(left, 1.0))
+
+    async def stop(self) -> None:
+        for task in self._readers.values():
+            task.cancel()
+        await asyncio.gather(*self._readers.values(), return_exceptions=True)
+        self._readers = {}
+        for region in list(self._producers):
+            self._drop(region)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _quietly_stop(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.stop(), 10)
+
+
+async def send_nearest(
+    endpoints: tuple[Endpoint, ...],
+    request: Request,
+    *,
+    request_topic: str,
+    reply_topic: str,
+    partitions: tuple[int, int],
+    attempt_timeout_s: float,
+    wait_s: float,
+    measure: bool,
+) -> tuple[Sent, Reply | None]:
+    """``turnout send --regions``: one request to the nearest usable region, its reply.
+
+    Creates the request and reply topics in each reachable region first (as plain
+    ``turnout send`` does in its one region).
+    """
+    from turnout.client import ensure_request_topic
+
+    for e in endpoints:
+        try:
+            await asyncio.wait_for(
+                ensure_topics(e.address, [reply_topic], partitions[1]), attempt_timeout_s * 2
+            )
+            await asyncio.wait_for(
+                ensure_request_topic(e.address, request_topic, partitions[0]),
+                attempt_timeout_s * 2,
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("region_unreachable", region=e.region, error=type(exc).__name__)
+    client = RegionalClient(
+        endpoints,
+        request_topic=request_topic,
+        reply_topic=reply_topic,
+        attempt_timeout_s=attempt_timeout_s,
+    )
+    try:
+        if measure:
+            await client.measure_rtts()
+        sent = await client.send(request)
+        await client.wait_for({request.id}, wait_s)
+        got = client.replies.get(request.id)
+        return sent, got[0][1] if got else None
+    finally:
+        await client.stop()
