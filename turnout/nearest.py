@@ -228,3 +228,39 @@ def unfit_regions(views: Mapping[str, object]) -> set[str]:
         if state is not None and state.capacity == 0:
             out.add(name)
     return out
+
+
+def next_router(peers: Iterable[Endpoint], *, own: str = "") -> Endpoint | None:
+    """The peer region a gateway sends clients to when it cannot reach its own Kafka.
+
+    Nearest by RTT, never the gateway's own region. The gateway knows no one's health
+    then (its synced state comes through the Kafka it lost), so the client must still
+    be ready for that region to fail too and go on down its own list.
+
+    >>> next_router(parse_endpoints("ap=http://a@150,eu=http://e@80,us=http://u@1"), own="us")
+    Endpoint(region='eu', address='http://e', rtt_ms=80.0)
+    """
+    ranked = rank([p for p in peers if p.region != own], now_ms=0)
+    if not ranked:
+        return None
+    first = ranked[0]
+    return next(p for p in peers if p.region == first.region)
+
+
+def failover_headers(peer: Endpoint | None) -> dict[str, str]:
+    """Response headers that name the next region's router (empty when there is none).
+
+    >>> failover_headers(Endpoint("eu", "http://127.0.0.1:8081", 80.0))
+    {'X-Turnout-Next-Region': 'eu', 'X-Turnout-Next-Router': 'http://127.0.0.1:8081'}
+    """
+    if peer is None:
+        return {}
+    return {"X-Turnout-Next-Region": peer.region, "X-Turnout-Next-Router": peer.address}
+
+
+def region_failover(settings: object) -> Endpoint | None:
+    """``next_router`` for a gateway's settings (``region_peers``, ``region``), or None."""
+    spec = str(getattr(settings, "region_peers", "") or "")
+    if not spec:
+        return None
+    return next_router(parse_endpoints(spec), own=str(getattr(settings, "region", "")))

@@ -50,6 +50,7 @@ from turnout.gateway.openai_api import Call, ChunkSequencer, Dialect, EdgeError,
 from turnout.gateway.openapi import document
 from turnout.gateway.webhooks import Allowlist, WebhookRefused, WebhookSender
 from turnout.kafka_admin import KafkaStartupError
+from turnout.nearest import failover_headers, region_failover
 
 log = logs.get("turnout.gateway")
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 3600.0
@@ -167,8 +168,11 @@ class Gateway:
             response = _json(dialect.error_body(err), exc.status)
         except KafkaError as exc:
             log.warning("gateway_kafka_unavailable", error=type(exc).__name__)
-            err = EdgeError(503, "Kafka is unreachable; retry shortly", retry_after_s=2)
-            response = _json(dialect.error_body(err), 503, **err.headers)
+            peer = region_failover(self.base)
+            hint = f" or use region {peer.region} at {peer.address}" if peer else ""
+            err = EdgeError(503, f"Kafka is unreachable; retry shortly{hint}", retry_after_s=2)
+            headers = {**err.headers, **failover_headers(peer)}
+            response = _json(dialect.error_body(err), 503, **headers)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -531,7 +535,11 @@ class Gateway:
         if await self.kafka.ready():
             return _json({"status": "ready"})
         reason = self.kafka.failure or "Kafka is unreachable"
-        return _json({"status": "not ready", "reason": reason}, 503)
+        peer = region_failover(self.base)
+        doc = {"status": "not ready", "reason": reason}
+        if peer is not None:
+            doc["next_region"], doc["next_router"] = peer.region, peer.address
+        return _json(doc, 503, **failover_headers(peer))
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.render()
