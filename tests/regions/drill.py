@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -109,7 +110,10 @@ class Tally:
             "answered": len(answered),
             "lost": len(ids - answered),
             "duplicated": len(duplicated),
-            "duplicate_ids": sorted(duplicated)[:5],
+            "duplicate_ids": sorted(duplicated)[:3],
+            "duplicates_answered_first_by": dict(
+                Counter(replies[i][0][0] for i in duplicated).most_common()
+            ),
             "wrong_id": len(wrong),
             "errors": sum(1 for r in replies.values() if r and r[0][1].status != "ok"),
             "failover_send_s_max": round(max(self.failovers), 2) if self.failovers else None,
@@ -122,9 +126,11 @@ class Tally:
 class Load:
     """A steady stream of requests from one RegionalClient, ``rate`` per second."""
 
-    def __init__(self, client: RegionalClient, client_id: str, rate: float) -> None:
+    def __init__(self, client: RegionalClient, client_id: str, rate: float, name: str) -> None:
         self.client = client
         self.client_id = client_id
+        self.name = name
+        """Part of every request id: phases of one run never share an id."""
         self.rate = rate
         self.tally = Tally()
         self._n = 0
@@ -145,7 +151,7 @@ class Load:
     async def _run(self) -> None:
         while True:
             self._n += 1
-            task = asyncio.create_task(self._one(f"{self.client_id}-{self._n:05d}"))
+            task = asyncio.create_task(self._one(f"{self.name}-{self.client_id}-{self._n:05d}"))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
             await asyncio.sleep(1 / self.rate)
@@ -258,7 +264,7 @@ class Stack:
 
 async def kafka_dies(stack: Stack, *, rate: float, before_s: float, down_s: float) -> dict:
     """eu's whole cluster stops mid-load; the client fails over and comes back."""
-    load = Load(stack.client, stack.client_id, rate)
+    load = Load(stack.client, stack.client_id, rate, "kafka-dies")
     load.start()
     await asyncio.sleep(before_s)
     t_kill = time.monotonic()
@@ -310,7 +316,7 @@ async def kafka_dies(stack: Stack, *, rate: float, before_s: float, down_s: floa
 
 async def link_cut(stack: Stack, *, rate: float, before_s: float, cut_s: float) -> dict:
     """MirrorMaker 2 stopped and every delay proxy cut mid-load, then both healed."""
-    load = Load(stack.client, stack.client_id, rate)
+    load = Load(stack.client, stack.client_id, rate, "link-cut")
     load.start()
     await asyncio.sleep(before_s)
     t_cut = time.monotonic()
