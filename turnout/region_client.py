@@ -70,6 +70,7 @@ class RegionalClient:
         self._clock = clock
         self.down: dict[str, Down] = {}
         self._producers: dict[str, AIOKafkaProducer] = {}
+        self._starting: dict[str, asyncio.Lock] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.replies: dict[str, list[tuple[str, Reply]]] = {}
@@ -109,9 +110,18 @@ class RegionalClient:
         return out
 
     async def _producer(self, region: str) -> AIOKafkaProducer:
+        """The region's producer; concurrent sends wait for one start, never make two."""
         held = self._producers.get(region)
         if held is not None:
             return held
+        lock = self._starting.setdefault(region, asyncio.Lock())
+        async with lock:
+            held = self._producers.get(region)
+            if held is not None:
+                return held
+            return await self._start_producer(region)
+
+    async def _start_producer(self, region: str) -> AIOKafkaProducer:
         timeout_ms = int(self.attempt_timeout_s * 1000)
         producer = AIOKafkaProducer(
             bootstrap_servers=self._address(region),

@@ -198,6 +198,7 @@ class Stack:
         self.client_id = unique("drill")
         self.request_topic = unique("drill.requests")
         self.reply_topic = f"turnout.replies.{self.client_id}"
+        self.rtts: dict[str, float] = {}
         self.backends: dict[str, MockBackend] = {}
         self.workers: dict[str, Worker] = {}
         self.proxies = [DelayProxy(r) for r in region_routes(port_base(), parse_rtts(RTTS))]
@@ -245,6 +246,10 @@ class Stack:
                 raise RuntimeError(f"region {region}'s worker did not answer within 240 s")
             self.client.replies.pop(req.id)
         print(f"all three workers serving {time.monotonic() - t0:.1f}s after start", flush=True)
+        # Connect to every region now, ranked by measured RTT: a failover then costs the
+        # failover bound plus one acknowledged send, not a new connection on top.
+        self.rtts = await self.client.measure_rtts()
+        print(f"measured RTTs from {HOME}: {self.rtts}", flush=True)
 
     def restart_dead_workers(self) -> list[str]:
         dead = [r for r, w in self.workers.items() if not w.alive()]

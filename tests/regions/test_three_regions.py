@@ -232,8 +232,7 @@ def test_a_client_fails_over_when_its_region_dies_and_loses_nothing(regions, tmp
         stack = Stack(tmp_path, attempt_timeout_s=3.0, regions=regions)
         try:
             await stack.start()
-            rtts = await stack.client.measure_rtts()
-            return await kafka_dies(stack, rate=3.0, before_s=6.0, down_s=6.0), rtts
+            return await kafka_dies(stack, rate=3.0, before_s=6.0, down_s=6.0), stack.rtts
         finally:
             await stack.stop()
 
