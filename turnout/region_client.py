@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 from schemas.types import Reply, Request, decode_reply_message
 from turnout import logs
 from turnout.client import ensure_topics
+from turnout.kafka_admin import KafkaStartupError
 from turnout.nearest import Down, Endpoint, mark_down, mark_up, rank, with_rtts
 
 log = logs.get(__name__)
@@ -221,7 +222,7 @@ class RegionalClient:
                     [TopicPartition(self.reply_topic, p) for p in range(counts[self.reply_topic])]
                 )
                 consumer = candidate
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except (KafkaError, KafkaStartupError, OSError, TimeoutError) as exc:
                 log.warning("region_reply_reader_retry", region=region, error=type(exc).__name__)
                 await _quietly_stop(candidate)
                 await asyncio.sleep(1)
@@ -296,7 +297,7 @@ async def send_nearest(
                 ensure_request_topic(e.address, request_topic, partitions[0]),
                 attempt_timeout_s * 2,
             )
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except (KafkaError, KafkaStartupError, OSError, TimeoutError) as exc:
             log.warning("region_unreachable", region=e.region, error=type(exc).__name__)
     client = RegionalClient(
         endpoints,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -232,7 +233,43 @@ def test_a_client_fails_over_when_its_region_dies_and_loses_nothing(regions, tmp
         stack = Stack(tmp_path, attempt_timeout_s=3.0, regions=regions)
         try:
             await stack.start()
-            return await kafka_dies(stack, rate=3.0, before_s=6.0, down_s=6.0), stack.rtts
+            result = await kafka_dies(stack, rate=3.0, before_s=6.0, down_s=6.0)
+            # turnout send --regions: a dead nearest region, then the live next one.
+            dead = f"127.0.0.1:{free_port()}"
+            spec = f"zz={dead}@1,us={bootstrap('us')}@80,ap={bootstrap('ap')}@220"
+            env = {
+                **os.environ,
+                "KAFKA_BOOTSTRAP": bootstrap("us"),
+                "TURNOUT_REQUEST_TOPIC": stack.request_topic,
+            }
+            out = await asyncio.to_thread(
+                subprocess.run,
+                [
+                    sys.executable,
+                    "-m",
+                    "turnout.cli",
+                    "send",
+                    "hello",
+                    "--regions",
+                    spec,
+                    "--client",
+                    stack.client_id,
+                    "--failover-s",
+                    "3",
+                    "--timeout",
+                    "30",
+                ],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            print(out.stdout[-500:], out.stderr[-1500:])
+            assert out.returncode == 0, out.stderr[-2000:]
+            assert "# sent to us (tried zz, us)" in out.stderr
+            assert orjson.loads(out.stdout)["status"] == "ok"
+            return result, stack.rtts
         finally:
             await stack.stop()
 
