@@ -36,6 +36,10 @@ from turnout.nearest import Down, Endpoint, mark_down, mark_up, rank, with_rtts
 
 log = logs.get(__name__)
 
+REPLY_SKEW_MS = 60_000
+"""How far before its creation a client reads reply topics: covers clock skew between
+the client and the workers that stamp replies, so no reply of ours is skipped."""
+
 
 class NoRegionReachable(Exception):
     """Every region refused or timed out within the failover bound."""
@@ -76,6 +80,7 @@ class RegionalClient:
         self._closing: set[asyncio.Task[None]] = set()
         self.replies: dict[str, list[tuple[str, Reply]]] = {}
         self.got_reply = asyncio.Event()
+        self._created_ms = self._now_ms()
 
     def __repr__(self) -> str:
         return (
@@ -218,9 +223,18 @@ class RegionalClient:
                     ensure_topics(self._address(region), [self.reply_topic], 1), bound
                 )
                 await asyncio.wait_for(candidate.start(), bound)
-                candidate.assign(
-                    [TopicPartition(self.reply_topic, p) for p in range(counts[self.reply_topic])]
-                )
+                tps = [TopicPartition(self.reply_topic, p) for p in range(counts[self.reply_topic])]
+                candidate.assign(tps)
+                # Replies from before this client existed are not ours to read: start at
+                # its creation time (less a margin for clock skew), not at the beginning.
+                # The end offsets are taken first: a reply written while we ask is at or
+                # past them, so it is read whichever way the time lookup answers.
+                ends = await asyncio.wait_for(candidate.end_offsets(tps), bound)
+                since = {tp: self._created_ms - REPLY_SKEW_MS for tp in tps}
+                found = await asyncio.wait_for(candidate.offsets_for_times(since), bound)
+                for tp in tps:
+                    at = found.get(tp)
+                    candidate.seek(tp, ends[tp] if at is None else min(at.offset, ends[tp]))
                 consumer = candidate
             except (KafkaError, KafkaStartupError, OSError, TimeoutError) as exc:
                 log.warning("region_reply_reader_retry", region=region, error=type(exc).__name__)

@@ -1,0 +1,62 @@
+"""The failover client on the real broker: a dead nearest region is skipped, the request
+lands in the next, and its reply is read there; replies from before the client are not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaProducer
+
+from schemas.types import Reply
+from tests.integration.harness import BOOTSTRAP, chat_request, free_port, unique
+from turnout.client import ensure_request_topic, ensure_topics
+from turnout.nearest import Endpoint
+from turnout.region_client import RegionalClient
+
+
+def test_a_dead_nearest_region_is_skipped_and_the_reply_is_read_in_the_next():
+    """Sent to 'live' after 'dead' (nearer) refuses; a reply written there is collected,
+    an older reply of the same id is not, and 'dead' is held down for its backoff."""
+
+    async def run() -> None:
+        request_topic = unique("rc.requests")
+        client_id = unique("rc")
+        reply_topic = f"turnout.replies.{client_id}"
+        await ensure_request_topic(BOOTSTRAP, request_topic, 1)
+        await ensure_topics(BOOTSTRAP, [reply_topic], 1)
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+        await producer.start()
+        old = chat_request("r-1", client_id, "hi")
+        stale = Reply(id=old.id, status="error", client_id=client_id)
+        two_min_ago = int(time.time() * 1000) - 120_000
+        await producer.send_and_wait(reply_topic, stale.to_wire(), timestamp_ms=two_min_ago)
+        client = RegionalClient(
+            [
+                Endpoint("dead", f"127.0.0.1:{free_port()}", 1.0),
+                Endpoint("live", BOOTSTRAP, 50.0),
+            ],
+            request_topic=request_topic,
+            reply_topic=reply_topic,
+            attempt_timeout_s=3.0,
+        )
+        try:
+            t0 = time.monotonic()
+            sent = await client.send(old)
+            took = time.monotonic() - t0
+            assert (sent.region, sent.attempts) == ("live", ["dead", "live"])
+            assert took < 3.0, "a refused connection must fail over before the bound"
+            assert "dead" in client.down and "dead" in repr(client)
+            again = await client.send(chat_request("r-2", client_id, "hi"))
+            assert again.attempts == ["live"], "dead is skipped until its retry time (1 s)"
+            fresh = Reply(id=old.id, status="ok", client_id=client_id)
+            await producer.send_and_wait(reply_topic, fresh.to_wire())
+            assert await client.wait_for({old.id}, 30) == set()
+            await asyncio.sleep(1)
+            got = client.replies[old.id]
+            assert [(r, rep.status) for r, rep in got] == [("live", "ok")]
+        finally:
+            await client.stop()
+            await producer.stop()
+
+    asyncio.run(run())
