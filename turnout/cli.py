@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         "--measure-rtt", action="store_true", help="with --regions: rank by measured RTT"
     )
     send.add_argument(
+        "--use-state",
+        action="store_true",
+        help="with --regions: skip regions whose fresh synced state shows no serving capacity",
+    )
+    send.add_argument(
         "--failover-s",
         type=float,
         default=3.0,
@@ -331,6 +336,8 @@ async def _send_regions(
             attempt_timeout_s=args.failover_s,
             wait_s=reply_wait_s(args.timeout),
             measure=args.measure_rtt,
+            use_state=args.use_state,
+            stale_after_s=settings.region_stale_after_s,
         )
     except NoRegionReachable as exc:
         print(f"turnout: {exc}", file=sys.stderr)

@@ -32,7 +32,16 @@ from schemas.types import Reply, Request, decode_reply_message
 from turnout import logs
 from turnout.client import ensure_topics
 from turnout.kafka_admin import KafkaStartupError
-from turnout.nearest import Down, Endpoint, mark_down, mark_up, rank, with_rtts
+from turnout.nearest import (
+    Down,
+    Endpoint,
+    mark_down,
+    mark_up,
+    rank,
+    unfit_regions,
+    with_rtts,
+)
+from turnout.region_state import RegionState, RegionView, accept, source_region, view
 
 log = logs.get(__name__)
 
@@ -74,6 +83,8 @@ class RegionalClient:
         """A down region is retried at least this often, so the client comes back soon."""
         self._clock = clock
         self.down: dict[str, Down] = {}
+        self.unfit: set[str] = set()
+        """Regions whose fresh synced state says they cannot serve (``unfit_regions``)."""
         self._producers: dict[str, AIOKafkaProducer] = {}
         self._starting: dict[str, asyncio.Lock] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
@@ -159,7 +170,8 @@ class RegionalClient:
         """Publish to the nearest usable region, failing over; NoRegionReachable if none."""
         t0 = time.monotonic()
         sent = Sent(region="")
-        for choice in rank(self.endpoints, now_ms=self._now_ms(), down=self.down):
+        ranked = rank(self.endpoints, now_ms=self._now_ms(), down=self.down, unfit=self.unfit)
+        for choice in ranked:
             sent.attempts.append(choice.region)
             try:
                 producer = await self._producer(choice.region)
@@ -284,6 +296,51 @@ async def _quietly_stop(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
         await asyncio.wait_for(client.stop(), 10)
 
 
+async def read_region_views(
+    endpoint: Endpoint, *, stale_after_s: float, timeout_s: float
+) -> dict[str, RegionView]:
+    """Every region's synced state as ``endpoint``'s cluster holds it (its own topic and
+    the mirrored ones), read to the end; stale and unknown regions carry no state."""
+    from turnout.region_sync import STATE_PATTERN
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=endpoint.address,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        metadata_max_age_ms=1000,
+    )
+    latest: dict[str, RegionState] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+        consumer.subscribe(pattern=STATE_PATTERN)
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=300)
+            for tp, records in batches.items():
+                via = source_region(tp.topic, endpoint.region)
+                for rec in records if via else ():
+                    try:
+                        state = RegionState.from_wire(rec.value) if rec.value else None
+                    except ValueError:
+                        continue
+                    merged = accept(latest, state, via=via) if state else None
+                    latest = merged if merged is not None else latest
+            assigned = list(consumer.assignment())
+            if assigned and not batches:
+                ends = await consumer.end_offsets(assigned)
+                if all([await consumer.position(tp) >= ends[tp] for tp in assigned]):
+                    break
+    finally:
+        await _quietly_stop(consumer)
+    return view(
+        latest,
+        now_ms=int(time.time() * 1000),
+        stale_after_ms=int(stale_after_s * 1000),
+        regions=[endpoint.region],
+    )
+
+
 async def send_nearest(
     endpoints: tuple[Endpoint, ...],
     request: Request,
@@ -294,6 +351,8 @@ async def send_nearest(
     attempt_timeout_s: float,
     wait_s: float,
     measure: bool,
+    use_state: bool = False,
+    stale_after_s: float = 15.0,
 ) -> tuple[Sent, Reply | None]:
     """``turnout send --regions``: one request to the nearest usable region, its reply.
 
@@ -322,9 +381,34 @@ async def send_nearest(
     try:
         if measure:
             await client.measure_rtts()
+        if use_state:
+            client.unfit = await _unfit_from_state(client, stale_after_s)
         sent = await client.send(request)
         await client.wait_for({request.id}, wait_s)
         got = client.replies.get(request.id)
         return sent, got[0][1] if got else None
     finally:
         await client.stop()
+
+
+async def _unfit_from_state(client: RegionalClient, stale_after_s: float) -> set[str]:
+    """Ask the nearest region that answers for everyone's state; advisory, so a region
+    that cannot be read just yields nothing."""
+    for choice in rank(client.endpoints, now_ms=client._now_ms()):
+        endpoint = next(e for e in client.endpoints if e.region == choice.region)
+        try:
+            views = await read_region_views(
+                endpoint, stale_after_s=stale_after_s, timeout_s=client.attempt_timeout_s * 2
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("region_state_unreadable", region=choice.region, error=type(exc).__name__)
+            continue
+        unfit = unfit_regions(views)
+        log.info(
+            "region_state_read",
+            via=choice.region,
+            regions={k: v.status for k, v in views.items()},
+            unfit=sorted(unfit),
+        )
+        return unfit
+    return set()

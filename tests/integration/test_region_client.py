@@ -60,3 +60,55 @@ def test_a_dead_nearest_region_is_skipped_and_the_reply_is_read_in_the_next():
             await producer.stop()
 
     asyncio.run(run())
+
+
+def test_synced_state_steers_the_client_away_from_a_region_without_capacity():
+    """A fresh summary of eu with no serving backend (read from the mirrored topic) makes
+    the client skip eu, though eu is nearer; a stale one would not."""
+    from turnout.region_client import read_region_views
+    from turnout.region_state import STATE_TOPIC, BackendSummary, RegionState
+
+    async def run() -> None:
+        await ensure_topics(BOOTSTRAP, [STATE_TOPIC, f"eu.{STATE_TOPIC}"], 1)
+        now = int(time.time() * 1000)
+        down = BackendSummary(id="b", tier="local", state="unhealthy", capacity=4)
+        up = BackendSummary(id="b", tier="local", state="healthy", capacity=4)
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+        await producer.start()
+        try:
+            for topic, state in [
+                (STATE_TOPIC, RegionState(region="zz", published_at_ms=now, backends=(up,))),
+                (
+                    f"eu.{STATE_TOPIC}",
+                    RegionState(region="eu", published_at_ms=now, backends=(down,)),
+                ),
+            ]:
+                await producer.send_and_wait(topic, state.to_wire(), key=state.key)
+        finally:
+            await producer.stop()
+        views = await read_region_views(Endpoint("zz", BOOTSTRAP), stale_after_s=15, timeout_s=20)
+        assert views["eu"].status == "fresh" and views["eu"].state.capacity == 0
+        assert views["zz"].status == "fresh"
+        request_topic = unique("rc.requests")
+        client_id = unique("rc")
+        await ensure_request_topic(BOOTSTRAP, request_topic, 1)
+        await ensure_topics(BOOTSTRAP, [f"turnout.replies.{client_id}"], 1)
+        client = RegionalClient(
+            [Endpoint("eu", BOOTSTRAP, 1.0), Endpoint("zz", BOOTSTRAP, 50.0)],
+            request_topic=request_topic,
+            reply_topic=f"turnout.replies.{client_id}",
+        )
+        from turnout.nearest import unfit_regions
+
+        client.unfit = unfit_regions(views)
+        try:
+            sent = await client.send(chat_request("r-1", client_id, "hi"))
+            assert sent.attempts == ["zz"]
+        finally:
+            await client.stop()
+        later = await read_region_views(
+            Endpoint("zz", BOOTSTRAP), stale_after_s=0.001, timeout_s=20
+        )
+        assert unfit_regions(later) == set(), "stale state never rules a region out"
+
+    asyncio.run(run())
