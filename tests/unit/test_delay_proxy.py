@@ -25,9 +25,7 @@ async def _echo_server() -> asyncio.Server:
     return await asyncio.start_server(echo, "127.0.0.1", 0)
 
 
-async def _round_trip(
-    port: int, payloads: list[bytes], wait_s: float = 5.0
-) -> tuple[bytes, float]:
+async def _round_trip(port: int, payloads: list[bytes], wait_s: float = 5.0) -> tuple[bytes, float]:
     r, w = await asyncio.open_connection("127.0.0.1", port)
     want = b"".join(payloads)
     t0 = time.monotonic()
