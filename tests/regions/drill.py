@@ -10,6 +10,9 @@ front of each remote cluster (in this process), and a ``RegionalClient`` homed i
   acknowledged must be answered once eu is back; none lost.
 - ``link-cut``: ``scripts/regions stop mm2`` (every inter-region link) and every delay
   proxy cut mid-load; then healed. No duplicate final answer, none lost.
+- ``path-cut``: a client of eu that uses only the remote regions (eu drained) loses
+  its link to us (black hole: timeouts, not refusals); it fails over to ap and comes
+  back to us after the link heals. None lost.
 
 Prints sent / answered / lost / duplicated and the times. Used by
 ``tests/regions/test_three_regions.py`` (short) and ``scripts/region-drill`` (long,
@@ -349,6 +352,58 @@ async def link_cut(stack: Stack, *, rate: float, before_s: float, cut_s: float) 
     )
 
 
+async def path_cut(stack: Stack, *, rate: float, before_s: float, cut_s: float) -> dict:
+    """A client of eu whose home is drained (it uses only us and ap, both over the WAN)
+    loses its link to us: a black hole, so sends time out instead of being refused. It
+    fails over to ap, returns to us once the link heals, and loses nothing."""
+    route = next(p for p in stack.proxies if p.route.name == f"{HOME}->us")
+    remote = tuple(e for e in endpoints_from(HOME) if e.region != HOME)
+    client = RegionalClient(
+        remote,
+        request_topic=stack.request_topic,
+        reply_topic=stack.reply_topic,
+        attempt_timeout_s=stack.client.attempt_timeout_s,
+    )
+    await client.start_readers()
+    await client.measure_rtts()
+    load = Load(client, stack.client_id, rate, "path-cut")
+    try:
+        load.start()
+        await asyncio.sleep(before_s)
+        t_cut = time.monotonic()
+        route.set_cut(True)
+        await asyncio.sleep(cut_s)
+        t_heal = time.monotonic()
+        route.set_cut(False)
+        for _ in range(60):
+            if load.first_accept("us", t_heal) is not None:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2)
+        await load.stop()
+        t_wait = time.monotonic()
+        missing = await client.wait_for(set(load.tally.accepted), 120)
+        last_us = load.last_accept("us", before=t_cut + 0.5)
+        first_ap = load.first_accept("ap", t_cut)
+        back = load.first_accept("us", t_heal)
+        return load.tally.report(
+            "path-cut",
+            client,
+            {
+                "cut_s": round(t_heal - t_cut, 1),
+                "gap_last_us_ack_to_first_ap_ack_s": (
+                    round(first_ap - last_us, 2) if first_ap and last_us else None
+                ),
+                "back_to_us_after_heal_s": round(back - t_heal, 2) if back else None,
+                "missing_after_wait": len(missing),
+                "all_answered_after_s": round(time.monotonic() - t_wait, 1),
+            },
+        )
+    finally:
+        route.set_cut(False)
+        await client.stop()
+
+
 async def run(which: list[str], *, rate: float, phase_s: float, attempt_timeout_s: float) -> list:
     with tempfile.TemporaryDirectory(prefix="region-drill-") as tmp:
         stack = Stack(pathlib.Path(tmp), attempt_timeout_s=attempt_timeout_s)
@@ -359,6 +414,8 @@ async def run(which: list[str], *, rate: float, phase_s: float, attempt_timeout_
                 results.append(await kafka_dies(stack, rate=rate, before_s=phase_s, down_s=phase_s))
             if "link-cut" in which:
                 results.append(await link_cut(stack, rate=rate, before_s=phase_s, cut_s=phase_s))
+            if "path-cut" in which:
+                results.append(await path_cut(stack, rate=rate, before_s=phase_s, cut_s=phase_s))
         finally:
             await stack.stop()
         return results
@@ -366,7 +423,7 @@ async def run(which: list[str], *, rate: float, phase_s: float, attempt_timeout_
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("drills", nargs="*", default=["kafka-dies", "link-cut"])
+    parser.add_argument("drills", nargs="*", default=["kafka-dies", "link-cut", "path-cut"])
     parser.add_argument("--rate", type=float, default=5.0, help="requests per second")
     parser.add_argument("--phase-s", type=float, default=20.0, help="seconds before/while down")
     parser.add_argument("--failover-s", type=float, default=3.0, help="per-region attempt bound")
