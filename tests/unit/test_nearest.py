@@ -150,3 +150,13 @@ def test_rank_is_a_permutation_and_never_prefers_a_blocked_region(eps_raw, marks
     blocked = [r in down and now < down[r].retry_at_ms for r in ranked]
     assert blocked == sorted(blocked)
     assert rank(eps, now_ms=now, down=down) == rank(eps, now_ms=now, down=down)
+
+
+def test_doctests():
+    """The module's examples are its specification and must stay true."""
+    import doctest
+
+    from turnout import delay_proxy, nearest
+
+    assert doctest.testmod(nearest).failed == 0
+    assert doctest.testmod(delay_proxy).failed == 0
