@@ -42,6 +42,25 @@ def main(argv: list[str] | None = None) -> int:
         help="the request's deadline in seconds; the final reply (errors included) is "
         "awaited a little longer than that",
     )
+    send.add_argument(
+        "--regions",
+        help="region=bootstrap[@rtt_ms],...: send to the nearest reachable region and fail "
+        "over to the next (docs/multi-region.md); default: KAFKA_BOOTSTRAP only",
+    )
+    send.add_argument(
+        "--measure-rtt", action="store_true", help="with --regions: rank by measured RTT"
+    )
+    send.add_argument(
+        "--use-state",
+        action="store_true",
+        help="with --regions: skip regions whose fresh synced state shows no serving capacity",
+    )
+    send.add_argument(
+        "--failover-s",
+        type=float,
+        default=3.0,
+        help="with --regions: how long a region may take to accept before the next is tried",
+    )
 
     mock = sub.add_parser("mock-backend", help="serve a mock OpenAI/Ollama backend", add_help=False)
     mock.add_argument("rest", nargs=argparse.REMAINDER)
@@ -268,6 +287,8 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
         timeout_ms=int(args.timeout * 1000),
     )
     reply_topic = settings.reply_topic_for(request.client_id)
+    if args.regions:
+        return await _send_regions(settings, args, request, reply_topic)
     await ensure_topics(settings.bootstrap, [reply_topic], settings.reply_partitions)
     await ensure_request_topic(
         settings.bootstrap, settings.request_topic, settings.request_partitions
@@ -290,6 +311,43 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
         print(f"turnout: {why}", file=sys.stderr)
         return 1
     reply = replies[request.id][0]
+    sys.stdout.buffer.write(orjson.dumps(orjson.loads(reply.to_wire()), option=orjson.OPT_INDENT_2))
+    print(f"\n# round trip {1000 * (time.monotonic() - started):.0f} ms", file=sys.stderr)
+    return 0 if reply.status == "ok" else 1
+
+
+async def _send_regions(
+    settings: Settings, args: argparse.Namespace, request: object, reply_topic: str
+) -> int:
+    from turnout.core.nearest import parse_endpoints
+    from turnout.region_client import NoRegionReachable, send_nearest
+
+    try:
+        endpoints = parse_endpoints(args.regions)
+    except ValueError as exc:
+        print(f"turnout send: --regions: {exc}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        sent, reply = await send_nearest(
+            endpoints,
+            request,  # type: ignore[arg-type]
+            request_topic=settings.request_topic,
+            reply_topic=reply_topic,
+            partitions=(settings.request_partitions, settings.reply_partitions),
+            attempt_timeout_s=args.failover_s,
+            wait_s=reply_wait_s(args.timeout),
+            measure=args.measure_rtt,
+            use_state=args.use_state,
+            stale_after_s=settings.region_stale_after_s,
+        )
+    except NoRegionReachable as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 1
+    print(f"# sent to {sent.region} (tried {', '.join(sent.attempts)})", file=sys.stderr)
+    if reply is None:
+        print(f"turnout: no reply on {reply_topic} in {sent.region} yet", file=sys.stderr)
+        return 1
     sys.stdout.buffer.write(orjson.dumps(orjson.loads(reply.to_wire()), option=orjson.OPT_INDENT_2))
     print(f"\n# round trip {1000 * (time.monotonic() - started):.0f} ms", file=sys.stderr)
     return 0 if reply.status == "ok" else 1

@@ -174,6 +174,12 @@ class Settings:
         "",
         "host:port where clients reach this region's router (gateway), published to others.",
     )
+    region_peers: str = setting(
+        "TURNOUT_REGION_PEERS",
+        "",
+        "Other regions' routers, region=http://host:port[@rtt_ms],...: a gateway that cannot "
+        "reach its Kafka names the nearest in its 503 (X-Turnout-Next-Router).",
+    )
     web_port: int = setting(
         "TURNOUT_WEB_PORT", 0, "Port of /metrics, /status.json and the status page; 0: off."
     )
@@ -237,6 +243,13 @@ class Settings:
             raise ValueError(
                 f"TURNOUT_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}"
             )
+        if self.region_peers:
+            from turnout.core.nearest import parse_endpoints
+
+            try:
+                parse_endpoints(self.region_peers)
+            except ValueError as exc:
+                raise ValueError(f"TURNOUT_REGION_PEERS: {exc}") from None
         if self.region:
             from turnout.core.region_state import check_region
 

@@ -12,13 +12,15 @@ take free ports. Runs in CI with the rest of the suite (marker ``regions``, neve
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 
 import orjson
 import pytest
 
-from tests.integration.harness import MockBackend, Worker, config_for, free_port, unique
+from tests.integration.harness import ROOT, MockBackend, Worker, config_for, free_port, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.regions, pytest.mark.timeout(600)]
 
@@ -174,3 +176,68 @@ def test_every_region_sees_the_others_and_a_silent_region_goes_stale(regions, tm
     finally:
         for p in reversed(started):
             p.stop()
+
+
+def test_a_client_fails_over_when_its_region_dies_and_loses_nothing(regions, tmp_path):
+    """eu's cluster stops mid-load: the eu client moves to us (the nearest other), comes
+    back once eu returns, and every request eu had acknowledged is answered after that.
+
+    Short version of ``scripts/region-drill kafka-dies`` (docs/multi-region-drill.txt).
+    """
+    import asyncio
+
+    from tests.regions.drill import Stack, kafka_dies
+
+    async def run() -> tuple[dict, dict[str, float]]:
+        stack = Stack(tmp_path, attempt_timeout_s=3.0, regions=regions)
+        try:
+            await stack.start()
+            result = await kafka_dies(stack, rate=3.0, before_s=6.0, down_s=6.0)
+            # turnout send --regions: a dead nearest region, then the live next one.
+            dead = f"127.0.0.1:{free_port()}"
+            spec = f"zz={dead}@1,us={bootstrap('us')}@80,ap={bootstrap('ap')}@220"
+            env = {
+                **os.environ,
+                "KAFKA_BOOTSTRAP": bootstrap("us"),
+                "TURNOUT_REQUEST_TOPIC": stack.request_topic,
+            }
+            out = await asyncio.to_thread(
+                subprocess.run,
+                [
+                    sys.executable,
+                    "-m",
+                    "turnout.cli",
+                    "send",
+                    "hello",
+                    "--regions",
+                    spec,
+                    "--client",
+                    stack.client_id,
+                    "--failover-s",
+                    "3",
+                    "--timeout",
+                    "30",
+                ],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            print(out.stdout[-500:], out.stderr[-1500:])
+            assert out.returncode == 0, out.stderr[-2000:]
+            assert "# sent to us (tried zz, us)" in out.stderr
+            assert orjson.loads(out.stdout)["status"] == "ok"
+            return result, stack.rtts
+        finally:
+            await stack.stop()
+
+    result, rtts = asyncio.run(run())
+    # The delay proxies make the remote clusters far: measured, not just configured.
+    assert rtts["eu"] < rtts["us"] and rtts["us"] >= 80 and rtts["ap"] >= 220, rtts
+    assert result["lost"] == 0 and result["wrong_id"] == 0 and result["errors"] == 0, result
+    assert result["accepted_per_region"]["eu"] > 0, result
+    assert result["accepted_per_region"]["us"] > 0, "the client never failed over to us"
+    assert result["accepted_per_region"]["ap"] == 0, "us is nearer than ap"
+    assert result["back_to_eu_after_start_s"] is not None, "the client never came back to eu"
+    assert result["gap_last_eu_ack_to_first_us_ack_s"] < 15, result

@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaError
 from schemas.types import Kind, ReplyChunk, Request, WireError
 from turnout import gcfreeze, logs, tracing
 from turnout.config import Config, ConfigError, load
+from turnout.core.nearest import failover_headers, region_failover
 from turnout.gateway import ApiKeys, GatewaySettings, load_keys, webhook_secret
 from turnout.gateway import anthropic_api as ant
 from turnout.gateway import ollama_api as oll
@@ -166,8 +167,11 @@ class Gateway:
             response = _json(dialect.error_body(err), exc.status)
         except KafkaError as exc:
             log.warning("gateway_kafka_unavailable", error=type(exc).__name__)
-            err = EdgeError(503, "Kafka is unreachable; retry shortly", retry_after_s=2)
-            response = _json(dialect.error_body(err), 503, **err.headers)
+            peer = region_failover(self.base)
+            hint = f" or use region {peer.region} at {peer.address}" if peer else ""
+            err = EdgeError(503, f"Kafka is unreachable; retry shortly{hint}", retry_after_s=2)
+            headers = {**err.headers, **failover_headers(peer)}
+            response = _json(dialect.error_body(err), 503, **headers)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -530,7 +534,11 @@ class Gateway:
         if await self.kafka.ready():
             return _json({"status": "ready"})
         reason = self.kafka.failure or "Kafka is unreachable"
-        return _json({"status": "not ready", "reason": reason}, 503)
+        peer = region_failover(self.base)
+        doc = {"status": "not ready", "reason": reason}
+        if peer is not None:
+            doc["next_region"], doc["next_router"] = peer.region, peer.address
+        return _json(doc, 503, **failover_headers(peer))
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.render()
