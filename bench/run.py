@@ -1,9 +1,9 @@
 """Benchmarks on the real broker: turnout against a plain-aiokafka floor, in the same run; on the
 HTTP path (scenario ``gateway``), turnout's gateway against the mock called directly and LiteLLM's
-proxy (turnout.bench_http).
+proxy (bench.bench_http).
 
 Every process is separate: the broker, the worker(s), the mock backend, the floor's echo and
-the load generator (turnout.bench_load). Topics, client ids and app ids are unique per run and
+the load generator (bench.bench_load). Topics, client ids and app ids are unique per run and
 deleted at the end. Results: stdout, docs/bench-results.json, docs/benchmarks.md (``--help``).
 """
 
@@ -31,8 +31,8 @@ from typing import Any
 
 import orjson
 
-from turnout import bench_http, bench_load
-from turnout.bench_load import report
+from bench import bench_http, bench_load
+from bench.bench_load import report
 from turnout.client import ensure_topics
 from turnout.kafka_admin import client_kwargs as kafka_kwargs
 
@@ -234,7 +234,7 @@ class Bench:
         topic = f"bench-{self.run}.requests.floor"
         asyncio.run(ensure_topics(self.args.bootstrap, [topic], self.args.partitions))
         echo = self.procs.start("floor-echo", [
-            PY, "-m", "turnout.bench", "echo", "--bootstrap", self.args.bootstrap,
+            PY, "-m", "bench.run", "echo", "--bootstrap", self.args.bootstrap,
             "--topic", topic, "--group", f"bench-{self.run}-floor"], pipe=True)
         wait_line(echo, b"ready", 30)
         return System("floor", topic, {"echo": echo})
@@ -274,7 +274,7 @@ class Bench:
         pids = {**system.pids, **({"broker": self.broker_pid} if self.broker_pid else {})}
         idle = self.wait_quiet(pids)
         out_c, out_p = self.dir / f"{tag}.consume.json", self.dir / f"{tag}.produce.json"
-        common = [*self.nice, PY, "-m", "turnout.bench"]
+        common = [*self.nice, PY, "-m", "bench.run"]
         cons = self.procs.start(f"{tag}.consume", [
             *common, "load-consume", "--bootstrap", self.args.bootstrap, "--tag", tag,
             "--topics", ",".join(self.reply_topics), "--n", str(n), "--out", str(out_c),
@@ -584,7 +584,7 @@ class Bench:
         idle = self.wait_quiet(pids)
         timeout = self.args.http_timeout_s
         load = self.procs.start(f"{tag}.load", [
-            *self.nice, PY, "-m", "turnout.bench_http", "load", "--url", t.url, "--model", t.model,
+            *self.nice, PY, "-m", "bench.bench_http", "load", "--url", t.url, "--model", t.model,
             "--rate", str(rate), "--duration", str(duration), "--timeout-s", str(timeout),
             "--tag", tag, "--key-env", "BENCH_HTTP_KEY", "--out", str(self.dir / f"{tag}.json")],
             {"BENCH_HTTP_KEY": t.key}, pipe=True)

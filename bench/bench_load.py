@@ -1,4 +1,4 @@
-"""The benchmark's processes, metrics and report (turnout.bench runs them; docs/benchmarks.md).
+"""The benchmark's processes, metrics and report (bench.run runs them; docs/benchmarks.md).
 
 - ``produce``: open loop: request ``i`` is sent at ``t0 + i / rate`` by the wall clock, never
   waiting for replies, so a slow router shows up as queueing, not as a slower generator.
@@ -283,11 +283,11 @@ def verdict(m: dict[str, Any]) -> list[str]:
         ("replies < 95% of offered", m["throughput_rps"] < 0.95 * m["offered_rps"])) if bad]
 
 
-# -- entry points (python -m turnout.bench load-produce | load-consume | echo) ------------------
+# -- entry points (python -m bench.run load-produce | load-consume | echo) ------------------
 
 
 def main(command: str, argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"turnout.bench {command}")
+    p = argparse.ArgumentParser(prog=f"bench.run {command}")
     for flag, kind in (("bootstrap", str), ("out", str), ("topic", str), ("topics", str),
                        ("tag", str), ("rate", float), ("duration", float), ("clients", str),
                        ("priorities", str), ("seed", int), ("n", int), ("max-s", float),
