@@ -821,7 +821,7 @@ def report(res: dict[str, Any], root: Any, args: Any) -> None:
             f"{m['kernel']}; the broker, worker(s), mock backend and load generator all share "
             "these cores",
             f"- Python {m['python']}, aiokafka {m['aiokafka']}, faust-streaming "
-            f"{m['faust-streaming']}; {m['broker']}"]
+            f"{m['faust-streaming']}; {m['broker']}", *other_load(res)]
     text = docs.read_text() if docs.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
     if "floor" in res["scenarios"]:  # the Kafka path was measured: its section is this run's
         png = docs.parent / "bench-latency.png"
@@ -863,6 +863,27 @@ def report(res: dict[str, Any], root: Any, args: Any) -> None:
         text = _splice(text, PSTART, PEND, f"{PSTART}\n{table}\n{PEND}")
     docs.write_text(text)
     print(f"docs: {args.docs}")
+
+
+def _steps(x: Any) -> list[dict[str, Any]]:
+    """Every measured step anywhere in ``x`` (a dict with ``cores`` and ``offered_rps``)."""
+    if isinstance(x, dict):
+        own = [x] if "cores" in x and "offered_rps" in x else []
+        return own + [s for v in x.values() for s in _steps(v)]
+    if isinstance(x, list):
+        return [s for v in x for s in _steps(v)]
+    return []
+
+
+def other_load(res: dict[str, Any]) -> list[str]:
+    """How much of the machine other people's work took during this run's steps."""
+    other = [s["cores"]["other"] for s in _steps(res["scenarios"]) if "other" in s["cores"]]
+    if not other:
+        return []
+    return [f"- **shared machine**: other work (not this benchmark's processes) used "
+            f"{sum(other) / len(other):.2f} cores on average during the {len(other)} measured "
+            f"steps (max {max(other):.2f}) of the {res['machine']['nproc']}; absolute figures "
+            "reflect that, ratios from the same run less so"]
 
 
 def replication_head(res: dict[str, Any]) -> list[str]:

@@ -236,3 +236,13 @@ def test_knee_does_nothing_when_refinement_is_off_or_the_gap_is_small() -> None:
     bench.knee(step, fails, r, 150, 0)
     bench.knee(step, fails, r, 105, 0.1)
     assert asked == [] and r["max_sustainable_rps"] == 100 and r["limited_by"] == "x at 150/s"
+
+
+def test_the_report_states_how_much_other_work_loaded_the_machine() -> None:
+    res = results()
+    res["machine"] = {"nproc": 2}
+    res["scenarios"]["floor"]["steps"][0]["cores"]["other"] = 1.5
+    res["scenarios"]["instant"]["steps"][0]["cores"]["other"] = 0.5
+    [line] = bench_load.other_load(res)
+    assert "1.00 cores on average during the 2 measured steps (max 1.50) of the 2" in line
+    assert bench_load.other_load({"scenarios": {}, "machine": {"nproc": 2}}) == []
