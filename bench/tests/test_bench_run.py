@@ -246,3 +246,50 @@ def test_the_report_states_how_much_other_work_loaded_the_machine() -> None:
     [line] = bench_load.other_load(res)
     assert "1.00 cores on average during the 2 measured steps (max 1.50) of the 2" in line
     assert bench_load.other_load({"scenarios": {}, "machine": {"nproc": 2}}) == []
+
+
+def searcher(capacity: dict[str, float]) -> tuple[Any, list[tuple[str, float]]]:
+    """A Bench whose steps pass up to each system's capacity (no processes, no broker)."""
+    import argparse
+
+    b = object.__new__(bench.Bench)
+    b.args = argparse.Namespace(search_rates=[600.0, 1000.0, 2000.0, 3000.0], refine=0.1,
+                                floor_to_failure=True, search_duration=1.0)
+    asked: list[tuple[str, float]] = []
+
+    def step(system: bench.System, label: str, rate: float, duration: float) -> dict[str, Any]:
+        asked.append((system.name, rate))
+        ok = rate <= capacity[system.name]
+        return kstep(label, rate, 10, 20 if ok else 2000, {}, {}, ok=rate if ok else rate / 2,
+                     generator_lag_ms={"p99": 1.0})
+
+    b.step = step  # type: ignore[method-assign]
+    b.wait_idle = lambda pids: 0.0  # type: ignore[method-assign]
+    return b, asked
+
+
+def test_search_ramps_the_floor_to_its_own_failure_and_refines_both_knees() -> None:
+    b, asked = searcher({"floor": 2100, "turnout": 700})
+    floor, turnout = bench.System("floor", "t", {}), bench.System("turnout", "t", {})
+    fixed = {"floor": [kstep("f", 500, 10, 20, {}, {})],
+             "turnout": [kstep("t", 500, 10, 20, {}, {})]}
+    res = b.search(floor, turnout, fixed)
+    # turnout: 600 passes, 1000 fails, then 660 passes and 720 fails (steps of 10% of 600)
+    assert [r for n, r in asked if n == "turnout"] == [600.0, 1000.0, 660.0, 720.0]
+    assert res["turnout"]["max_sustainable_rps"] == 660.0
+    assert res["turnout"]["limited_by"] == "p99 > 1 s, replies < 95% of offered at 720/s"
+    # the floor goes on past turnout's failure to its own: 3000 fails, 2200 fails
+    assert [r for n, r in asked if n == "floor"] == [600.0, 1000.0, 2000.0, 3000.0, 2200.0]
+    assert res["floor"]["max_sustainable_rps"] == 2000.0
+    assert [m["offered_rps"] for m in res["floor"]["steps"]] == [600, 1000, 2000, 2200, 3000]
+
+
+def test_search_treats_a_failure_below_a_passing_fixed_rate_as_noise() -> None:
+    b, asked = searcher({"floor": 1200, "turnout": 1200})
+    floor, turnout = bench.System("floor", "t", {}), bench.System("turnout", "t", {})
+    noisy = kstep("f2", 250, 10, 1009.6, {}, {})  # p99 just over 1 s at 250, then 500 passes
+    fixed = {"floor": [kstep("f1", 100, 10, 20, {}, {}), noisy, kstep("f3", 500, 10, 20, {}, {})],
+             "turnout": [kstep("t", 500, 10, 20, {}, {})]}
+    res = b.search(floor, turnout, fixed)
+    assert ("floor", 600.0) in asked and ("floor", 1000.0) in asked
+    assert res["floor"]["max_sustainable_rps"] == 1200.0  # 1000, then 1100, 1200 by 10%
