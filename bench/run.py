@@ -734,8 +734,16 @@ class Bench:
 
     def http_refine(self, t: HttpTarget, failed_at: float, live: dict[str, HttpTarget]) -> None:
         def step(rate: float) -> dict[str, Any]:
+            start = time.time()
             self.wait_idle(t.pids)
-            return self.http_step(t, "refine", rate, self.args.http_ramp_duration, live)
+            try:  # a request queued behind the failed step's backlog is answered once it drained
+                self.http_ready(t, timeout=120)
+            except RuntimeError as exc:
+                print(f"  {t.name}: still not answering after its failed step ({exc})")
+            waited = round(time.time() - start, 1)
+            m = self.http_step(t, "refine", rate, self.args.http_ramp_duration, live)
+            m["drain_wait_s"] = waited
+            return m
 
         knee(step, bench_http.verdict, t.result, failed_at, self.args.refine)
 
