@@ -566,8 +566,9 @@ def _own(values: dict[str, float], procs: tuple[str, ...]) -> float | None:
     return round(sum(got), 3) if got else None
 
 
-def _r(a: float | None, b: float | None, places: int = 2) -> float | None:
-    return round(a / b, places) if a is not None and b else None
+def _r(a: float | None, b: float | None) -> float | None:
+    """``a / b`` to three significant figures (a tiny ratio stays readable, not 0)."""
+    return float(f"{a / b:.3g}") if a is not None and b else None
 
 
 def _peak(steps: list[dict[str, Any]]) -> float | None:
