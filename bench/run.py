@@ -1,9 +1,9 @@
 """Benchmarks on the real broker: turnout against a plain-aiokafka floor, in the same run; on the
 HTTP path (scenario ``gateway``), turnout's gateway against the mock called directly and LiteLLM's
-proxy (turnout.bench_http).
+proxy (bench.bench_http).
 
 Every process is separate: the broker, the worker(s), the mock backend, the floor's echo and
-the load generator (turnout.bench_load). Topics, client ids and app ids are unique per run and
+the load generator (bench.bench_load). Topics, client ids and app ids are unique per run and
 deleted at the end. Results: stdout, docs/bench-results.json, docs/benchmarks.md (``--help``).
 """
 
@@ -16,6 +16,7 @@ import contextlib
 import os
 import pathlib
 import platform
+import re
 import secrets
 import select
 import signal
@@ -31,15 +32,23 @@ from typing import Any
 
 import orjson
 
-from turnout import bench_http, bench_load
-from turnout.bench_load import report
+from bench import bench_http, bench_load
+from bench.bench_load import report
 from turnout.client import ensure_topics
 from turnout.kafka_admin import client_kwargs as kafka_kwargs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PY = sys.executable
 CLK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ("instant", "slow", "two-workers", "priorities", "gateway", "fairness")
+SCENARIOS = ("instant", "slow", "two-workers", "priorities", "gateway", "fairness",
+             "replication")
+DEFAULT_SCENARIOS = SCENARIOS[:-1]  # replication needs a second, three-node cluster
+# --quick: the key ratios (Kafka path vs the floor; the HTTP path vs LiteLLM when LiteLLM is
+# installed) in a few minutes; any option given explicitly wins. Nothing is written to docs/.
+QUICK = {"rates": [500.0], "duration": 4.0, "search_rates": [1000.0, 2000.0],
+         "search_duration": 4.0, "refine": 0.25, "http_duration": 3.0, "http_direct": False,
+         "http_ramp": [100.0, 400.0, 1000.0], "http_ramp_duration": 3.0, "quiet_wait_s": 1.0,
+         "docs": "", "json": ""}
 
 
 # -- processes and /proc ------------------------------------------------------------------------
@@ -137,7 +146,7 @@ class CpuSampler(threading.Thread):
             key = "loadgen" if k.startswith("load") else k
             out[key] = out.get(key, 0.0) + rate
         out["other"] = max(0.0, out["machine"] - sum(v for k, v in out.items() if k != "machine"))
-        return {k: round(v, 2) for k, v in out.items()}
+        return {k: round(v, 2) for k, v in with_brokers(out).items()}
 
 
 class System:
@@ -162,6 +171,29 @@ class HttpTarget:
 
     def __repr__(self) -> str:  # never shows the key
         return f"<HttpTarget {self.name} {self.url}>"
+
+
+def broker_pids(status: str) -> dict[str, int]:
+    """The broker processes in ``scripts/kafka status``: ``{"broker": pid}`` for one node,
+    ``{"broker1": pid, "broker2": ...}`` for a cluster ("node i: running (pid N, ...")."""
+    pids = [int(x) for x in re.findall(r"\(pid (\d+)", status)]
+    nodes = [int(x) for x in re.findall(r"node (\d+): running \(pid", status)]
+    if len(pids) == 1 and not nodes:
+        return {"broker": pids[0]}
+    return {f"broker{n}": pid for n, pid in zip(nodes, pids, strict=False)}
+
+
+def with_brokers(values: dict[str, float]) -> dict[str, float]:
+    """``values`` plus ``broker``: the sum over a cluster's nodes (``broker1``, ``broker2``...)."""
+    nodes = [v for k, v in values.items() if k.startswith("broker") and k != "broker"]
+    return {**values, "broker": sum(nodes)} if nodes and "broker" not in values else values
+
+
+def per_reply(a: dict[str, float], b: dict[str, float], replies: int,
+              keys: list[str]) -> dict[str, float]:
+    """CPU ms per reply of each process in ``keys`` between samples ``a`` and ``b``."""
+    out = {k: (b[k] - a[k]) * 1000 / max(1, replies) for k in keys if k in a and k in b}
+    return {k: round(v, 3) for k, v in with_brokers(out).items()}
 
 
 def free_port() -> int:
@@ -198,9 +230,10 @@ class Bench:
         self.nice = ["nice", "-n", str(args.loadgen_nice)] if args.loadgen_nice else []
         self.reply_topics = [bench_load.REPLY_PREFIX + c for c in self.clients]
         self.dead_letters = f"bench-{self.run}.dead-letter"
+        self.bootstrap = args.bootstrap  # the cluster measured now (replication: one, then another)
+        self.used = {args.bootstrap}
         self.machine = machine(args.bootstrap)
-        pid = self.machine["broker"].partition("(pid ")[2].split(",")[0]
-        self.broker_pid = int(pid) if pid.isdigit() else None
+        self.brokers = broker_pids(self.machine["broker"])
         self.steps = 0
 
     def mock(self, latency_ms: float) -> tuple[subprocess.Popen[bytes], str]:
@@ -219,7 +252,7 @@ class Bench:
                           ", models: [echo], max_concurrency: 4096}\nroutes:\n  default:\n    "
                           "targets: [{backend: mock-openai, model: echo}]\n"
                           "default_route: default\n" + clients_yaml)
-        env = {"KAFKA_BOOTSTRAP": self.args.bootstrap, "TURNOUT_CONFIG": str(config),
+        env = {"KAFKA_BOOTSTRAP": self.bootstrap, "TURNOUT_CONFIG": str(config),
                "TURNOUT_APP_ID": app_id, "TURNOUT_REQUEST_TOPIC": topic,
                "TURNOUT_REQUEST_PARTITIONS": str(self.args.partitions),
                "TURNOUT_DEAD_LETTER_TOPIC": self.dead_letters, "TURNOUT_LOG_FORMAT": "json"}
@@ -230,14 +263,14 @@ class Bench:
                                                    [PY, "-m", "turnout.cli", "worker"], env)
         return System(name, topic, procs, url)
 
-    def floor(self) -> System:
-        topic = f"bench-{self.run}.requests.floor"
-        asyncio.run(ensure_topics(self.args.bootstrap, [topic], self.args.partitions))
-        echo = self.procs.start("floor-echo", [
-            PY, "-m", "turnout.bench", "echo", "--bootstrap", self.args.bootstrap,
-            "--topic", topic, "--group", f"bench-{self.run}-floor"], pipe=True)
+    def floor(self, name: str = "floor") -> System:
+        topic = f"bench-{self.run}.requests.{name}"
+        asyncio.run(ensure_topics(self.bootstrap, [topic], self.args.partitions))
+        echo = self.procs.start(f"{name}-echo", [
+            PY, "-m", "bench.run", "echo", "--bootstrap", self.bootstrap,
+            "--topic", topic, "--group", f"bench-{self.run}-{name}"], pipe=True)
         wait_line(echo, b"ready", 30)
-        return System("floor", topic, {"echo": echo})
+        return System(name, topic, {"echo": echo})
 
     def finish(self, system: System, out: dict[str, Any]) -> dict[str, Any]:
         """Stop ``system``; add its peak RSS, its workers' logs and the dead-letter count."""
@@ -249,7 +282,7 @@ class Bench:
             self.procs.stop(proc)  # workers first, the mock backend last
         out["worker_log"] = [bench_load.scan_log(self.dir / f"{system.name}-{k}.log", self.run)
                              for k in system.pids if k.startswith("worker")]
-        out["dead_letters"] = asyncio.run(count_records(self.args.bootstrap, self.dead_letters))
+        out["dead_letters"] = asyncio.run(count_records(self.bootstrap, self.dead_letters))
         return out
 
     # one measured step
@@ -271,12 +304,12 @@ class Bench:
         self.steps += 1
         tag = f"{self.run}.{self.steps:02d}.{label}"
         n = round(rate * duration)
-        pids = {**system.pids, **({"broker": self.broker_pid} if self.broker_pid else {})}
+        pids = {**system.pids, **self.brokers}
         idle = self.wait_quiet(pids)
         out_c, out_p = self.dir / f"{tag}.consume.json", self.dir / f"{tag}.produce.json"
-        common = [*self.nice, PY, "-m", "turnout.bench"]
+        common = [*self.nice, PY, "-m", "bench.run"]
         cons = self.procs.start(f"{tag}.consume", [
-            *common, "load-consume", "--bootstrap", self.args.bootstrap, "--tag", tag,
+            *common, "load-consume", "--bootstrap", self.bootstrap, "--tag", tag,
             "--topics", ",".join(self.reply_topics), "--n", str(n), "--out", str(out_c),
             "--max-s", str(duration + latency_s + grace + 3)], pipe=True)
         wait_line(cons, b"ready", 60)
@@ -284,7 +317,7 @@ class Bench:
         sampler = CpuSampler(pids)
         sampler.start()
         prod = self.procs.start(f"{tag}.produce", [
-            *common, "load-produce", "--bootstrap", self.args.bootstrap, "--tag", tag,
+            *common, "load-produce", "--bootstrap", self.bootstrap, "--tag", tag,
             "--topic", system.topic, "--rate", str(rate), "--duration", str(duration),
             "--clients", ",".join(clients or self.clients), "--priorities", priorities,
             "--out", str(out_p), *(["--weights", ",".join(map(str, weights))] if weights else [])])
@@ -303,8 +336,7 @@ class Bench:
         m = bench_load.summarize(produced, consumed, duration=duration, latency_s=latency_s)
         m["cores"] = sampler.cores(produced["t0"] + 0.5, produced["t0"] + duration + latency_s)
         a, b = sampler.samples[0][1], sampler.samples[-1][1]
-        m["cpu_ms_per_reply"] = {k: round((b[k] - a[k]) * 1000 / max(1, m["replies"]), 3)
-                                 for k in system.pids if k in a and k in b}
+        m["cpu_ms_per_reply"] = per_reply(a, b, m["replies"], [*system.pids, *self.brokers])
         m.update(system=system.name, label=label, tag=tag, duration_s=duration,
                  idle_cores_before=idle)
         if extra is not None:
@@ -346,16 +378,24 @@ class Bench:
         return out
 
     def search(self, floor: System, turnout: System, fixed: dict[str, Any]) -> dict[str, Any]:
-        """Ramp each system up from its best passing fixed rate until a step fails
-        (bench_load.verdict); the floor stops one step above turnout's last."""
+        """Ramp each system up from its best passing fixed rate (from a quarter of the first
+        failing one if none passed) until a step fails (bench_load.verdict), then refine the
+        knee (``--refine``); the floor ramps to its own failure (``--floor-to-failure``) or
+        stops one step above turnout's last."""
         res: dict[str, dict[str, Any]] = {}
         for s in (floor, turnout):
             ok = [m["offered_rps"] for m in fixed[s.name] if not bench_load.verdict(m)]
-            bad = [m for m in fixed[s.name] if bench_load.verdict(m)]
+            # A failure below a passing rate is noise (another process took the CPU then):
+            # the ramp goes on from the best passing rate.
+            bad = sorted((m for m in fixed[s.name] if bench_load.verdict(m)
+                          and m["offered_rps"] > max(ok, default=0)),
+                         key=lambda m: m["offered_rps"])
             hi = min((m["offered_rps"] for m in bad), default=float("inf"))
             res[s.name] = {"steps": [], "max_sustainable_rps": max(ok, default=None),
                            "limited_by": f"{', '.join(bench_load.verdict(bad[0]))} at {hi:g}/s"
-                           if bad else "not reached (ramp ends one step above turnout's)",
+                           if bad else "not reached (the ramp's top rate passed)"
+                           if self.args.floor_to_failure or s is turnout
+                           else "not reached (ramp ends one step above turnout's)",
                            "todo": [r for r in self.args.search_rates
                                     if max(ok, default=0) < r < hi]}
 
@@ -365,7 +405,8 @@ class Bench:
         for rate in sorted(set(self.args.search_rates)):
             for s in (floor, turnout):
                 r = res[s.name]
-                if rate not in r["todo"] or (s is floor and not res[turnout.name]["todo"]
+                if rate not in r["todo"] or (s is floor and not self.args.floor_to_failure
+                                             and not res[turnout.name]["todo"]
                                              and last(floor.name) > last(turnout.name)):
                     continue
                 m = self.step(s, "search", rate, self.args.search_duration)
@@ -374,21 +415,86 @@ class Bench:
                 if why := bench_load.verdict(m):
                     m["failed"], r["todo"] = why, []
                     r["limited_by"] = f"{', '.join(why)} at {rate:g}/s"
+                    self.refine_kafka(s, r, rate)
+                    r["refined"] = True
                 else:
                     r["max_sustainable_rps"] = rate
+        for s in (floor, turnout):  # a fixed rate failed and the ramp did not go past it
+            r, best = res[s.name], res[s.name]["max_sustainable_rps"] or 0
+            above = [m["offered_rps"] for m in fixed[s.name]
+                     if bench_load.verdict(m) and m["offered_rps"] > best]
+            if above and not r.pop("refined", False):
+                self.refine_kafka(s, r, min(above))
         for r in res.values():
+            r.pop("refined", None)
+            r["steps"].sort(key=lambda m: m["offered_rps"])
             r["generator_lag_p99_ms"] = max((m["generator_lag_ms"]["p99"] or 0
                                              for m in r["steps"]), default=None)
         return res
 
+    def refine_kafka(self, s: System, r: dict[str, Any], failed_at: float) -> None:
+        def step(rate: float) -> dict[str, Any]:
+            self.wait_idle(s.pids)
+            return self.step(s, "refine", rate, self.args.search_duration)
+
+        knee(step, bench_load.verdict, r, failed_at, self.args.refine)
+
+    def wait_idle(self, pids: dict[str, int], cores: float = 0.2, timeout: float = 30) -> float:
+        """After a failed step, wait until ``pids`` use < ``cores`` (their backlog is served),
+        so that the next step starts from an empty queue; the seconds waited."""
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            c0 = {k: cpu_s(p) or 0.0 for k, p in pids.items()}
+            time.sleep(1)
+            if sum((cpu_s(p) or 0.0) - c0[k] for k, p in pids.items()) < cores:
+                break
+        return round(time.time() - t0, 1)
+
+    def use_cluster(self, bootstrap: str, brokers: dict[str, int]) -> None:
+        """Measure on ``bootstrap`` from now on: its brokers' CPU, its reply topics."""
+        self.bootstrap, self.brokers = bootstrap, brokers
+        self.used.add(bootstrap)
+        asyncio.run(ensure_topics(bootstrap, self.reply_topics, 2))
+
+    def replication(self) -> dict[str, Any]:
+        """The floor and one worker on this broker, then on ``--cluster-bootstrap`` (topics
+        replicated as turnout creates them there: RF min(3, brokers), min ISR RF - 1, acks=all
+        producers), each: a fixed rate pair, then a ramp of each to its own failure."""
+        a = self.args
+        if not a.cluster_bootstrap:
+            raise SystemExit("the replication scenario needs --cluster-bootstrap (a cluster "
+                             "started with KAFKA_NODES=3 scripts/kafka start)")
+        status = cluster_status(a.cluster_bootstrap, a.cluster_state)
+        clusters = [("1 node", a.bootstrap, dict(self.brokers), self.machine["broker"]),
+                    ("3 nodes", a.cluster_bootstrap, broker_pids(status), status)]
+        out: dict[str, Any] = {"rate": max(a.rates), "clusters": {}}
+        for i, (label, bootstrap, brokers, st) in enumerate(clusters):
+            print(f"replication: {label} ({bootstrap}): floor, then turnout:", flush=True)
+            self.use_cluster(bootstrap, brokers)
+            floor, t = self.floor(f"rfloor{i}"), self.turnout(f"repl{i}")
+            c: dict[str, Any] = {"bootstrap": bootstrap, "status": st, "brokers": list(brokers)}
+            c["warmup"] = [self.warm(floor), self.warm(t)]
+            f, m = self.pair([floor, t], "fixed", out["rate"], a.duration)
+            c["floor"], c["turnout"] = {"fixed": f}, {"fixed": m}
+            c["topics"] = asyncio.run(topic_settings(bootstrap, [floor.topic, t.topic,
+                                                                 self.reply_topics[0]]))
+            if a.search:
+                found = self.search(floor, t, {floor.name: [f], t.name: [m]})
+                c["floor"]["search"], c["turnout"]["search"] = found[floor.name], found[t.name]
+            self.finish(t, c["turnout"])
+            self.finish(floor, c["floor"])
+            out["clusters"][label] = c
+        self.use_cluster(a.bootstrap, clusters[0][2])
+        return out
+
     # scenarios
     def execute(self) -> dict[str, Any]:
         a, scen = self.args, set(self.args.scenarios)
-        asyncio.run(ensure_topics(a.bootstrap, self.reply_topics, 2))
+        asyncio.run(ensure_topics(self.bootstrap, self.reply_topics, 2))
         res: dict[str, Any] = {"run": self.run, "settings": {k: v for k, v in vars(a).items()},
                                "machine": self.machine, "scenarios": {}}
         sc, started, top = res["scenarios"], time.time(), max(a.rates)
-        kafka = bool(scen - {"gateway", "fairness"}) or a.profile
+        kafka = bool(scen - {"gateway", "fairness", "replication"}) or a.profile
         if kafka:  # the floor of the Kafka-path scenarios
             floor = self.floor()
             fl: dict[str, Any] = {"warmup": self.warm(floor), "steps": []}
@@ -436,6 +542,8 @@ class Bench:
         if "gateway" in scen:
             print("HTTP path, instant mock backend: direct, LiteLLM proxy, turnout gateway:")
             sc["gateway"] = self.gateway()
+        if "replication" in scen:
+            sc["replication"] = self.replication()
         if kafka:
             self.finish(floor, fl)
         res["elapsed_s"] = round(time.time() - started, 1)
@@ -477,7 +585,8 @@ class Bench:
         step (bench_http.verdict). Each rate is measured for every target still in, back to back."""
         a = self.args
         mock = self.mock(0.0)
-        targets = [HttpTarget(bench_http.DIRECT, mock[1], "echo", {"mock": mock[0]})]
+        targets = [HttpTarget(bench_http.DIRECT, mock[1], "echo", {"mock": mock[0]})
+                   ] if a.http_direct else []
         out: dict[str, Any] = {"rate": a.http_rate, "ramp_rates": a.http_ramp,
                                "litellm": {"version": bench_http.LITELLM_VERSION}}
         targets.append(self.http_turnout(mock))
@@ -504,20 +613,22 @@ class Bench:
         self.procs.stop(mock[0])
         done = {t.name: {"label": bench_http.LABELS[t.name], **t.result,
                          "processes": [k for k in t.procs if k != "mock"]} for t in targets}
-        out["targets"] = {k: done.get(k) or {"label": bench_http.LABELS[k], "not_measured": lite}
+        skipped = {bench_http.DIRECT: "not measured: --no-http-direct"}
+        out["targets"] = {k: done.get(k) or {"label": bench_http.LABELS[k],
+                                             "not_measured": skipped.get(k, lite)}
                           for k in bench_http.LABELS}
         bench_http.annotate(out["targets"])
         out["summary"] = bench_http.targets_met(out["targets"])
         out["peak_rss_mb"] = {k: v for t in targets for k, v in t.rss.items()}
         out["worker_log"] = [bench_load.scan_log(self.dir / "http-worker0.log", self.run)]
         out["gateway_log"] = bench_load.scan_log(self.dir / "http-gateway.log", self.run)
-        out["dead_letters"] = asyncio.run(count_records(self.args.bootstrap, self.dead_letters))
+        out["dead_letters"] = asyncio.run(count_records(self.bootstrap, self.dead_letters))
         return out
 
     def http_turnout(self, mock: tuple[subprocess.Popen[bytes], str]) -> HttpTarget:
         worker = self.turnout("http", mock=mock)
         key, port = secrets.token_hex(16), free_port()
-        env = {"KAFKA_BOOTSTRAP": self.args.bootstrap,
+        env = {"KAFKA_BOOTSTRAP": self.bootstrap,
                "TURNOUT_CONFIG": str(self.dir / "http.yaml"), "TURNOUT_REQUEST_TOPIC": worker.topic,
                "TURNOUT_REQUEST_PARTITIONS": str(self.args.partitions),
                "TURNOUT_GATEWAY_ID": f"bench-{self.run}",
@@ -579,12 +690,11 @@ class Bench:
         self.steps += 1
         tag = f"{self.run}.{self.steps:02d}.{t.name}.{label}"
         pids = {k: v for x in live.values() for k, v in x.pids.items()}
-        if self.broker_pid:
-            pids["broker"] = self.broker_pid
+        pids.update(self.brokers)
         idle = self.wait_quiet(pids)
         timeout = self.args.http_timeout_s
         load = self.procs.start(f"{tag}.load", [
-            *self.nice, PY, "-m", "turnout.bench_http", "load", "--url", t.url, "--model", t.model,
+            *self.nice, PY, "-m", "bench.bench_http", "load", "--url", t.url, "--model", t.model,
             "--rate", str(rate), "--duration", str(duration), "--timeout-s", str(timeout),
             "--tag", tag, "--key-env", "BENCH_HTTP_KEY", "--out", str(self.dir / f"{tag}.json")],
             {"BENCH_HTTP_KEY": t.key}, pipe=True)
@@ -602,8 +712,7 @@ class Bench:
         m: dict[str, Any] = orjson.loads(stdout.strip().splitlines()[-1])
         m["cores"] = sampler.cores(m["t0"] + 0.5, m["t0"] + duration)
         a, b = sampler.samples[0][1], sampler.samples[-1][1]
-        m["cpu_ms_per_ok"] = {k: round((b[k] - a[k]) * 1000 / max(1, m["ok"]), 3)
-                              for k in pids if k in a and k in b}
+        m["cpu_ms_per_ok"] = per_reply(a, b, m["ok"], list(pids))
         m.update(system=t.name, label=label, tag=tag, duration_s=duration, idle_cores_before=idle)
         print(f"  {t.name:<8} {label:<7} {rate:>5.0f}/s  ok/s {m['throughput_rps']:>6}  p50 "
               f"{m['e2e_ms']['p50']!s:>7} p99 {m['e2e_ms']['p99']!s:>8} ms  errors {m['errors']}"
@@ -612,14 +721,31 @@ class Bench:
 
     def http_judge(self, t: HttpTarget, m: dict[str, Any],
                    live: dict[str, HttpTarget]) -> dict[str, Any]:
-        """Record ``m``'s verdict; a target whose step failed leaves the ramp (and stops)."""
+        """Record ``m``'s verdict; a target whose step failed is stepped up from its last
+        passing rate by ``--refine`` of it (its knee to within that), then leaves the ramp."""
         if why := bench_http.verdict(m):
             m["failed"] = why
             t.result["limited_by"] = f"{', '.join(why)} at {m['offered_rps']:g}/s"
+            self.http_refine(t, m["offered_rps"], live)
             self.http_stop(t, live)
         else:
             t.result["max_sustainable_rps"] = m["offered_rps"]
         return m
+
+    def http_refine(self, t: HttpTarget, failed_at: float, live: dict[str, HttpTarget]) -> None:
+        def step(rate: float) -> dict[str, Any]:
+            start = time.time()
+            self.wait_idle(t.pids)
+            try:  # a request queued behind the failed step's backlog is answered once it drained
+                self.http_ready(t, timeout=120)
+            except RuntimeError as exc:
+                print(f"  {t.name}: still not answering after its failed step ({exc})")
+            waited = round(time.time() - start, 1)
+            m = self.http_step(t, "refine", rate, self.args.http_ramp_duration, live)
+            m["drain_wait_s"] = waited
+            return m
+
+        knee(step, bench_http.verdict, t.result, failed_at, self.args.refine)
 
     def http_stop(self, t: HttpTarget, live: dict[str, HttpTarget]) -> None:
         """Take ``t`` out of the ramp; stop its processes (not the shared mock) so that a
@@ -632,8 +758,9 @@ class Bench:
 
     def cleanup(self) -> None:
         self.procs.stop_all()
-        with contextlib.suppress(Exception):
-            asyncio.run(delete_topics(self.args.bootstrap, self.run))
+        for bootstrap in sorted(self.used):
+            with contextlib.suppress(Exception):
+                asyncio.run(delete_topics(bootstrap, self.run))
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -663,6 +790,78 @@ async def delete_topics(bootstrap: str, run: str) -> None:
             await admin.delete_topics(mine)
     finally:
         await admin.close()
+
+
+async def topic_settings(bootstrap: str, topics: list[str]) -> dict[str, Any]:
+    """Each topic's replication factor and min.insync.replicas, as the cluster reports them."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from turnout.kafka_admin import KafkaEnv, check_topics
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_kwargs())
+    await admin.start()
+    try:
+        states, brokers = await check_topics(admin, topics, KafkaEnv.from_env().security)
+    finally:
+        await admin.close()
+    return {"brokers": brokers, **{s.name: {"replication_factor": s.replication_factor,
+                                             "min.insync.replicas":
+                                             s.configs.get("min.insync.replicas")}
+                                   for s in states}}
+
+
+def knee(step: Any, verdict: Any, r: dict[str, Any], failed_at: float, frac: float) -> None:
+    """Place a ramp's knee to within ``frac``: from the last passing rate (or, if none passed,
+    from a quarter and a half of ``failed_at``), step up by ``frac`` of it below ``failed_at``
+    until a step fails. ``r`` holds ``steps``, ``max_sustainable_rps`` and ``limited_by``."""
+    if frac <= 0:
+        return
+
+    def passed(rate: float) -> bool:
+        m = step(rate)
+        r["steps"].append(m)
+        if why := verdict(m):
+            m["failed"] = why
+            r["limited_by"] = f"{', '.join(why)} at {rate:g}/s"
+            return False
+        r["max_sustainable_rps"] = rate
+        return True
+
+    ladder = [] if r["max_sustainable_rps"] else [failed_at / 4, failed_at / 2]
+    if all(passed(rate) for rate in ladder):
+        for rate in refine_rates(r["max_sustainable_rps"], failed_at, frac):
+            if not passed(rate):
+                break
+    r["steps"].sort(key=lambda m: m["offered_rps"])
+
+
+def refine_rates(lo: float | None, hi: float, frac: float) -> list[float]:
+    """The rates between a passing ``lo`` and a failing ``hi``, ``frac`` of ``lo`` apart: the
+    steps that place a knee to within ``frac``. None when there is no gap to fill.
+
+    >>> refine_rates(50, 75, 0.1)
+    [55.0, 60.0, 65.0, 70.0]
+    >>> refine_rates(850, 1000, 0.1)
+    [935.0]
+    >>> refine_rates(None, 75, 0.1), refine_rates(100, 105, 0.1), refine_rates(50, 75, 0)
+    ([], [], [])
+    """
+    if not lo or frac <= 0:
+        return []
+    out, k = [], 1
+    while (rate := round(lo * (1 + frac * k), 1)) < hi:
+        out.append(rate)
+        k += 1
+    return out
+
+
+def cluster_status(bootstrap: str, state: str) -> str:
+    """``scripts/kafka status`` of a three-node cluster (its nodes' pids)."""
+    env = {**os.environ, "KAFKA_NODES": "3", "KAFKA_BOOTSTRAP": bootstrap.split(",")[0]}
+    if state:
+        env["TURNOUT_STATE"] = state
+    return subprocess.run([str(ROOT / "scripts" / "kafka"), "status"], capture_output=True,
+                          text=True, env=env).stdout.strip()
 
 
 def pyspy(pid: int, seconds: float, where: pathlib.Path) -> Any:
@@ -713,8 +912,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help=f"comma-separated, of {', '.join(SCENARIOS)}")
+    p.add_argument("--quick", action="store_true",
+                   help="the key ratios only, in a few minutes (run before every change to the "
+                   "hot path): the instant scenario with a short ramp, and the gateway scenario "
+                   "if LiteLLM is installed; results in var/bench/<run>/, docs untouched")
+    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all but "
+                   "replication)")
+    p.add_argument("--refine", type=float, default=0.1,
+                   help="after a ramp step fails, step up from the last passing rate by this "
+                   "fraction of it until a step fails (0: off)")
+    p.add_argument("--floor-to-failure", action=argparse.BooleanOptionalAction, default=True,
+                   help="ramp the floor to its own failure (else one step above turnout's)")
+    p.add_argument("--cluster-bootstrap", default=os.environ.get("BENCH_CLUSTER_BOOTSTRAP", ""),
+                   help="replication scenario: the three-node cluster (KAFKA_NODES=3 "
+                   "scripts/kafka start), measured after the broker of --bootstrap")
+    p.add_argument("--cluster-state", default=os.environ.get("BENCH_CLUSTER_STATE", ""),
+                   help="replication scenario: the cluster's TURNOUT_STATE, to find its nodes")
     p.add_argument("--rates", type=rates, default=[100, 250, 500], help="fixed rates, req/s")
     p.add_argument("--duration", type=float, default=10, help="seconds per fixed-rate step")
     p.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
@@ -735,6 +949,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    default=[75, 100, 150, 200, 400, 600, 800, 1000, 1200],
                    help="gateway scenario: the ramp's rates above --http-rate")
     p.add_argument("--http-ramp-duration", type=float, default=6)
+    p.add_argument("--http-direct", action=argparse.BooleanOptionalAction, default=True,
+                   help="gateway scenario: also measure the mock called directly (the "
+                   "baseline of added latency)")
     p.add_argument("--http-timeout-s", type=float, default=10,
                    help="a request with no answer by then counts as not answered")
     p.add_argument("--clients", type=int, default=20)
@@ -750,6 +967,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     p.add_argument("--json", default="docs/bench-results.json")
     p.add_argument("--docs", default="docs/benchmarks.md", help="'' to leave the docs alone")
+    if "--quick" in argv:
+        lite = bench_http.installed_version(bench_http.litellm_venv()) is not None
+        p.set_defaults(**QUICK, scenarios="instant,gateway" if lite else "instant")
     a = p.parse_args(argv)
     a.scenarios = [s for s in a.scenarios.split(",") if s]
     if bad := set(a.scenarios) - set(SCENARIOS):
@@ -766,6 +986,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started in background
     bench = Bench(args)
+    if args.quick and not args.json:
+        args.json = str((bench.dir / "results.json").relative_to(ROOT))
     print(f"run {bench.run}: logs and raw records in {bench.dir}", flush=True)
     try:
         results = bench.execute()

@@ -1,4 +1,4 @@
-"""The benchmark's processes, metrics and report (turnout.bench runs them; docs/benchmarks.md).
+"""The benchmark's processes, metrics and report (bench.run runs them; docs/benchmarks.md).
 
 - ``produce``: open loop: request ``i`` is sent at ``t0 + i / rate`` by the wall clock, never
   waiting for replies, so a slow router shows up as queueing, not as a slower generator.
@@ -283,11 +283,11 @@ def verdict(m: dict[str, Any]) -> list[str]:
         ("replies < 95% of offered", m["throughput_rps"] < 0.95 * m["offered_rps"])) if bad]
 
 
-# -- entry points (python -m turnout.bench load-produce | load-consume | echo) ------------------
+# -- entry points (python -m bench.run load-produce | load-consume | echo) ------------------
 
 
 def main(command: str, argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"turnout.bench {command}")
+    p = argparse.ArgumentParser(prog=f"bench.run {command}")
     for flag, kind in (("bootstrap", str), ("out", str), ("topic", str), ("topics", str),
                        ("tag", str), ("rate", float), ("duration", float), ("clients", str),
                        ("priorities", str), ("seed", int), ("n", int), ("max-s", float),
@@ -549,6 +549,175 @@ def tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
     return out
 
 
+# -- like for like: the headline (issue 19) and the cost of replication (issue 15) --------------
+
+LSTART, LEND = "<!-- bench:headline:start -->", "<!-- bench:headline:end -->"
+RSTART, REND = "<!-- bench:replication:start -->", "<!-- bench:replication:end -->"
+# Each system's own processes. The mock backend is the work being routed, not the router: the
+# floor has none, so it is left out on both sides of the Kafka path and of the HTTP path.
+KAFKA_PROCS = {"floor": ("echo", "broker"), "turnout": ("worker0", "broker")}
+HTTP_PROCS = {"turnout": ("gateway", "worker0", "broker"), "litellm": ("litellm",)}
+PROC_NAMES = {"echo": "aiokafka echo", "broker": "Kafka broker", "worker0": "worker",
+              "gateway": "gateway", "litellm": "LiteLLM proxy (1 worker)"}
+
+
+def _own(values: dict[str, float], procs: tuple[str, ...]) -> float | None:
+    got = [values[k] for k in procs if k in values]
+    return round(sum(got), 3) if got else None
+
+
+def _r(a: float | None, b: float | None) -> float | None:
+    """``a / b`` to three significant figures (a tiny ratio stays readable, not 0)."""
+    return float(f"{a / b:.3g}") if a is not None and b else None
+
+
+def _peak(steps: list[dict[str, Any]]) -> float | None:
+    return max((m["throughput_rps"] for m in steps if m), default=None)
+
+
+def _at_max(steps: list[dict[str, Any]], rate: float | None) -> dict[str, Any] | None:
+    return next((m for m in steps if m and m["offered_rps"] == rate and not m.get("failed")),
+                None)
+
+
+def kafka_systems(sc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Kafka path's figures per system (floor, turnout): all from this run's steps."""
+    inst, search = sc.get("instant", {}), sc.get("instant", {}).get("search")
+    if not inst.get("steps") or not search or "floor" not in sc:
+        return {}
+    floor_steps = {m["tag"]: m for m in sc["floor"]["steps"]}
+    top = inst["steps"][-1]
+    pair = {"floor": floor_steps.get(top.get("floor_tag")), "turnout": top}
+    ramp = {"floor": search["floor"], "turnout": search["instant"]}
+    fixed = {"floor": [floor_steps[m["floor_tag"]] for m in inst["steps"]
+                       if m.get("floor_tag") in floor_steps], "turnout": inst["steps"]}
+    return {k: _figures(pair[k], ramp[k], fixed[k], KAFKA_PROCS[k], "cpu_ms_per_reply")
+            for k in ("floor", "turnout") if pair[k]}
+
+
+def http_systems(sc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The HTTP path's figures per system (LiteLLM, turnout), from this run's steps."""
+    targets = sc.get("gateway", {}).get("targets", {})
+    out = {}
+    for k in ("litellm", "turnout"):
+        t = targets.get(k)
+        if t and "fixed" in t and "from_run" not in sc.get("gateway", {}):
+            out[k] = _figures(t["fixed"], t, [t["fixed"]], HTTP_PROCS[k], "cpu_ms_per_ok")
+    return out
+
+
+def _figures(at_rate: dict[str, Any], ramp: dict[str, Any], fixed: list[dict[str, Any]],
+             procs: tuple[str, ...], cpu_key: str) -> dict[str, Any]:
+    steps = [*fixed, *ramp["steps"]]
+    best = ramp["max_sustainable_rps"]
+    at_max = _at_max(steps, best)
+    return {
+        "processes": [PROC_NAMES.get(p, p) for p in procs],
+        "max_sustainable_rps": best, "limited_by": ramp["limited_by"],
+        "peak_rps": _peak(steps), "rate": at_rate["offered_rps"],
+        "p50_ms": at_rate["e2e_ms"]["p50"], "p99_ms": at_rate["e2e_ms"]["p99"],
+        "cores": _own(at_rate["cores"], procs), "cpu_ms": _own(at_rate[cpu_key], procs),
+        "cores_at_max": _own(at_max["cores"], procs) if at_max else None,
+        "cpu_ms_at_max": _own(at_max[cpu_key], procs) if at_max else None,
+        "lost": sum(m.get("lost", 0) for m in steps if not m.get("failed")),
+    }
+
+
+def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Like for like, every figure from this run: the Kafka path against the floor, the HTTP
+    path against LiteLLM, each with its processes, cores and CPU per reply, and the ratios."""
+    sc, out = res["scenarios"], []
+    for path, systems, (a, b) in (("Kafka path", kafka_systems(sc), ("turnout", "floor")),
+                                  ("HTTP path", http_systems(sc), ("turnout", "litellm"))):
+        if a in systems and b in systems:
+            x, y = systems[a], systems[b]
+            out.append({"path": path, "systems": {b: y, a: x}, "ratio": {
+                k: _r(x[k], y[k]) for k in ("max_sustainable_rps", "peak_rps", "p50_ms",
+                                            "p99_ms", "cpu_ms", "cpu_ms_at_max")}})
+    return out
+
+
+SYSTEM_LABELS = {"floor": "floor (aiokafka consume → produce)", "turnout": "turnout",
+                 "litellm": "LiteLLM proxy"}
+
+
+def headline_tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    rows = []
+    for h in headline(res):
+        names = list(h["systems"])
+        for name, f in h["systems"].items():
+            rows.append([h["path"], SYSTEM_LABELS[name], " + ".join(f["processes"]),
+                         f["max_sustainable_rps"], f["peak_rps"],
+                         f"{f['p50_ms']} / {f['p99_ms']} at {f['rate']:g}/s", f["cores"],
+                         f["cpu_ms"], f["cores_at_max"], f["cpu_ms_at_max"]])
+        r = h["ratio"]
+        rows.append([h["path"], f"**ratio {names[1]} / {names[0]}**", "",
+                     _xr(r["max_sustainable_rps"]), _xr(r["peak_rps"]),
+                     f"{_xr(r['p50_ms'])} / {_xr(r['p99_ms'])}", "", _xr(r["cpu_ms"]), "",
+                     _xr(r["cpu_ms_at_max"])])
+    if not rows:
+        return []
+    return [(f"Like for like (run {res['run']}: every figure and ratio from this one run)",
+             ["path", "system", "its processes", "max sustainable req/s", "peak replies/s",
+              "p50 / p99 ms", "cores used", "CPU ms/reply", "cores at its max",
+              "CPU ms/reply at its max"], rows)]
+
+
+def _xr(v: float | None) -> str:
+    return f"{v:g}x" if v is not None else "-"
+
+
+def replication_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per cluster and system: sustained rate, p50/p99 at the fixed rate, CPU per reply."""
+    out = []
+    for label, c in rep.get("clusters", {}).items():
+        for name in ("floor", "turnout"):
+            s = c.get(name)
+            if not s:
+                continue
+            ramp = s.get("search") or {"steps": [], "max_sustainable_rps": None,
+                                       "limited_by": "no ramp (--no-search)"}
+            f = _figures(s["fixed"], ramp, [s["fixed"]], KAFKA_PROCS[name], "cpu_ms_per_reply")
+            router = _own(s["fixed"]["cpu_ms_per_reply"], KAFKA_PROCS[name][:1])
+            brokers = s["fixed"]["cpu_ms_per_reply"].get("broker")
+            out.append({"cluster": label, "system": name, **f, "router_cpu_ms": router,
+                        "broker_cpu_ms": brokers, "brokers": len(c.get("brokers", [])),
+                        "topics": c.get("topics", {})})
+    return out
+
+
+def replication_tables(res: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    rep = res["scenarios"].get("replication")
+    if not rep:
+        return []
+    rows, by = [], {}
+    for r in replication_rows(rep):
+        by[(r["cluster"], r["system"])] = r
+        rf = {v.get("replication_factor") for k, v in r["topics"].items() if k != "brokers"}
+        isr = {v.get("min.insync.replicas") for k, v in r["topics"].items() if k != "brokers"}
+        rows.append([r["cluster"], SYSTEM_LABELS[r["system"]],
+                     f"{'/'.join(map(str, sorted(rf)))} / {'/'.join(map(str, sorted(isr)))}",
+                     r["max_sustainable_rps"], r["limited_by"],
+                     f"{r['p50_ms']} / {r['p99_ms']}", r["router_cpu_ms"], r["broker_cpu_ms"],
+                     r["cpu_ms"], r["lost"]])
+    ratio = []
+    for name in ("floor", "turnout"):
+        one, three = by.get(("1 node", name)), by.get(("3 nodes", name))
+        if one and three:
+            ratio.append([SYSTEM_LABELS[name], _xr(_r(three["max_sustainable_rps"],
+                                                     one["max_sustainable_rps"])),
+                          f"{_xr(_r(three['p50_ms'], one['p50_ms']))} / "
+                          f"{_xr(_r(three['p99_ms'], one['p99_ms']))}",
+                          _xr(_r(three["cpu_ms"], one["cpu_ms"]))])
+    rate = rep.get("rate", 0)
+    return [(f"One node vs three (run {res['run']}): turnout (1 worker) and the floor, same run",
+             ["cluster", "system", "topics RF / min ISR", "max sustainable req/s", "stopped by",
+              f"p50 / p99 ms at {rate:g}/s", "router CPU ms/reply", "broker(s) CPU ms/reply",
+              "total CPU ms/reply", "lost"], rows),
+            ("Three nodes / one node", ["system", "max sustainable", "p50 / p99",
+                                        "CPU ms/reply (router + brokers)"], ratio)]
+
+
 def fairness_tables(f: dict[str, Any] | None) -> list[tuple[str, list[str], list[list[Any]]]]:
     """The quiet clients' latency without and with one client far over its limit."""
     if not f or not f.get("steps"):
@@ -637,8 +806,9 @@ def plot(res: dict[str, Any], path: Any) -> bool:
 
 
 def report(res: dict[str, Any], root: Any, args: Any) -> None:
-    ts, hs = tables(res), http_tables(res)
-    print("".join(_text(*t) for t in ts + hs))
+    ts, hs, ls, rs = tables(res), http_tables(res), headline_tables(res), replication_tables(res)
+    print("".join(_text(*t) for t in ts + hs + rs + ls))
+    res["headline"] = headline(res)
     out = root / args.json
     out.write_bytes(orjson.dumps(_merged(res, out), option=orjson.OPT_INDENT_2
                                  | orjson.OPT_NON_STR_KEYS))
@@ -652,7 +822,7 @@ def report(res: dict[str, Any], root: Any, args: Any) -> None:
             f"{m['kernel']}; the broker, worker(s), mock backend and load generator all share "
             "these cores",
             f"- Python {m['python']}, aiokafka {m['aiokafka']}, faust-streaming "
-            f"{m['faust-streaming']}; {m['broker']}"]
+            f"{m['faust-streaming']}; {m['broker']}", *other_load(res)]
     text = docs.read_text() if docs.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
     if "floor" in res["scenarios"]:  # the Kafka path was measured: its section is this run's
         png = docs.parent / "bench-latency.png"
@@ -672,6 +842,14 @@ def report(res: dict[str, Any], root: Any, args: Any) -> None:
             f"\n![HTTP path: latency and throughput vs offered rate]({png.name})\n"
             if plot_http(res, png) else "\n(no plot: matplotlib is not installed in .venv)\n",
             HEND]), after=END)
+    if ls:
+        text = _splice(text, LSTART, LEND, "\n".join([
+            LSTART, *head, f"- results: `{args.json}`", *(_md(*t) for t in ls), LEND]),
+            after="## Results")
+    if rs:
+        text = _splice(text, RSTART, REND, "\n".join([
+            RSTART, *head, f"- results: `{args.json}`", *replication_head(res),
+            *(_md(*t) for t in rs), REND]))
     fair = fairness_tables(res["scenarios"].get("fairness"))
     if fair:
         text = _splice(text, FSTART, FEND, "\n".join([FSTART, *head, *(_md(*t) for t in fair),
@@ -688,6 +866,32 @@ def report(res: dict[str, Any], root: Any, args: Any) -> None:
     print(f"docs: {args.docs}")
 
 
+def _steps(x: Any) -> list[dict[str, Any]]:
+    """Every measured step anywhere in ``x`` (a dict with ``cores`` and ``offered_rps``)."""
+    if isinstance(x, dict):
+        own = [x] if "cores" in x and "offered_rps" in x else []
+        return own + [s for v in x.values() for s in _steps(v)]
+    if isinstance(x, list):
+        return [s for v in x for s in _steps(v)]
+    return []
+
+
+def other_load(res: dict[str, Any]) -> list[str]:
+    """How much of the machine other people's work took during this run's steps."""
+    other = [s["cores"]["other"] for s in _steps(res["scenarios"]) if "other" in s["cores"]]
+    if not other:
+        return []
+    return [f"- **shared machine**: other work (not this benchmark's processes) used "
+            f"{sum(other) / len(other):.2f} cores on average during the {len(other)} measured "
+            f"steps (max {max(other):.2f}) of the {res['machine']['nproc']}; absolute figures "
+            "reflect that, ratios from the same run less so"]
+
+
+def replication_head(res: dict[str, Any]) -> list[str]:
+    return [f"- {label}: {c['bootstrap']}; " + "; ".join(c["status"].splitlines()[:4])
+            for label, c in res["scenarios"]["replication"]["clusters"].items()]
+
+
 def _merged(res: dict[str, Any], path: Any) -> dict[str, Any]:
     """This run's results plus, from the file's earlier results, the scenarios of the path
     (Kafka or HTTP) this run did not measure, each marked ``from_run``: a gateway-only run keeps
@@ -698,7 +902,7 @@ def _merged(res: dict[str, Any], path: Any) -> dict[str, Any]:
         return res
 
     def kind(k: str) -> str:
-        return "http" if k == "gateway" else "kafka"
+        return {"gateway": "http", "replication": "replication"}.get(k, "kafka")
 
     measured = {kind(k) for k in res["scenarios"]}
     keep = {k: {"from_run": old.get("run"), **v} for k, v in old.get("scenarios", {}).items()

@@ -11,7 +11,8 @@ import orjson
 import pytest
 import yaml
 
-from turnout import bench, bench_http, bench_load
+from bench import bench_http, bench_load
+from bench import run as bench
 
 T0 = 1_000.0
 

@@ -1,7 +1,7 @@
 """Measurements on the real local model (docs/local-llm.md; tables in docs/benchmarks.md).
 
-    python -m turnout.bench_local_llm spill  [--rates 0.5,1,2,5,10] [--duration 20]
-    python -m turnout.bench_local_llm stream [--n 20]
+    python -m bench.bench_local_llm spill  [--rates 0.5,1,2,5,10] [--duration 20]
+    python -m bench.bench_local_llm stream [--n 20]
 
 Both start their own llama.cpp server (SmolLM2-135M, ``scripts/local-llm install``
 first), a mock "cloud" (300 ms a call), a worker on ``config/local-llm.yaml`` with a
@@ -388,7 +388,7 @@ async def _wait_gateway(url: str, timeout_s: float = 60) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m turnout.bench_local_llm")
+    p = argparse.ArgumentParser(prog="python -m bench.bench_local_llm")
     p.add_argument("mode", choices=["spill", "stream"])
     p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     p.add_argument("--port", type=int, default=8090, help="llama.cpp; mock +1, gateway +2")

@@ -1,6 +1,6 @@
 """The benchmark's HTTP path: an open-loop OpenAI-style load generator and the LiteLLM baseline.
 
-    python -m turnout.bench_http load --url http://127.0.0.1:8080 --model default \\
+    python -m bench.bench_http load --url http://127.0.0.1:8080 --model default \\
         --rate 50 --duration 10 [--key-env VAR] [--out raw.json]
 
 ``load`` sends ``POST <url>/v1/chat/completions`` number ``i`` at ``t0 + i / rate`` by the wall
@@ -10,7 +10,7 @@ prints one JSON line: sent, ok, errors, ok replies/s over the steady window, lat
 the backend's own time. The API key is read from the environment variable named by
 ``--key-env``, never from the command line.
 
-turnout.bench's ``gateway`` scenario runs it against the mock backend directly, LiteLLM's proxy
+bench.run's ``gateway`` scenario runs it against the mock backend directly, LiteLLM's proxy
 (one worker, in its own virtualenv: ``ensure_litellm``) and turnout's gateway with one worker.
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from turnout import bench_load
+from bench import bench_load
 
 # The newest litellm whose [proxy] extra installs from PyPI on Python 3.11 (checked 2026-11-30:
 # 1.108.8 to 1.110.2 pin litellm-enterprise / litellm-proxy(-extras) versions PyPI does not have).
@@ -265,7 +265,7 @@ def litellm_env(master_key: str) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m turnout.bench_http", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.bench_http", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["load"])
     p.add_argument("--url", required=True, help="the target's base URL (no /v1)")
