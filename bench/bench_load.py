@@ -23,9 +23,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.types import Reply, Request, Timings
-from turnout.backends.fake import openai_response
 from turnout.client import ensure_topics
-from turnout.kafka_admin import client_kwargs as kafka_kwargs
+from turnout.kafka.admin import client_kwargs as kafka_kwargs
+from turnout.testing.fake import openai_response
 
 REPLY_PREFIX = "turnout.replies."
 

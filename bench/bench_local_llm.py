@@ -38,8 +38,8 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.types import Reply, Request, decode_reply_message
-from turnout import local_llm
 from turnout.client import ensure_topics
+from turnout.ops import local_llm
 
 ROOT = pathlib.Path(__file__).parents[1]
 TURNOUT = [sys.executable, "-m", "turnout.cli"]

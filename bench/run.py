@@ -35,7 +35,7 @@ import orjson
 from bench import bench_http, bench_load
 from bench.bench_load import report
 from turnout.client import ensure_topics
-from turnout.kafka_admin import client_kwargs as kafka_kwargs
+from turnout.kafka.admin import client_kwargs as kafka_kwargs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -796,7 +796,7 @@ async def topic_settings(bootstrap: str, topics: list[str]) -> dict[str, Any]:
     """Each topic's replication factor and min.insync.replicas, as the cluster reports them."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from turnout.kafka_admin import KafkaEnv, check_topics
+    from turnout.kafka.admin import KafkaEnv, check_topics
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka_kwargs())
     await admin.start()
