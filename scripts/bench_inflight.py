@@ -40,7 +40,9 @@ class InflightBench(tb.Bench):
         config = self.dir / f"{name}.yaml"
         config.write_text(
             f"backends:\n  - {{id: mock-openai, protocol: openai, base_url: '{url}', "
-            f"models: [echo], max_concurrency: {a.max_concurrency}}}\nroutes:\n  default:\n"
+            f"models: [echo], max_concurrency: {a.max_concurrency}, "
+            # a call as slow as the mock's latency is normal here, not a hang
+            f"hang_after_ms: {int(latency_ms * 2 + 5000)}}}\nroutes:\n  default:\n"
             "    targets: [{backend: mock-openai, model: echo}]\ndefault_route: default\n")
         env = {"KAFKA_BOOTSTRAP": a.bootstrap, "TURNOUT_CONFIG": str(config),
                "TURNOUT_APP_ID": app_id, "TURNOUT_REQUEST_TOPIC": topic,
@@ -48,7 +50,10 @@ class InflightBench(tb.Bench):
                "TURNOUT_DEAD_LETTER_TOPIC": self.dead_letters, "TURNOUT_LOG_FORMAT": "json",
                "TURNOUT_DATA_DIR": str(self.dir / f"data-{name}"),
                "TURNOUT_MAX_IN_FLIGHT": str(a.max_in_flight),
-               "TURNOUT_MAX_WAITING": str(a.max_in_flight)}
+               "TURNOUT_MAX_WAITING": str(a.max_in_flight),
+               # the prober's one-token request takes the mock's latency too
+               "TURNOUT_PROBE_TIMEOUT_S": str(max(5.0, latency_ms / 1000 * 1.5 + 5)),
+               "TURNOUT_PROBE_INTERVAL_S": str(max(5.0, latency_ms / 1000 * 1.5 + 10))}
         proc = self.procs.start(f"{name}-worker0", [tb.PY, "-m", "turnout.cli", "worker"], env)
         return tb.System(name, topic, {"mock": mock, "worker0": proc}, url)
 
