@@ -24,7 +24,7 @@ from streams.settings import Settings
 from streams.tables import ChangelogTable, DoneSweeper, Tables
 from streams.topics import declare
 from turnout import config as config_mod
-from turnout import gcfreeze, logs, outage, tracing
+from turnout import fdlimit, gcfreeze, logs, outage, tracing
 from turnout.backends.http import HttpBackendClient, new_session
 from turnout.batching import FetchBatching
 from turnout.config import Config, Secret
@@ -141,12 +141,22 @@ class Runtime:
         )
         await self._start_web()
         self._regions = await start_region_sync(self._settings, self._config, self.metrics)
+        nofile, _ = fdlimit.raise_for(self._settings.max_in_flight)
         log.info(
             "worker_started",
             request_topic=self._settings.request_topic,
             backends=[b.id for b in self._config.backends],
             max_in_flight=self._settings.max_in_flight,
+            open_files_limit=nofile,
         )
+        if nofile < self._settings.max_in_flight + fdlimit.HEADROOM:
+            log.warning(
+                "open_files_limit_low",
+                limit=nofile,
+                max_in_flight=self._settings.max_in_flight,
+                detail="backend calls past the limit fail: raise the hard limit (ulimit -Hn, "
+                "LimitNOFILE) or lower TURNOUT_MAX_IN_FLIGHT",
+            )
         gcfreeze.freeze("worker_started")
 
     async def _start_web(self) -> None:
