@@ -44,7 +44,8 @@ class InflightBench(tb.Bench):
             f"backends:\n  - {{id: mock-openai, protocol: openai, base_url: '{url}', "
             f"models: [echo], max_concurrency: {a.max_concurrency}, "
             # a call as slow as the mock's latency is normal here, not a hang
-            f"hang_after_ms: {int(latency_ms * 2 + 5000)}}}\nroutes:\n  default:\n"
+            f"hang_after_ms: {int(latency_ms * 2 + 5000)}, "
+            f"timeout_ms: {max(120_000, int(latency_ms * 2 + 10_000))}}}\nroutes:\n  default:\n"
             "    targets: [{backend: mock-openai, model: echo}]\ndefault_route: default\n")
         env = {"KAFKA_BOOTSTRAP": a.bootstrap, "TURNOUT_CONFIG": str(config),
                "TURNOUT_APP_ID": app_id, "TURNOUT_REQUEST_TOPIC": topic,
