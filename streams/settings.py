@@ -65,7 +65,7 @@ class Settings:
     max_in_flight: int = setting(
         "TURNOUT_MAX_IN_FLIGHT",
         16384,
-        "Backend calls in flight per worker; more waits (backpressure). About 23 KB of "
+        "Backend calls in flight per worker; more waits (backpressure). About 26 KB of "
         "worker memory each (docs/ceiling.md).",
     )
     max_waiting: int = setting(
