@@ -32,7 +32,7 @@ from turnout.health.book import HealthBook
 from turnout.health.stats import HealthPolicy
 from turnout.ops.status import LagSampler
 from turnout.settings import Settings
-from turnout.worker import outage
+from turnout.worker import fdlimit, outage
 from turnout.worker.dispatch import Dispatcher
 from turnout.worker.forwarding import Forwarding, start_forwarding
 from turnout.worker.metrics import Metrics
@@ -149,12 +149,22 @@ class Runtime:
             self._settings, self._config, self._regions, publisher
         )
         self._dispatcher.forwarding = self._forwarding
+        nofile, _ = fdlimit.raise_for(self._settings.max_in_flight)
         log.info(
             "worker_started",
             request_topic=self._settings.request_topic,
             backends=[b.id for b in self._config.backends],
             max_in_flight=self._settings.max_in_flight,
+            open_files_limit=nofile,
         )
+        if nofile < self._settings.max_in_flight + fdlimit.HEADROOM:
+            log.warning(
+                "open_files_limit_low",
+                limit=nofile,
+                max_in_flight=self._settings.max_in_flight,
+                detail="backend calls past the limit fail: raise the hard limit (ulimit -Hn, "
+                "LimitNOFILE) or lower TURNOUT_MAX_IN_FLIGHT",
+            )
         gcfreeze.freeze("worker_started")
 
     async def _start_web(self) -> None:

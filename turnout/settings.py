@@ -64,12 +64,13 @@ class Settings:
     )
     max_in_flight: int = setting(
         "TURNOUT_MAX_IN_FLIGHT",
-        4096,
-        "Backend calls in flight per worker; more waits (backpressure).",
+        16384,
+        "Backend calls in flight per worker; more waits (backpressure). About 26 KB of "
+        "worker memory each (docs/ceiling.md).",
     )
     max_waiting: int = setting(
         "TURNOUT_MAX_WAITING",
-        4096,
+        16384,
         "Requests per worker that may wait for backend capacity without holding one of the "
         "TURNOUT_MAX_IN_FLIGHT slots; past that a waiting request keeps its slot.",
     )
