@@ -57,6 +57,14 @@ errors above or into an HTTP answer where it is caught.
   reply's code with ``http_status`` below).
 - ``StreamRestarted`` (gateway): another serve's chunks arrived;
   the gateway ends the stream with a ``stream_restarted`` error event.
+- ``WireError`` (schemas): bytes that are not a valid message; the wire contract
+  imports nothing of turnout, so admission, the gateway and replay translate it into
+  ``InvalidRequest``.
+- ``Spill`` (core.spillover): the chooser's word to the dispatcher that another
+  region should serve; the dispatcher forwards the request.
+- ``NoRegionReachable`` and ``_MarkedDown`` (region_client): the client library's
+  own signals; the first reaches the library's caller (``turnout send --regions``
+  prints it and exits 1), the second never leaves the library.
 
 A message must tell a person what was expected, what arrived, and how to fix it.
 Messages never contain secrets, prompts or responses.
@@ -296,5 +304,16 @@ REPLY_ERRORS: tuple[type[TurnoutError], ...] = (
 )
 """The errors a reply's ``error.code`` can carry (README's error table lists each)."""
 
-OUTSIDE = frozenset({"PublishFailed", "StatusWriteFailed", "EdgeError", "StreamRestarted"})
+OUTSIDE = frozenset(
+    {
+        "PublishFailed",
+        "StatusWriteFailed",
+        "EdgeError",
+        "StreamRestarted",
+        "WireError",
+        "Spill",
+        "NoRegionReachable",
+        "_MarkedDown",
+    }
+)
 """Exception classes kept outside the tree on purpose (the docstring says why)."""

@@ -4,7 +4,7 @@ import resource
 
 import pytest
 
-from turnout import fdlimit
+from turnout.worker import fdlimit
 
 
 @pytest.mark.parametrize(
