@@ -28,6 +28,7 @@ import orjson
 import pytest
 
 from tests.integration.harness import (
+    GatewayProcess,
     MockBackend,
     Worker,
     chat_request,
@@ -47,17 +48,45 @@ CRASH_EU_LATENCY_MS = 15_000
 """eu answers the crash drill slowly, so the killed us worker restarts while they wait."""
 
 
-def config(region: str, url: str) -> str:
+CLOUD_IN = ("ap",)
+"""Every region has a local-tier backend; only these also have a cloud-tier one."""
+
+
+def config(region: str, url: str, cloud_url: str | None = None) -> str:
     others = ", ".join(f"{{region: {o}}}" for o in REGIONS if o != region)
+    cloud = (
+        f"  - {{id: {region}-cloud, protocol: openai, base_url: '{cloud_url}', models: [echo],"
+        " tier: cloud}\n"
+        if cloud_url
+        else ""
+    )
+    cloud_target = f"{{backend: {region}-cloud, model: echo}}, " if cloud_url else ""
     return (
         "backends:\n"
         f"  - {{id: {region}-local, protocol: openai, base_url: '{url}', models: [echo],"
         " max_concurrency: 16, hang_after_ms: 60000}\n"
-        "routes:\n"
+        + cloud
+        + "routes:\n"
         "  chat:\n"
-        f"    targets: [{{backend: {region}-local, model: echo}}, {others}]\n"
+        f"    targets: [{{backend: {region}-local, model: echo}}, {cloud_target}{others}]\n"
+        "    policy: local_first\n"
         "default_route: chat\n"
     )
+
+
+def gateway_chat(url: str, text: str) -> str:
+    """One synchronous chat completion through a region's gateway (the OpenAI API)."""
+    body = orjson.dumps(
+        {"model": "chat", "messages": [{"role": "user", "content": text}]}
+    )
+    req = urllib.request.Request(
+        f"{url}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": "Bearer x"},
+    )
+    with urllib.request.urlopen(req, timeout=90) as r:
+        content: str = orjson.loads(r.read())["choices"][0]["message"]["content"]
+        return content
 
 
 def regions_seen(port: int) -> dict:
@@ -181,20 +210,26 @@ def tally(name: str, ids: list[str], got: dict, sent_at: float) -> dict:
 
 def test_spillover_serves_a_region_whose_backends_die_and_avoids_stale_regions(regions, tmp_path):
     """us's traffic goes to eu when us's backend dies, exactly one final reply per id; a
-    region whose state is stale gets no spillover."""
+    region whose state is stale gets no spillover. Each region runs its own worker,
+    gateway and local backend; only ap also has a cloud-tier backend."""
     started = []
     try:
-        mocks, workers, topics = {}, {}, {}
+        mocks, workers, topics, gateways = {}, {}, {}, {}
         for region in REGIONS:
             mock = MockBackend(tmp_path)
             started.append(mock)
             mocks[region] = mock
+            cloud_url = None
+            if region in CLOUD_IN:
+                cloud = MockBackend(tmp_path)
+                started.append(cloud)
+                cloud_url = cloud.url
             web = free_port()
             app_id = unique(f"sp-{region}")
             topics[region] = unique(f"sp.{region}.requests")
             w = Worker(
                 tmp_path,
-                config(region, mock.url),
+                config(region, mock.url, cloud_url),
                 app_id=app_id,
                 request_topic=topics[region],
                 partitions=2,
@@ -213,6 +248,14 @@ def test_spillover_serves_a_region_whose_backends_die_and_avoids_stale_regions(r
             )
             started.append(w)
             workers[region] = (w, web)
+            gateways[region] = GatewayProcess(
+                tmp_path,
+                config_path=w.config_path,
+                request_topic=topics[region],
+                gateway_id=unique(f"gw-{region}"),
+                extra_env={"KAFKA_BOOTSTRAP": bootstrap(region), "TURNOUT_REGION": region},
+            )
+            started.append(gateways[region])
 
         def fresh_everywhere():
             seen = {r: regions_seen(web) for r, (_, web) in workers.items()}
@@ -258,6 +301,10 @@ def test_spillover_serves_a_region_whose_backends_die_and_avoids_stale_regions(r
             (reply,) = got[rid]
             assert reply.degraded and reply.served_region == "eu" and reply.backend == "eu-local"
             assert reply.body["choices"][0]["message"]["content"] == f"echo: hi {rid}"
+        # The same through us's own gateway, as an application using an SDK would: us has
+        # no backend left, so the answer can only have come from another region.
+        answer = gateway_chat(gateways["us"].url, "hi through the gateway")
+        assert answer == "echo: hi through the gateway", answer
         print(
             f"[spillover] added latency (p50, record to final reply): "
             f"{spill['p50_ms'] - base['p50_ms']} ms ({base['p50_ms']} -> {spill['p50_ms']} ms); "
