@@ -536,3 +536,49 @@ async def test_parking_is_bounded_then_waiting_requests_keep_their_slot():
     await blocked
     await drain(d)
     assert len(pub.replies) == 4 and d._pool.parked == 0
+
+
+async def test_a_replaced_tracker_whose_records_were_cancelled_reads_the_partition_again():
+    """Anchored at 0 before the committed offset (5) was known, the worker took record 5;
+    the re-anchor at 5 cancels it. Nothing may come again on its own (the consumer had
+    handed over every record), so each commit asks to read TP0 again from 5 until a
+    record of it arrives. The rebalance-storm drill stalled partitions without this."""
+    asked: list[tuple[TP, int]] = []
+    pub = RecordingPublisher()
+    d = Dispatcher(
+        settings=Settings(),
+        config=CONFIG,
+        client=ScriptedBackendClient(delay_s=5.0),
+        publisher=pub,
+        refetch=lambda tp, offset: asked.append((tp, offset)),
+    )
+    own(d, anchor=0)
+    await d.submit(TP0, record(5), lambda: None)  # offsets 0-4 look skipped: read again from 0
+    assert asked == [(TP0, 0)]
+    await asyncio.sleep(0.05)
+    d.anchor({TP0: 5})  # the committed offset, known now: the tracker is replaced
+    asked.clear()
+    assert d.committable(TP0) == 5
+    assert d.committable(TP0) == 5
+    assert asked == [(TP0, 5), (TP0, 5)]  # every commit asks until record 5 comes again
+    asked.clear()
+    await d.submit(TP0, record(5), lambda: None)
+    assert d.committable(TP0) == 5
+    assert asked == []
+    await d.stop(grace_s=0.1)
+
+
+async def test_a_re_anchor_that_cancels_nothing_asks_for_no_read_again():
+    """A tracker replaced with nothing in flight: the consumer's own seek covers it."""
+    asked: list[tuple[TP, int]] = []
+    d = Dispatcher(
+        settings=Settings(),
+        config=CONFIG,
+        client=ScriptedBackendClient(),
+        publisher=RecordingPublisher(),
+        refetch=lambda tp, offset: asked.append((tp, offset)),
+    )
+    own(d, anchor=0)
+    d.anchor({TP0: 7})
+    assert d.committable(TP0) == 7
+    assert asked == []

@@ -122,6 +122,9 @@ class Dispatcher:
         """``refetch(tp, offset)`` reads ``tp`` again from ``offset`` (a consumer seek)."""
         self._settings = settings
         self._refetch = refetch
+        self._reread: dict[TP, int] = {}
+        """Partitions whose read records were dropped with a replaced tracker, and the
+        offset to read them again from (see ``anchor``)."""
         self._config = config
         self._client = client
         self._publisher = publisher
@@ -175,6 +178,8 @@ class Dispatcher:
         if tracker is None:
             return None
         first = tracker.first_missing
+        if first is None:
+            first = self._reread.get(tp)
         if first is not None and self._refetch is not None:
             self._refetch(tp, first)
         return tracker.committable
@@ -188,12 +193,17 @@ class Dispatcher:
     def anchor(self, positions: Mapping[TP, int]) -> None:
         """Partitions will be read from these (committed) offsets: track each from there.
 
-        A tracker replaced here was one another owner committed past: its requests
-        were served elsewhere, so they are cancelled.
+        A tracker replaced here was anchored elsewhere: another owner committed past
+        it, or it was anchored before the committed offset was known. Its requests
+        are cancelled, and the partition is read again from the new anchor until a
+        record of it arrives: the consumer may already have handed over every record
+        there is, and without a read-again nothing would ever come to finish them (a
+        stall the rebalance-storm drill found).
         """
         for tp in self._trackers.anchor(positions):
             log.warning("tracker_replaced", partition=tp.partition, committed=positions[tp])
-            self._cancel(tp)
+            if self._cancel(tp):
+                self._reread[tp] = positions[tp]
 
     def assigned(self, tps: Iterable[TP]) -> int:
         """This worker now owns ``tps``: cancel requests of partitions that moved away.
@@ -201,6 +211,8 @@ class Dispatcher:
         Returns how many requests were cancelled; their partitions' new owners serve
         them again.
         """
+        tps = set(tps)
+        self._reread = {tp: o for tp, o in self._reread.items() if tp in tps}
         return sum(self._cancel(tp) for tp in self._trackers.assigned(tps))
 
     def _cancel(self, tp: TP) -> int:
@@ -303,6 +315,7 @@ class Dispatcher:
             ack()
             self.redelivered += 1
             return
+        self._reread.pop(tp, None)  # the partition's records come again
         if tracker.missing > missing:
             # The delivery skipped offsets (records handed over before the seek that
             # follows an assignment, or cancelled by faust during a recovery). They
