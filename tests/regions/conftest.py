@@ -72,3 +72,15 @@ def regions(tmp_path_factory):
         yield regions_cmd
     finally:
         subprocess.run([script, "stop"], env=env, cwd=ROOT, capture_output=True, timeout=180)
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
+    """Poll ``predicate`` until it returns something truthy; fail saying ``what`` if never."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(poll_s)
+    pytest.fail(f"not within {timeout_s:.0f}s: {what} (last: {last})")

@@ -36,7 +36,7 @@ from tests.integration.harness import (
     probing_env,
     unique,
 )
-from tests.regions.conftest import REGIONS, bootstrap
+from tests.regions.conftest import REGIONS, bootstrap, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.regions, pytest.mark.timeout(900)]
 
@@ -95,17 +95,6 @@ def regions_seen(port: int) -> dict:
             return orjson.loads(r.read()).get("regions", {})
     except OSError:
         return {}
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(poll_s)
-    pytest.fail(f"not within {timeout_s:.0f}s: {what} (last: {last})")
 
 
 async def _send(region: str, topic: str, requests) -> float:

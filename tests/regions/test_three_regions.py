@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from tests.integration.harness import ROOT, MockBackend, Worker, config_for, free_port, unique
+from tests.regions.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.regions, pytest.mark.timeout(600)]
 
@@ -48,17 +49,6 @@ def regions_seen(worker_port: int) -> dict:
         return status(worker_port).get("regions", {})
     except OSError:
         return {}
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(poll_s)
-    pytest.fail(f"not within {timeout_s:.0f}s: {what} (last: {last})")
 
 
 def test_every_region_sees_the_others_and_a_silent_region_goes_stale(regions, tmp_path):
