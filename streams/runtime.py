@@ -28,6 +28,7 @@ from turnout import gcfreeze, logs, tracing
 from turnout.backends.http import HttpBackendClient, new_session
 from turnout.config import Config, Secret
 from turnout.core.batching import FetchBatching
+from turnout.core.undelivered import Idle, UndeliveredWatch
 from turnout.health.book import HealthBook
 from turnout.health.stats import HealthPolicy
 from turnout.ops.status import LagSampler
@@ -55,6 +56,7 @@ class Runtime:
         self._prober: Prober | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self._stall_task: asyncio.Task[None] | None = None
+        self._reread_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self.health: HealthBook | None = None
         self._assigned: frozenset[int] | None = None
@@ -134,6 +136,7 @@ class Runtime:
         self._feed_task = asyncio.create_task(feed.run(), name="turnout-health-feed")
         if self._settings.commit_stall_s > 0:
             self._stall_task = asyncio.create_task(self._watch_commits(), name="turnout-stalls")
+        self._reread_task = asyncio.create_task(self._watch_delivery(), name="turnout-delivery")
         sweeper = DoneSweeper(
             done,
             self._owned_done_partitions,
@@ -201,6 +204,45 @@ class Runtime:
             except Exception:  # the watch must not stop watching
                 log.exception("commit_watch_failed")
 
+    async def _watch_delivery(self) -> None:
+        """Every second: partitions whose records did not arrive are read again.
+
+        Those the dispatcher knows it dropped (``Dispatcher.ask_rereads``), and, every
+        other second, those whose commit point sits below the end of the log with
+        nothing of them in flight while slots are free (``UndeliveredWatch``).
+        """
+        watch: UndeliveredWatch[TP] = UndeliveredWatch(
+            after_ms=int(self._settings.undelivered_s * 1000)
+        )
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            dispatcher = self._dispatcher
+            if dispatcher is None:
+                continue
+            dispatcher.ask_rereads()
+            tick += 1
+            if watch.after_ms <= 0 or tick % 2:
+                continue
+            idle = dispatcher.idle() or {}
+            try:
+                ends = await self._app.consumer.highwaters(*idle) if idle else {}
+            except Exception as exc:  # broker away: next round
+                log.debug("log_ends_unknown", error=repr(exc))
+                continue
+            states = {tp: Idle(c, ends[tp]) for tp, c in idle.items() if tp in ends}
+            for r in watch.observe(states, now_ms=int(time.time() * 1000)):
+                log.warning(
+                    "records_not_delivered",
+                    partition=r.partition.partition,
+                    committed=r.offset,
+                    log_end=r.end,
+                    waited_s=round(r.waited_ms / 1000, 1),
+                    detail="nothing of the partition in flight and slots free, yet its "
+                    "records did not arrive: it is read again from its commit point",
+                )
+                self._refetch(r.partition, r.offset)
+
     async def probe_round(self) -> None:
         if self._prober is not None:
             await self._prober.round()
@@ -232,11 +274,11 @@ class Runtime:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
-        for task in (self._feed_task, self._stall_task, self._sweep_task):
+        for task in (self._feed_task, self._stall_task, self._sweep_task, self._reread_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._feed_task = self._stall_task = self._sweep_task = None
+        self._feed_task = self._stall_task = self._sweep_task = self._reread_task = None
         if self._dispatcher is not None:
             await self._dispatcher.stop(grace_s=0)
         if self._client is not None:

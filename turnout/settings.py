@@ -97,6 +97,13 @@ class Settings:
         "done (and the record holding it is past its deadline) logs commit_stalled and sets "
         "turnout_commit_stalled_seconds. 0: off.",
     )
+    undelivered_s: float = setting(
+        "TURNOUT_UNDELIVERED_S",
+        5.0,
+        "A partition whose commit point sits below the end of its log this long, with nothing "
+        "of it in flight and free slots, is read again from that point (logs "
+        "records_not_delivered). 0: off.",
+    )
     default_timeout_ms: int = setting(
         "TURNOUT_DEFAULT_TIMEOUT_MS", 300_000, "Deadline of a request that names none."
     )

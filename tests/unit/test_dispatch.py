@@ -568,6 +568,72 @@ async def test_a_replaced_tracker_whose_records_were_cancelled_reads_the_partiti
     await d.stop(grace_s=0.1)
 
 
+async def test_records_handed_over_before_the_anchor_are_read_again_from_it():
+    """faust resumes a partition, then seeks it: record 50 reached the worker after the
+    assignment and before the anchor (no tracker: dropped). Once anchored at 50, every
+    commit asks to read it again until it comes; a drop below the anchor asks nothing.
+    A request sent right after a worker restart waited in Kafka without this."""
+    asked: list[tuple[TP, int]] = []
+    d = Dispatcher(
+        settings=Settings(),
+        config=CONFIG,
+        client=ScriptedBackendClient(),
+        publisher=RecordingPublisher(),
+        refetch=lambda tp, offset: asked.append((tp, offset)),
+    )
+    tp1 = TP(TP0.topic, 1)
+    d.assigned({TP0, tp1})
+    await d.submit(TP0, record(51), lambda: None)
+    await d.submit(TP0, record(50), lambda: None)
+    await d.submit(tp1, record(3), lambda: None)
+    assert d.stale == 3 and asked == []
+    d.anchor({TP0: 50, tp1: 7})  # tp1's record 3 is below its anchor: done elsewhere
+    d.ask_rereads()  # faust commits no partition that acked nothing: the runtime asks
+    assert asked == [(TP0, 50)]
+    assert d.committable(TP0) == 50 and d.committable(tp1) == 7
+    assert asked == [(TP0, 50), (TP0, 50)]
+    asked.clear()
+    await d.submit(TP0, record(50), lambda: None)
+    await drain(d)
+    d.ask_rereads()
+    assert d.committable(TP0) == 51 and asked == []
+    await d.stop(grace_s=0.1)
+
+
+async def test_idle_lists_partitions_with_nothing_in_flight_while_slots_are_free():
+    d, _ = make(ScriptedBackendClient(delay_s=5.0), max_in_flight=2)
+    tp1 = TP(TP0.topic, 1)
+    d.assigned({TP0, tp1})
+    d.anchor({tp1: 3})
+    assert d.idle() == {TP0: 0, tp1: 3}
+    await d.submit(TP0, record(0), lambda: None)
+    assert d.idle() == {tp1: 3}
+    await d.submit(tp1, record(3), lambda: None)
+    assert d.idle() is None  # every slot taken: records may be waiting for one
+    await d.stop(grace_s=0)
+
+
+async def test_a_drop_before_a_revoke_is_forgotten():
+    """A partition dropped before it moved away asks nothing when it comes back later
+    and is anchored past the dropped record."""
+    asked: list[tuple[TP, int]] = []
+    d = Dispatcher(
+        settings=Settings(),
+        config=CONFIG,
+        client=ScriptedBackendClient(),
+        publisher=RecordingPublisher(),
+        refetch=lambda tp, offset: asked.append((tp, offset)),
+    )
+    d.assigned({TP0})
+    await d.submit(TP0, record(5), lambda: None)
+    d.assigned(set())
+    d.assigned({TP0})
+    d.anchor({TP0: 0})
+    d.ask_rereads()
+    assert d.committable(TP0) == 0 and asked == []
+    await d.stop(grace_s=0.1)
+
+
 async def test_a_re_anchor_that_cancels_nothing_asks_for_no_read_again():
     """A tracker replaced with nothing in flight: the consumer's own seek covers it."""
     asked: list[tuple[TP, int]] = []

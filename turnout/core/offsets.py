@@ -187,6 +187,9 @@ class Trackers:
     def get(self, tp: Any) -> OffsetTracker | None:
         return self._trackers.get(tp)
 
+    def items(self) -> list[tuple[Any, OffsetTracker]]:
+        return list(self._trackers.items())
+
     def committable(self, tp: Any) -> int | None:
         tracker = self._trackers.get(tp)
         return None if tracker is None else tracker.committable

@@ -125,6 +125,9 @@ class Dispatcher:
         self._reread: dict[TP, int] = {}
         """Partitions whose read records were dropped with a replaced tracker, and the
         offset to read them again from (see ``anchor``)."""
+        self._unanchored: dict[TP, int] = {}
+        """Per partition, the lowest offset dropped because it came before the partition
+        was anchored (see ``anchor``)."""
         self._config = config
         self._client = client
         self._publisher = publisher
@@ -184,6 +187,33 @@ class Dispatcher:
             self._refetch(tp, first)
         return tracker.committable
 
+    def ask_rereads(self) -> None:
+        """Ask again to read each partition waiting for a read-again (see ``anchor``).
+
+        ``committable`` asks on every commit, but faust commits only partitions that
+        acked a record since their assignment: one whose only records were dropped
+        before its anchor never has. The runtime calls this every second.
+        """
+        if self._refetch is None:
+            return
+        for tp, offset in list(self._reread.items()):
+            if self._trackers.get(tp) is not None:
+                self._refetch(tp, offset)
+
+    def idle(self) -> dict[TP, int] | None:
+        """The commit points of owned partitions with nothing in flight here.
+
+        None while every slot is taken: records may then be waiting for one, and a
+        partition with nothing in flight is not a sign of anything.
+        """
+        if self._slots.locked():
+            return None
+        return {
+            tp: tracker.committable
+            for tp, tracker in self._trackers.items()
+            if tracker.in_flight == 0 and tracker.committable is not None
+        }
+
     def pin(self, tp: TP, offset: int) -> None:
         """Hold ``offset`` unfinished: its partition commits no further until reassigned."""
         tracker = self._trackers.get(tp)
@@ -199,11 +229,25 @@ class Dispatcher:
         record of it arrives: the consumer may already have handed over every record
         there is, and without a read-again nothing would ever come to finish them (a
         stall the rebalance-storm drill found).
+
+        Records of a partition handed over after its assignment and before this anchor
+        (faust resumes the partitions, then seeks) were dropped as not owned; they are
+        read again from the anchor the same way. Without that, a request sent right
+        after a worker restart sat unserved in Kafka until the next rebalance (the
+        cache-affinity test, after the broker-outage drill).
         """
         for tp in self._trackers.anchor(positions):
             log.warning("tracker_replaced", partition=tp.partition, committed=positions[tp])
             if self._cancel(tp):
                 self._reread[tp] = positions[tp]
+        for tp, position in positions.items():
+            dropped = self._unanchored.pop(tp, None)
+            if dropped is not None and dropped >= position:
+                log.warning(
+                    "records_before_anchor", partition=tp.partition, offset=dropped,
+                    refetch_from=position,
+                )  # fmt: skip
+                self._reread[tp] = position
 
     def assigned(self, tps: Iterable[TP]) -> int:
         """This worker now owns ``tps``: cancel requests of partitions that moved away.
@@ -213,6 +257,7 @@ class Dispatcher:
         """
         tps = set(tps)
         self._reread = {tp: o for tp, o in self._reread.items() if tp in tps}
+        self._unanchored = {tp: o for tp, o in self._unanchored.items() if tp in tps}
         return sum(self._cancel(tp) for tp in self._trackers.assigned(tps))
 
     def _cancel(self, tp: TP) -> int:
@@ -305,8 +350,13 @@ class Dispatcher:
             # Read under an earlier assignment (it waited for a slot across a
             # rebalance), and its partition is not this worker's now: its owner reads
             # it again from the committed offset. Serving it here could commit nothing.
+            # Or it came after this worker was given the partition and before the
+            # partition was anchored: ``anchor`` then reads it again.
             self._slots.release()
             self.stale += 1
+            dropped = self._unanchored.get(tp)
+            if dropped is None or record.offset < dropped:
+                self._unanchored[tp] = record.offset
             log.info("record_not_owned", partition=record.partition, offset=record.offset)
             return
         missing = tracker.missing
