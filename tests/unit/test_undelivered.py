@@ -53,7 +53,7 @@ def test_a_reread_is_asked_only_after_a_whole_wait_at_one_point(rounds):
         out = w.observe({p: Idle(committed, end)}, now_ms=now)
         for r in out:
             assert r.partition == p and r.offset == committed < end == r.end
-            point, since = first_seen[p]
+            _, since = first_seen[p]
             assert now - since >= after and r.waited_ms == now - since
             assert now - last_ask.get(p, since) >= after
             last_ask[p] = now
