@@ -19,12 +19,13 @@ backend cannot continue them; their first-byte and stall timeouts cut them inste
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import random
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
 
@@ -85,6 +86,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class Woken(NamedTuple):
+    """How a wait for capacity ended: woken (or timed out), and the baton of a freed unit."""
+
+    woken: bool
+    baton: int | None
+
+
 class Chooser:
     def __init__(
         self,
@@ -107,7 +115,7 @@ class Chooser:
         self._latency_ms: dict[str, float] = {}
         self._latency_at: dict[str, int] = {}
         self._turn = 0
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[int | None]]] = []
         self._waiter_seq = 0
         self._rate_limits: dict[str, ClientLimits] = {}
         self._rate_state: dict[str, ClientState | None] = {}
@@ -152,7 +160,7 @@ class Chooser:
             self._calls.pop(token, None)
             self._abandoned.discard(token)
             self.health.call_ended(backend_id, token)
-        self.wake()
+        self._release(None)
 
     def abandoned(self, token: int) -> bool:
         """Whether ``health_changed`` cancelled this call (once: the flag is consumed)."""
@@ -220,20 +228,51 @@ class Chooser:
                 fut.set_result(None)
                 self._woken[-neg_priority] += 1
 
-    async def wait_for_change(self, priority: int, timeout_s: float) -> bool:
-        """Wait for a wake (True) or ``timeout_s`` (False)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _release(self, baton: int | None) -> None:
+        """One unit of capacity freed: wake the most urgent, oldest waiter, and only it.
+
+        Waking every waiter for each finished call made all of them look and all but
+        one wait again: with thousands waiting, most of the worker's time went there.
+        The waiter woken holds a *baton*, the last waiter number when the unit freed.
+        If it cannot take the unit (another route, a rate cap, its deadline), it
+        passes the baton to the next waiter queued before that number, so the unit
+        reaches everyone who could use it, and each of them at most once.
+        ``baton=None``: a new unit (every waiter queued so far may take it).
+        """
+        bound = self._waiter_seq if baton is None else baton
+        waiters, later = self._waiters, []
+        while waiters:
+            waiter = heapq.heappop(waiters)  # most urgent, then oldest
+            neg_priority, seq, fut = waiter
+            if fut.done():  # timed out or cancelled: gone
+                continue
+            if seq > bound:  # queued after the unit freed: it had its look
+                later.append(waiter)
+                continue
+            fut.set_result(bound)
+            self._woken[-neg_priority] += 1
+            break
+        for waiter in later:
+            heapq.heappush(waiters, waiter)
+
+    async def wait_for_change(self, priority: int, timeout_s: float) -> Woken:
+        """Wait for a wake or ``timeout_s``: whether woken, and the baton if one came."""
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._waiter_seq += 1
-        self._waiters.append((-priority, self._waiter_seq, fut))
+        heapq.heappush(self._waiters, (-priority, self._waiter_seq, fut))
         try:
             await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             pass
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.result() is not None:
+                self._release(fut.result())  # the unit it was woken for goes on
+            raise
         finally:
             woken = fut.done() and not fut.cancelled()
             if woken:
                 self._woken[priority] -= 1  # resumed: no longer owed a first look
-        return woken
+        return Woken(woken, fut.result() if woken else None)
 
     async def _after_woken(self, priority: int) -> None:
         """Let waiters that a wake released, at least as urgent as us, look first.
@@ -348,82 +387,92 @@ class Chooser:
         fallbacks = (self._config.route(f) for f in job.route.fallbacks)
         routes = [job.route, *(r for r in fallbacks if r is not None)]
         woken = False
-        while True:
-            if not woken:  # a newcomer, or a timeout: woken waiters look first
-                await self._after_woken(job.priority)
-            now = _now_ms()
-            down_now = self.health.unroutable(now)
-            too_slow = self._too_slow(routes, job.deadline_ms - now) - down_now
-            unroutable = down_now | too_slow
-            tokens = job.prompt_tokens + estimate_completion_tokens(req.body, kind=req.kind)
-            rate_blocked, refill_s = self._rate_blocked(tokens, now)
-            wanted = RouteRequest(
-                kind=req.kind,
-                client_id=req.client_id,
-                priority=job.priority,
-                metadata=req.metadata,
-                prompt_tokens=job.prompt_tokens,
-                remaining_ms=job.deadline_ms - now,
-                tiers=job.tiers,
-            )
-            for i, route in enumerate(routes):
-                # Probation backends get a trickle; if nothing else can serve, they serve.
-                for excluded in (
-                    unroutable | rate_blocked | self.health.held_back(self._rng),
-                    unroutable | rate_blocked,
-                ):
-                    snapshot = Snapshot(
-                        self.backends,
-                        self._in_flight,
-                        excluded=excluded,
-                        turn=self._turn,
-                        latency_ms=self._latency_view(now),
-                        latency_due=frozenset(b for b in self._latency_ms if self._due(b, now)),
-                    )
-                    decision = decide(
-                        route,
-                        snapshot,
-                        wanted,
-                        tried=tried,
-                        rng=self._rng,
-                        prefer=prefer if i == 0 else None,
-                    )
-                    if decision is not None:
-                        self._turn += 1
-                        self._charge_backend(decision.backend, tokens, now)
-                        return decision, i > 0
-            if spill is not None:
-                self._spill_if_hopeless(job, routes, tried, down_now | too_slow, now, spill)
-            if too_slow:
-                # Hopeless if every live target is too slow, or only slowness stands in
-                # the way: waiting longer only leaves less time.
-                alive = {t.backend for r in routes for t in r.targets} - down_now
-                if alive <= too_slow or self._could_serve(routes, wanted, tried, down_now):
-                    raise self._cannot_finish(job, too_slow, wanted.remaining_ms)
-            remaining_s = (job.deadline_ms - _now_ms()) / 1000
-            if remaining_s <= 0:
-                targets = dict.fromkeys(t.backend for r in routes for t in r.targets)
-                down = [b for b in targets if b in down_now]
-                why = (
-                    self.health.describe(down, now)
-                    if down
-                    else "all at their concurrency or rate limits"
+        baton: int | None = None
+        """A freed unit this request was woken for (see ``_release``); passed on if unused."""
+        try:
+            while True:
+                if not woken:  # a newcomer, or a timeout: woken waiters look first
+                    await self._after_woken(job.priority)
+                now = _now_ms()
+                down_now = self.health.unroutable(now)
+                too_slow = self._too_slow(routes, job.deadline_ms - now) - down_now
+                unroutable = down_now | too_slow
+                tokens = job.prompt_tokens + estimate_completion_tokens(req.body, kind=req.kind)
+                rate_blocked, refill_s = self._rate_blocked(tokens, now)
+                wanted = RouteRequest(
+                    kind=req.kind,
+                    client_id=req.client_id,
+                    priority=job.priority,
+                    metadata=req.metadata,
+                    prompt_tokens=job.prompt_tokens,
+                    remaining_ms=job.deadline_ms - now,
+                    tiers=job.tiers,
                 )
-                raise DeadlineExceeded(
-                    f"no backend of route {job.route_name!r} could serve before the deadline: "
-                    f"{why}; retry later or with a longer timeout_ms",
-                    retry_after_ms=self.advice_ms(job, health_bound=bool(down)),
-                )
-            # Capacity and health changes wake waiters; a refilling rate cap does not.
-            parked = parking is not None and parking.park()
-            try:
-                # With regions to spill to, look again at least every second.
-                wait_s = min(remaining_s, refill_s, SPILL_RECHECK_S if spill else math.inf)
-                woken = await self.wait_for_change(job.priority, wait_s)
-            finally:
-                if parked:
-                    assert parking is not None
-                    await parking.unpark()
+                for i, route in enumerate(routes):
+                    # Probation backends get a trickle; if nothing else can serve, they serve.
+                    for excluded in (
+                        unroutable | rate_blocked | self.health.held_back(self._rng),
+                        unroutable | rate_blocked,
+                    ):
+                        snapshot = Snapshot(
+                            self.backends,
+                            self._in_flight,
+                            excluded=excluded,
+                            turn=self._turn,
+                            latency_ms=self._latency_view(now),
+                            latency_due=frozenset(b for b in self._latency_ms if self._due(b, now)),
+                        )
+                        decision = decide(
+                            route,
+                            snapshot,
+                            wanted,
+                            tried=tried,
+                            rng=self._rng,
+                            prefer=prefer if i == 0 else None,
+                        )
+                        if decision is not None:
+                            self._turn += 1
+                            self._charge_backend(decision.backend, tokens, now)
+                            baton = None  # the unit is taken
+                            return decision, i > 0
+                if spill is not None:
+                    self._spill_if_hopeless(job, routes, tried, down_now | too_slow, now, spill)
+                if too_slow:
+                    # Hopeless if every live target is too slow, or only slowness stands in
+                    # the way: waiting longer only leaves less time.
+                    alive = {t.backend for r in routes for t in r.targets} - down_now
+                    if alive <= too_slow or self._could_serve(routes, wanted, tried, down_now):
+                        raise self._cannot_finish(job, too_slow, wanted.remaining_ms)
+                remaining_s = (job.deadline_ms - _now_ms()) / 1000
+                if remaining_s <= 0:
+                    targets = dict.fromkeys(t.backend for r in routes for t in r.targets)
+                    down = [b for b in targets if b in down_now]
+                    why = (
+                        self.health.describe(down, now)
+                        if down
+                        else "all at their concurrency or rate limits"
+                    )
+                    raise DeadlineExceeded(
+                        f"no backend of route {job.route_name!r} could serve before the deadline: "
+                        f"{why}; retry later or with a longer timeout_ms",
+                        retry_after_ms=self.advice_ms(job, health_bound=bool(down)),
+                    )
+                if baton is not None:  # the unit is not for this request: the next looks
+                    self._release(baton)
+                    baton = None
+                # Capacity and health changes wake waiters; a refilling rate cap does not.
+                parked = parking is not None and parking.park()
+                try:
+                    # With regions to spill to, look again at least every second.
+                    wait_s = min(remaining_s, refill_s, SPILL_RECHECK_S if spill else math.inf)
+                    woken, baton = await self.wait_for_change(job.priority, wait_s)
+                finally:
+                    if parked:
+                        assert parking is not None
+                        await parking.unpark()
+        finally:
+            if baton is not None:  # not taken (deadline, spill, cancelled): the next looks
+                self._release(baton)
 
     def _spill_if_hopeless(
         self,
