@@ -5,6 +5,7 @@ fake backend and a producer that takes every record at once.
 
     .venv/bin/python -m bench.profile_dispatch            # CPU µs per request, 3 runs
     .venv/bin/python -m bench.profile_dispatch --profile  # and cProfile's top functions
+    .venv/bin/python -m bench.profile_dispatch --cap 16 --call-ms 1  # a cap that binds: ~240 wait
 
 Figures are process CPU time (time.process_time), so other work on the machine changes
 them far less than wall-clock rates. What it leaves out is the I/O around it: aiokafka's
@@ -29,7 +30,6 @@ import structlog
 from faust.types import TP
 
 from schemas.types import Request
-from streams.tables import MemoryTable
 from turnout import config as cfg
 from turnout import logs, tracing
 from turnout.core.admission import Record
@@ -37,11 +37,12 @@ from turnout.settings import Settings
 from turnout.testing.fake import ScriptedBackendClient
 from turnout.worker.dispatch import Dispatcher
 from turnout.worker.publisher import Publisher
+from turnout.worker.state import MemoryTable
 
 CONFIG = """
 backends:
   - {id: mock-openai, protocol: openai, base_url: "http://127.0.0.1:1", models: [echo],
-     max_concurrency: 16384}
+     max_concurrency: CAP}
 routes:
   default: {targets: [{backend: mock-openai, model: echo}]}
 default_route: default
@@ -85,11 +86,13 @@ def records(n: int, run: str) -> list[Record]:
     return out
 
 
-async def one_run(n: int, run: str, profile: cProfile.Profile | None) -> float:
+async def one_run(
+    n: int, run: str, profile: cProfile.Profile | None, cap: int = 16384, call_ms: float = 0.0
+) -> float:
     settings = Settings.from_env({"TURNOUT_REQUEST_TOPIC": TOPIC})
-    config = cfg.loads(CONFIG, env={})
+    config = cfg.loads(CONFIG.replace("CAP", str(cap)), env={})
     d = Dispatcher(settings=settings, config=config,
-                   client=tracing.TracedClient(ScriptedBackendClient()),
+                   client=tracing.TracedClient(ScriptedBackendClient(delay_s=call_ms / 1000)),
                    publisher=Publisher(_App(), settings),  # type: ignore[arg-type]
                    done=MemoryTable(), buckets=MemoryTable())
     d.assigned({TP0})
@@ -123,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--cap", type=int, default=16384,
+                   help="the backend's max_concurrency; below 256 requests wait for it")
+    p.add_argument("--call-ms", type=float, default=0.0,
+                   help="each backend call's duration (an instant one never holds the cap)")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--json", default="", help="append the result as a JSON line to this file")
     a = p.parse_args(argv)
@@ -130,12 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure("info", "json")
     devnull = open(os.devnull, "wb")
     structlog.configure(logger_factory=structlog.BytesLoggerFactory(devnull))
-    us = [asyncio.run(one_run(a.n, f"r{i}", None)) for i in range(a.runs)]
-    out: dict[str, Any] = {"n": a.n, "cpu_us_per_request": [round(u, 1) for u in us]}
-    print(f"turnout's request path, no I/O: CPU µs per request {out['cpu_us_per_request']}")
+    us = [asyncio.run(one_run(a.n, f"r{i}", None, a.cap, a.call_ms)) for i in range(a.runs)]
+    out: dict[str, Any] = {"n": a.n, "cap": a.cap, "call_ms": a.call_ms,
+                           "cpu_us_per_request": [round(u, 1) for u in us]}  # fmt: skip
+    print(f"turnout's request path, no I/O, backend cap {a.cap}, calls of {a.call_ms} ms: "
+          f"CPU µs per request {out['cpu_us_per_request']}")
     if a.profile:
         prof = cProfile.Profile()
-        asyncio.run(one_run(a.n, "prof", prof))
+        asyncio.run(one_run(a.n, "prof", prof, a.cap, a.call_ms))
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(a.top)
         print(s.getvalue())
