@@ -56,7 +56,7 @@ class Runtime:
         self._prober: Prober | None = None
         self._feed_task: asyncio.Task[None] | None = None
         self._stall_task: asyncio.Task[None] | None = None
-        self._reread_task: asyncio.Task[None] | None = None
+        self._delivery_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self.health: HealthBook | None = None
         self._assigned: frozenset[int] | None = None
@@ -136,7 +136,7 @@ class Runtime:
         self._feed_task = asyncio.create_task(feed.run(), name="turnout-health-feed")
         if self._settings.commit_stall_s > 0:
             self._stall_task = asyncio.create_task(self._watch_commits(), name="turnout-stalls")
-        self._reread_task = asyncio.create_task(self._watch_delivery(), name="turnout-delivery")
+        self._delivery_task = asyncio.create_task(self._watch_delivery(), name="turnout-delivery")
         sweeper = DoneSweeper(
             done,
             self._owned_done_partitions,
@@ -274,11 +274,11 @@ class Runtime:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
-        for task in (self._feed_task, self._stall_task, self._sweep_task, self._reread_task):
+        for task in (self._feed_task, self._stall_task, self._sweep_task, self._delivery_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._feed_task = self._stall_task = self._sweep_task = self._reread_task = None
+        self._feed_task = self._stall_task = self._sweep_task = self._delivery_task = None
         if self._dispatcher is not None:
             await self._dispatcher.stop(grace_s=0)
         if self._client is not None:

@@ -77,6 +77,19 @@ def make(client, anchor=0, **settings):
     return d, pub
 
 
+def refetching(client):
+    """A dispatcher whose read-again requests are recorded, in the order asked."""
+    asked: list[tuple[TP, int]] = []
+    d = Dispatcher(
+        settings=Settings(),
+        config=CONFIG,
+        client=client,
+        publisher=RecordingPublisher(),
+        refetch=lambda tp, offset: asked.append((tp, offset)),
+    )
+    return d, asked
+
+
 async def drain(d):
     """Wait until every submitted request has finished."""
     await d.stop(grace_s=30)
@@ -543,15 +556,7 @@ async def test_a_replaced_tracker_whose_records_were_cancelled_reads_the_partiti
     the re-anchor at 5 cancels it. Nothing may come again on its own (the consumer had
     handed over every record), so each commit asks to read TP0 again from 5 until a
     record of it arrives. The rebalance-storm drill stalled partitions without this."""
-    asked: list[tuple[TP, int]] = []
-    pub = RecordingPublisher()
-    d = Dispatcher(
-        settings=Settings(),
-        config=CONFIG,
-        client=ScriptedBackendClient(delay_s=5.0),
-        publisher=pub,
-        refetch=lambda tp, offset: asked.append((tp, offset)),
-    )
+    d, asked = refetching(ScriptedBackendClient(delay_s=5.0))
     own(d, anchor=0)
     await d.submit(TP0, record(5), lambda: None)  # offsets 0-4 look skipped: read again from 0
     assert asked == [(TP0, 0)]
@@ -573,14 +578,7 @@ async def test_records_handed_over_before_the_anchor_are_read_again_from_it():
     assignment and before the anchor (no tracker: dropped). Once anchored at 50, every
     commit asks to read it again until it comes; a drop below the anchor asks nothing.
     A request sent right after a worker restart waited in Kafka without this."""
-    asked: list[tuple[TP, int]] = []
-    d = Dispatcher(
-        settings=Settings(),
-        config=CONFIG,
-        client=ScriptedBackendClient(),
-        publisher=RecordingPublisher(),
-        refetch=lambda tp, offset: asked.append((tp, offset)),
-    )
+    d, asked = refetching(ScriptedBackendClient())
     tp1 = TP(TP0.topic, 1)
     d.assigned({TP0, tp1})
     await d.submit(TP0, record(51), lambda: None)
@@ -616,14 +614,7 @@ async def test_idle_lists_partitions_with_nothing_in_flight_while_slots_are_free
 async def test_a_drop_before_a_revoke_is_forgotten():
     """A partition dropped before it moved away asks nothing when it comes back later
     and is anchored past the dropped record."""
-    asked: list[tuple[TP, int]] = []
-    d = Dispatcher(
-        settings=Settings(),
-        config=CONFIG,
-        client=ScriptedBackendClient(),
-        publisher=RecordingPublisher(),
-        refetch=lambda tp, offset: asked.append((tp, offset)),
-    )
+    d, asked = refetching(ScriptedBackendClient())
     d.assigned({TP0})
     await d.submit(TP0, record(5), lambda: None)
     d.assigned(set())
@@ -636,14 +627,7 @@ async def test_a_drop_before_a_revoke_is_forgotten():
 
 async def test_a_re_anchor_that_cancels_nothing_asks_for_no_read_again():
     """A tracker replaced with nothing in flight: the consumer's own seek covers it."""
-    asked: list[tuple[TP, int]] = []
-    d = Dispatcher(
-        settings=Settings(),
-        config=CONFIG,
-        client=ScriptedBackendClient(),
-        publisher=RecordingPublisher(),
-        refetch=lambda tp, offset: asked.append((tp, offset)),
-    )
+    d, asked = refetching(ScriptedBackendClient())
     own(d, anchor=0)
     d.anchor({TP0: 7})
     assert d.committable(TP0) == 7
