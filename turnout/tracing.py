@@ -18,8 +18,11 @@ Attributes follow the GenAI semantic conventions (``gen_ai.operation.name``,
 ``gen_ai.usage.cached_input_tokens``) plus ``turnout.*`` ids. Prompts and
 answers are never attributes.
 
-Export is off by default: only the OpenTelemetry API is used, whose spans cost
-nearly nothing and still carry an incoming ``traceparent`` through unchanged.
+Export is off by default: only the OpenTelemetry API is used, and an incoming
+``traceparent`` is still carried through unchanged. With no SDK behind the tracer,
+a span would record nothing and carry only its parent's context, so none is made
+(``silent``): the request path then spends nothing on spans, which was some 13%
+of turnout's own CPU per request (docs/ceiling.md).
 ``TURNOUT_OTLP_ENDPOINT`` (e.g. ``http://127.0.0.1:4318/v1/traces``) turns on
 the SDK with an OTLP/HTTP exporter (``pip install turnout[otel]``); tests
 install an in-memory exporter with ``install``.
@@ -28,6 +31,7 @@ install an in-memory exporter with ``install``.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -73,6 +77,24 @@ def configure(service_name: str, endpoint: str) -> bool:
     return True
 
 
+def silent() -> bool:
+    """No SDK behind turnout's tracer: every span would be a no-op carrying its parent.
+
+    True for the API's default (a proxy while no provider is set, or the no-op
+    tracer); False once ``install``/``configure`` or anyone else sets a provider.
+    It reads the API's global directly: ``trace.get_tracer_provider()`` looks up an
+    environment variable on every call, which cost more than the spans it spares
+    (``test_an_sdk_provider_set_globally_turns_spans_on`` pins this down).
+    """
+    if isinstance(_tracer, trace.ProxyTracer):
+        return getattr(trace, "_TRACER_PROVIDER", None) is None
+    return isinstance(_tracer, trace.NoOpTracer)
+
+
+if os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"):
+    trace.get_tracer_provider()  # a provider named in the environment is loaded on first ask
+
+
 # -- carrying the context ----------------------------------------------------------------------
 
 
@@ -105,6 +127,9 @@ def inject(headers: MutableMapping[str, str]) -> None:
 
 @contextlib.contextmanager
 def span(name: str, **attributes: Any) -> Iterator[trace.Span]:
+    if silent():  # a no-op child would carry exactly its parent's context
+        yield trace.get_current_span()
+        return
     with _tracer.start_as_current_span(name, attributes=_clean(attributes)) as s:
         yield s
 
@@ -112,6 +137,9 @@ def span(name: str, **attributes: Any) -> Iterator[trace.Span]:
 @contextlib.contextmanager
 def accept_span(http_headers: Mapping[str, str], request: Any) -> Iterator[trace.Span]:
     """The gateway's accept, continuing the caller's trace if it sent one."""
+    if silent() and not any(http_headers.get(k) for k in HEADERS):
+        yield trace.INVALID_SPAN
+        return
     with _tracer.start_as_current_span(
         "turnout.gateway.accept",
         context=extract(http_headers),
@@ -125,6 +153,9 @@ def accept_span(http_headers: Mapping[str, str], request: Any) -> Iterator[trace
 def request_span(trace_headers: Mapping[str, str], request: Any, *, enqueued_ms: int,
                  picked_ms: int) -> Iterator[trace.Span]:  # fmt: skip
     """The worker's span for one request, with its time in the topic as a child span."""
+    if not trace_headers and silent():  # nothing to record and no caller's trace to carry
+        yield trace.INVALID_SPAN
+        return
     with _tracer.start_as_current_span(
         "turnout.request",
         context=extract(trace_headers),
@@ -208,6 +239,10 @@ class TracedClient:
 
     async def call(self, backend: Any, *, kind: Any, model: str, body: Mapping[str, Any],
                    timeout_s: float, **limits: Any) -> dict[str, Any]:  # fmt: skip
+        if silent():
+            return await self._inner.call(  # type: ignore[no-any-return]
+                backend, kind=kind, model=model, body=body, timeout_s=timeout_s, **limits
+            )
         name = f"{_OPERATION.get(kind, kind)} {model}"
         attrs = self._attributes(backend, kind, model)
         with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attrs) as s:
@@ -223,6 +258,12 @@ class TracedClient:
 
     async def stream(self, backend: Any, *, kind: Any, model: str, body: Mapping[str, Any],
                      timeout_s: float, **limits: Any) -> AsyncIterator[dict[str, Any]]:  # fmt: skip
+        if silent():
+            async for chunk in self._inner.stream(
+                backend, kind=kind, model=model, body=body, timeout_s=timeout_s, **limits
+            ):
+                yield chunk
+            return
         name = f"{_OPERATION.get(kind, kind)} {model}"
         attrs = self._attributes(backend, kind, model)
         with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attrs) as s:

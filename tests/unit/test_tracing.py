@@ -110,3 +110,62 @@ def test_export_without_the_exporter_installed_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     with pytest.raises(ValueError, match=r"turnout\[otel\]"):
         tracing.configure("t", "http://127.0.0.1:4318/v1/traces")
+
+
+@pytest.fixture
+def no_sdk():
+    from opentelemetry import trace
+
+    before = tracing._tracer
+    tracing._tracer = trace.NoOpTracerProvider().get_tracer("t")
+    yield
+    tracing._tracer = before
+
+
+def test_with_no_sdk_spans_are_not_made_but_the_callers_trace_is_carried(no_sdk):
+    """No SDK: a child span is its parent (nothing recorded, nothing new to carry), and a
+    request with no trace headers gets none; one with a traceparent still passes it on."""
+    from opentelemetry import trace
+
+    assert tracing.silent()
+    with tracing.request_span({}, None, enqueued_ms=0, picked_ms=0) as s:
+        assert s is trace.INVALID_SPAN
+        with tracing.span("turnout.route") as child:
+            assert child is trace.get_current_span()
+        assert tracing.kafka_headers() == []
+    with tracing.request_span({"traceparent": TRACEPARENT}, None, enqueued_ms=0, picked_ms=0):
+        with tracing.span("turnout.reply_publish"):
+            carried = tracing.from_kafka(tracing.kafka_headers())
+            headers: dict[str, str] = {}
+            tracing.inject(headers)
+    assert carried["traceparent"] == TRACEPARENT
+    assert headers["traceparent"] == TRACEPARENT
+
+
+def test_an_sdk_provider_set_globally_turns_spans_on():
+    """Whoever sets a real provider (configure, or an operator's own set-up) gets spans.
+    A fresh interpreter: the global provider can be set only once per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from turnout import tracing\n"
+        "assert tracing.silent()\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+        "assert not tracing.silent()\n"
+        "with tracing.span('x') as s:\n"
+        "    assert s.is_recording()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_with_an_sdk_every_span_is_recorded(spans):
+    assert not tracing.silent()
+    with tracing.request_span({}, None, enqueued_ms=0, picked_ms=0):
+        with tracing.span("turnout.route"):
+            pass
+    assert {s.name for s in spans.get_finished_spans()} == {
+        "turnout.queue_wait", "turnout.route", "turnout.request"}  # fmt: skip
