@@ -9,11 +9,13 @@ messages that name the backend id and never its URL or key.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from schemas.types import Kind
 from turnout import tracing
@@ -25,6 +27,13 @@ from turnout.config import Backend, Secret
 from turnout.errors import BackendTimeout
 
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _url(base_url: str, path: str) -> yarl.URL:
+    """A backend's endpoint, parsed once: aiohttp would parse the string on every call
+    (about 5 of its 70 µs of CPU per call against a local server)."""
+    return yarl.URL(join_url(base_url, path))
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -124,7 +133,7 @@ class HttpBackendClient:
         headers.update(adapter_for(backend.protocol).auth(None if key is None else key.reveal()))
         tracing.inject(headers)
         posting = self._session.post(
-            join_url(backend.base_url, call.path),
+            _url(backend.base_url, call.path),
             data=orjson.dumps(call.json),
             headers=headers,
             # ``call`` bounds the whole exchange with asyncio.timeout; a second

@@ -263,16 +263,17 @@ class Metrics:
             prompt, completion = tokens_of(usage)
             view.tokens += prompt + completion
             if prompt:
-                self.tokens.labels(backend_l, "prompt").inc(prompt)
+                self._child(self.tokens, backend_l, "prompt").inc(prompt)
             if completion:
-                self.tokens.labels(backend_l, "completion").inc(completion)
+                self._child(self.tokens, backend_l, "completion").inc(completion)
             cached = cached_tokens(usage)
             if cached:
-                self.tokens.labels(backend_l, "cached").inc(cached)
+                self._child(self.tokens, backend_l, "cached").inc(cached)
             price = self._prices.get(backend)
             if price is not None and (prompt or completion):
-                view.cost += price.cost(prompt, completion)
-                self.cost.labels(backend_l).inc(price.cost(prompt, completion))
+                cost = price.cost(prompt, completion)
+                view.cost += cost
+                self._child(self.cost, backend_l).inc(cost)
         self.history.add(self._clock(), **counts)
 
     def _child(self, metric: Any, *labels: str) -> Any:
