@@ -30,6 +30,7 @@ from turnout.config import Config, Secret
 from turnout.core.batching import FetchBatching
 from turnout.core.undelivered import Idle, UndeliveredWatch
 from turnout.health.book import HealthBook
+from turnout.health.looplag import SAMPLE_S, LoopLag
 from turnout.health.stats import HealthPolicy
 from turnout.ops.status import LagSampler
 from turnout.settings import Settings
@@ -57,6 +58,7 @@ class Runtime:
         self._feed_task: asyncio.Task[None] | None = None
         self._stall_task: asyncio.Task[None] | None = None
         self._delivery_task: asyncio.Task[None] | None = None
+        self._loop_lag_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
         self.health: HealthBook | None = None
         self._assigned: frozenset[int] | None = None
@@ -137,6 +139,7 @@ class Runtime:
         if self._settings.commit_stall_s > 0:
             self._stall_task = asyncio.create_task(self._watch_commits(), name="turnout-stalls")
         self._delivery_task = asyncio.create_task(self._watch_delivery(), name="turnout-delivery")
+        self._loop_lag_task = asyncio.create_task(self._watch_loop_lag(), name="turnout-loop-lag")
         sweeper = DoneSweeper(
             done,
             self._owned_done_partitions,
@@ -203,6 +206,17 @@ class Runtime:
                 self._dispatcher.check_commits(int(time.time() * 1000))
             except Exception:  # the watch must not stop watching
                 log.exception("commit_watch_failed")
+
+    async def _watch_loop_lag(self) -> None:
+        """Every 100 ms: how late a timer fires, for health judgement (``LoopLag``)."""
+        loop, lag = asyncio.get_running_loop(), LoopLag()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(SAMPLE_S)
+            ms = lag.add((loop.time() - started - SAMPLE_S) * 1000)
+            if self.health is not None:
+                self.health.loop_lag(ms)
+            self.metrics.loop_lag(ms)
 
     async def _watch_delivery(self) -> None:
         """Every second: partitions whose records did not arrive are read again.
@@ -274,11 +288,14 @@ class Runtime:
         if self._web is not None:
             await self._web.cleanup()
             self._web = None
-        for task in (self._feed_task, self._stall_task, self._sweep_task, self._delivery_task):
+        tasks = (self._feed_task, self._stall_task, self._sweep_task, self._delivery_task,
+                 self._loop_lag_task)  # fmt: skip
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._feed_task = self._stall_task = self._sweep_task = self._delivery_task = None
+        self._loop_lag_task = None
         if self._dispatcher is not None:
             await self._dispatcher.stop(grace_s=0)
         if self._client is not None:

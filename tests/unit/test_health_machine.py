@@ -457,3 +457,56 @@ def test_a_bad_health_record_is_refused(raw, complaint):
     """A malformed record raises InvalidHealthRecord saying what was wrong."""
     with pytest.raises(InvalidHealthRecord, match=complaint):
         HealthRecord.from_wire(raw)
+
+
+def _bursty(policy, seed):
+    """A settled usual of 10 ms, then bursts: 5 answers at 40-80 ms, 5 at 10-30 ms, ...
+    (what a saturated worker's own queue does to the latency it measures). Returns the
+    answers at which the state changed."""
+    rng = random.Random(seed)
+    h = BackendHealth("local", now_ms=T0, policy=policy)
+    t = T0
+    for _ in range(1000):
+        t += 10
+        h.observe(True, 10.0, t)
+    changes = []
+    for i in range(300):
+        t += 10
+        before = h.state
+        h.observe(True, rng.uniform(40.0, 80.0) if (i // 5) % 2 == 0 else rng.uniform(10, 30), t)
+        if h.state is not before:
+            changes.append((i, h.state))
+    return changes
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bursty_latency_does_not_flip_the_state_back_and_forth(seed):
+    """With one bar the bursts flipped HEALTHY -> DEGRADED -> HEALTHY within one answer,
+    again and again; with the recovery bar (2x) the backend is degraded once and stays so
+    until its latency settles or becomes its new usual."""
+    flips = _bursty(HealthPolicy(recover_factor=None), seed)
+    assert len(flips) >= 4 and flips[1][0] - flips[0][0] <= 2
+    changes = _bursty(HealthPolicy(), seed)
+    assert [state for _, state in changes] == [State.DEGRADED, State.HEALTHY]
+    assert changes[1][0] - changes[0][0] >= 20
+
+
+def test_entering_degraded_gives_the_bar_it_crossed():
+    """The reason on entry names the entry bar (4x), not the recovery bar."""
+    h = BackendHealth("local", now_ms=T0)
+    t = T0
+    for _ in range(50):
+        t += 10
+        h.observe(True, 10.0, t)
+    while h.state is State.HEALTHY:
+        t += 10
+        h.observe(True, 100.0, t)
+    assert "above 4x" in h.reason, h.reason
+
+
+def test_loop_lag_set_on_the_book_reaches_every_machine():
+    from turnout.health.book import HealthBook
+
+    book = HealthBook(["a", "b"], now_ms=T0)
+    book.loop_lag(12.5)
+    assert {m.local_lag_ms for m in book.machines.values()} == {12.5}

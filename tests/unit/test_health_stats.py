@@ -294,6 +294,8 @@ def test_at_z_1_96_the_same_backend_would_flap():
         {"probation_probes": 0},
         {"probation_after_ms": -1},
         {"z": 0.0},
+        {"recover_factor": 5.0},
+        {"recover_factor": 0.5},
     ],
 )
 def test_an_inconsistent_policy_is_refused(kwargs):
@@ -366,3 +368,36 @@ def test_a_slow_first_answer_does_not_set_the_usual():
     assert 25.0 <= w.usual_ms < 27.0
     _answers(w, [210.0] * 3, start_ms=1000)
     assert assess(w, policy).verdict is Verdict.DEGRADED
+
+
+def test_the_workers_own_loop_lag_is_not_blamed_on_the_backend():
+    """4 ms as usual, then 27 ms answers of which 24 ms were the worker's own queue: an
+    overloaded worker, not a slow backend. Net of the lag it is OK; the same latency with
+    no lag is slow, and a reason given net of lag says how much lag it took off."""
+    policy = HealthPolicy()
+    w = policy.new_window()
+    _answers(w, [4.0] * 1000)  # a settled usual
+    _answers(w, [27.0] * 10, start_ms=2000)
+    assert assess(w, policy).verdict is Verdict.DEGRADED
+    assert assess(w, policy, local_lag_ms=24.0).verdict is Verdict.OK
+    slow = assess(w, policy, local_lag_ms=5.0)
+    assert slow.verdict is Verdict.DEGRADED
+    assert "loop lag of 5 ms" in slow.reason and "above 4x" in slow.reason
+
+
+def test_a_latency_degraded_backend_recovers_only_under_the_lower_bar():
+    """Hysteresis: at 3x its usual a backend is not degraded, but one already degraded
+    stays so until it is back under recover_factor (2x)."""
+    policy = HealthPolicy()
+    w = policy.new_window()
+    _answers(w, [10.0] * 1000)  # a settled usual
+    _answers(w, [30.0] * 20, start_ms=2000)
+    assert assess(w, policy).verdict is Verdict.OK
+    still = assess(w, policy, recovering=True)
+    assert still.verdict is Verdict.DEGRADED
+    assert "not yet back under 2x" in still.reason
+    _answers(w, [12.0] * 20, start_ms=3000)
+    assert assess(w, policy, recovering=True).verdict is Verdict.OK
+    off = HealthPolicy(recover_factor=None)
+    assert assess(w, off, recovering=True).verdict is Verdict.OK
+

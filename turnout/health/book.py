@@ -69,6 +69,11 @@ class HealthBook:
             self._last_served[backend_id] = now_ms
         return self._changed(m, before, "traffic")
 
+    def loop_lag(self, lag_ms: float) -> None:
+        """The worker's own event-loop lag now: judged latency is taken net of it."""
+        for m in self.machines.values():
+            m.local_lag_ms = lag_ms
+
     def call_started(self, backend_id: str, now_ms: int) -> int:
         """A call to ``backend_id`` begins; returns the token to end it with."""
         self._tokens += 1

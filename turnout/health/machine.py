@@ -236,6 +236,9 @@ class BackendHealth:
         """Start time of each call in flight, by the caller's token, oldest first."""
         self.last_progress_ms: int | None = None
         """When the backend last completed anything: an answer, a chunk, a passing probe."""
+        self.local_lag_ms = 0.0
+        """The worker's own event-loop lag, set by ``HealthBook.loop_lag``."""
+        self._judged: Evidence | None = None
 
     def __repr__(self) -> str:
         ok = f"{self.window.successes / self.window.n:.0%}" if self.window.n else "n/a"
@@ -263,7 +266,7 @@ class BackendHealth:
     def observe(self, ok: bool, latency_ms: float, now_ms: int) -> State:
         """A request this backend served (or failed): record it and judge the window again."""
         self.window.record(ok, latency_ms, now_ms)
-        return self.handle(self.evidence().verdict, now_ms)
+        return self._judge(now_ms)
 
     def probe(self, ok: bool, latency_ms: float, now_ms: int, *, timed_out: bool = False) -> State:
         """An active probe's outcome: the probe event first, then it counts as evidence.
@@ -293,7 +296,7 @@ class BackendHealth:
                 ),
                 now_ms,
             )
-        return self.handle(self.evidence().verdict, now_ms)
+        return self._judge(now_ms)
 
     def call_started(self, token: int, now_ms: int) -> None:
         """A call (``token``, unique per backend) is in flight from ``now_ms``."""
@@ -330,11 +333,24 @@ class BackendHealth:
 
     def tick(self, now_ms: int) -> State:
         self.handle(Tick(), now_ms)
-        self.handle(self.evidence().verdict, now_ms)
+        self._judge(now_ms)
         return self.check_hang(now_ms)
 
+    def _judge(self, now_ms: int) -> State:
+        """Judge the window and apply the verdict, giving its reason from the same evidence."""
+        self._judged = self.evidence()
+        try:
+            return self.handle(self._judged.verdict, now_ms)
+        finally:
+            self._judged = None
+
     def evidence(self) -> Evidence:
-        return assess(self.window, self.policy)
+        return assess(
+            self.window,
+            self.policy,
+            local_lag_ms=self.local_lag_ms,
+            recovering=self.state is DEGRADED,
+        )
 
     # The machine.
 
@@ -394,7 +410,9 @@ class BackendHealth:
             return event.reason if new is not old else self.reason
         if isinstance(event, Verdict):
             judged = new in (HEALTHY, DEGRADED) or (new is UNHEALTHY and old is not UNHEALTHY)
-            return self.evidence().reason if judged else self.reason
+            if not judged:
+                return self.reason
+            return (self._judged or self.evidence()).reason
         if isinstance(event, ProbePassed) and new is PROBATION:
             return f"on probation: {self.consecutive_probe_passes} of {probes} probes passed"
         if isinstance(event, ProbePassed) and old is PROBATION:

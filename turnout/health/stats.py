@@ -207,6 +207,10 @@ class HealthPolicy:
     it has given ``slow_after_answers`` answers; None turns the check off. The usual
     adapts slowly (a lasting 10x jump is the new usual after about 60 answers)."""
     slow_after_answers: int = 20
+    recover_factor: float | None = 2.0
+    """A backend degraded for latency is judged recovered only once its recent latency
+    is back under this many times its usual (hysteresis: at one bar, an EWMA hovering
+    near it flipped the state every few answers). None recovers at ``slow_factor``."""
     hang_floor_ms: int = 3_000
     hang_factor: float = 3.0
     """A backend is hung when a call has been in flight, and nothing has completed, for
@@ -226,6 +230,15 @@ class HealthPolicy:
             )
         if self.z <= 0:
             raise ValueError(f"z must be positive, got {self.z}")
+        if (
+            self.recover_factor is not None
+            and self.slow_factor is not None
+            and not 1 <= self.recover_factor <= self.slow_factor
+        ):
+            raise ValueError(
+                "need 1 <= recover_factor <= slow_factor, got "
+                f"recover_factor={self.recover_factor}, slow_factor={self.slow_factor}"
+            )
 
     def new_window(self) -> Window:
         return Window(
@@ -248,6 +261,12 @@ class Evidence:
     ewma_ms: float | None = None
     usual_ms: float | None = None
     answers: int = 0
+    local_lag_ms: float = 0.0
+    """The judging worker's own event-loop lag: part of every latency it measures, so
+    it is taken off the EWMA before comparing with the usual (an overloaded worker
+    must not blame its backends for its own queue)."""
+    recovering: bool = False
+    """Judged for a backend already degraded: latency must be under ``recover_factor``."""
 
     @property
     def enough(self) -> bool:
@@ -266,10 +285,24 @@ class Evidence:
         )
 
     @property
+    def slow_bar(self) -> float | None:
+        """How many times its usual latency counts as slow now (lower while recovering)."""
+        policy = self.policy
+        if self.recovering and policy.recover_factor is not None:
+            return policy.recover_factor
+        return policy.slow_factor
+
+    @property
+    def own_ewma_ms(self) -> float | None:
+        """The latency EWMA less the worker's own loop lag: the backend's share of it."""
+        return None if self.ewma_ms is None else max(self.ewma_ms - self.local_lag_ms, 0.0)
+
+    @property
     def is_slower_than_usual(self) -> bool:
-        factor, ewma, usual = self.policy.slow_factor, self.ewma_ms, self.usual_ms
+        factor, ewma, usual = self.slow_bar, self.own_ewma_ms, self.usual_ms
         return (
-            factor is not None
+            self.policy.slow_factor is not None
+            and factor is not None
             and ewma is not None
             and usual is not None
             and self.answers >= self.policy.slow_after_answers
@@ -308,10 +341,17 @@ class Evidence:
             return f"{rate}, below {policy.unhealthy_below:.0%}"
         if self.high < policy.degraded_below:
             return f"{rate}, below {policy.degraded_below:.0%}"
-        if self.is_slower_than_usual and self.ewma_ms and self.usual_ms:
+        if self.is_slower_than_usual and self.own_ewma_ms and self.usual_ms:
+            ewma, lag = self.own_ewma_ms, self.local_lag_ms
+            own = f" after the worker's own loop lag of {lag:.0f} ms" if lag >= 0.5 else ""
+            bar = (
+                f"not yet back under {self.slow_bar:g}x"
+                if self.recovering
+                else f"above {self.slow_bar:g}x"
+            )
             return (
-                f"latency {self.ewma_ms:.0f} ms (EWMA) is {self.ewma_ms / self.usual_ms:.1f}x "
-                f"its usual {self.usual_ms:.0f} ms, above {policy.slow_factor:g}x"
+                f"latency {ewma:.0f} ms (EWMA{own}) is {ewma / self.usual_ms:.1f}x "
+                f"its usual {self.usual_ms:.0f} ms, {bar}"
             )
         if self.is_slow:
             return (
@@ -321,8 +361,14 @@ class Evidence:
         return rate
 
 
-def assess(window: Window, policy: HealthPolicy) -> Evidence:
-    """Judge what ``window`` holds now (prune it first to judge at a later time)."""
+def assess(
+    window: Window, policy: HealthPolicy, *, local_lag_ms: float = 0.0, recovering: bool = False
+) -> Evidence:
+    """Judge what ``window`` holds now (prune it first to judge at a later time).
+
+    ``local_lag_ms``: the judging worker's event-loop lag; ``recovering``: the backend
+    is degraded already, so latency must fall under the lower ``recover_factor`` bar.
+    """
     low, high = window.success_interval(policy.z)
     return Evidence(
         n=window.n,
@@ -334,4 +380,6 @@ def assess(window: Window, policy: HealthPolicy) -> Evidence:
         ewma_ms=window.ewma_ms,
         usual_ms=window.usual_ms,
         answers=window.answers,
+        local_lag_ms=local_lag_ms,
+        recovering=recovering,
     )

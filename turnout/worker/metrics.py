@@ -165,6 +165,11 @@ class Metrics:
             "turnout_total_seconds", "From the request record to its reply on the broker.",
             ["route"], buckets=LATENCY_BUCKETS_S, registry=r,
         )  # fmt: skip
+        self.loop_lag_gauge = Gauge(
+            "turnout_event_loop_lag_seconds",
+            "How late the worker's event loop runs a timer (its own queue), smoothed.",
+            registry=r,
+        )
         self.in_flight_gauge = Gauge(
             "turnout_in_flight", "Backend calls in flight in this worker.", registry=r
         )
@@ -308,6 +313,9 @@ class Metrics:
         """Read the in-flight count from ``count`` when asked (a scrape), not per request."""
         self._in_flight = count
         self.in_flight_gauge.set_function(count)
+
+    def loop_lag(self, ms: float) -> None:
+        self.loop_lag_gauge.set(ms / 1000)
 
     def backend_state(self, backend: str, state: Any) -> None:
         """The backend's health state: a ``turnout.health.State`` or its value (``"healthy"``)."""
