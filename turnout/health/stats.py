@@ -207,6 +207,10 @@ class HealthPolicy:
     it has given ``slow_after_answers`` answers; None turns the check off. The usual
     adapts slowly (a lasting 10x jump is the new usual after about 60 answers)."""
     slow_after_answers: int = 20
+    slow_for_ms: int = 250
+    """How long recent latency must stay above the slow bar before slowness alone
+    degrades a backend (``BackendHealth._judge``). The EWMA spans a few answers, so at
+    a thousand answers a second a burst crossed the bar and fell back within 10 ms."""
     recover_factor: float | None = 2.0
     """A backend degraded for latency is judged recovered only once its recent latency
     is back under this many times its usual (hysteresis: at one bar, an EWMA hovering
@@ -282,6 +286,16 @@ class Evidence:
         return self.enough and (
             (slow_ms is not None and p95_ms is not None and p95_ms > slow_ms)
             or self.is_slower_than_usual
+        )
+
+    @property
+    def slow_only(self) -> bool:
+        """Degraded for being slower than usual, and for nothing else."""
+        slow_ms, p95_ms = self.policy.slow_ms, self.p95_ms
+        return (
+            self.is_slower_than_usual
+            and self.high >= self.policy.degraded_below
+            and not (slow_ms is not None and p95_ms is not None and p95_ms > slow_ms)
         )
 
     @property
