@@ -535,3 +535,23 @@ def test_loop_lag_set_on_the_book_reaches_every_machine():
     book = HealthBook(["a", "b"], now_ms=T0)
     book.loop_lag(12.5)
     assert {m.local_lag_ms for m in book.machines.values()} == {12.5}
+
+
+def test_a_slow_spell_counts_only_while_healthy_throughout():
+    """Slow answers while on probation do not start the spell: back to HEALTHY, the
+    first slow answer does not degrade at once, it has its own 250 ms to last."""
+    h = BackendHealth("local", now_ms=T0)
+    t = _steady(h, 10.0, T0, 1000)
+    h.handle(HangDetected("a call in flight for 3 s, nothing completed"), t)
+    assert h.state is State.UNHEALTHY
+    t += h.policy.probation_after_ms
+    h.probe(True, 10.0, t)
+    assert h.state is State.PROBATION
+    t = _steady(h, 10.0, t, 200)  # fresh evidence: a usual of 10 ms
+    t = _steady(h, 200.0, t, 40)  # slow on probation, longer than slow_for_ms
+    for _ in range(h.policy.probation_probes):
+        t += 10
+        h.probe(True, 200.0, t)
+    assert h.state is State.HEALTHY
+    t = _steady(h, 200.0, t, 1)
+    assert h.state is State.HEALTHY and "of the 250 needed" in h.reason

@@ -241,7 +241,7 @@ class BackendHealth:
         self._judged: str | None = None
         """The reason of the verdict being applied (``_judge``)."""
         self.slow_since_ms: int | None = None
-        """Since when recent latency has been above the slow bar, while not degraded."""
+        """Since when recent latency has been above the slow bar, while healthy throughout."""
 
     def __repr__(self) -> str:
         ok = f"{self.window.successes / self.window.n:.0%}" if self.window.n else "n/a"
@@ -348,8 +348,8 @@ class BackendHealth:
         """
         evidence = self.evidence()
         verdict, reason = evidence.verdict, evidence.reason
-        if not evidence.is_slower_than_usual or evidence.recovering:
-            self.slow_since_ms = None
+        if not evidence.is_slower_than_usual or self.state is not HEALTHY:
+            self.slow_since_ms = None  # a spell counts only while healthy throughout
         else:
             since = self.slow_since_ms = (
                 now_ms if self.slow_since_ms is None else self.slow_since_ms
