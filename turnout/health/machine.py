@@ -238,8 +238,8 @@ class BackendHealth:
         """When the backend last completed anything: an answer, a chunk, a passing probe."""
         self.local_lag_ms = 0.0
         """The worker's own event-loop lag, set by ``HealthBook.loop_lag``."""
-        self._judged: str | None = None
-        """The reason of the verdict being applied (``_judge``)."""
+        self._judged: tuple[Evidence, str] | None = None
+        """The evidence of the verdict being applied, and what to add to its reason."""
         self.slow_since_ms: int | None = None
         """Since when recent latency has been above the slow bar, while healthy throughout."""
 
@@ -347,7 +347,7 @@ class BackendHealth:
         bar and fell back within one answer.
         """
         evidence = self.evidence()
-        verdict, reason = evidence.verdict, evidence.reason
+        verdict, more = evidence.verdict, ""
         if not evidence.is_slower_than_usual or self.state is not HEALTHY:
             self.slow_since_ms = None  # a spell counts only while healthy throughout
         else:
@@ -356,9 +356,8 @@ class BackendHealth:
             )
             if evidence.slow_only and now_ms - since < self.policy.slow_for_ms:
                 verdict = Verdict.OK
-                needed = self.policy.slow_for_ms
-                reason = f"{reason}, for {now_ms - since} ms of the {needed} needed"
-        self._judged = reason
+                more = f", for {now_ms - since} ms of the {self.policy.slow_for_ms} needed"
+        self._judged = (evidence, more)
         try:
             return self.handle(verdict, now_ms)
         finally:
@@ -432,7 +431,10 @@ class BackendHealth:
             judged = new in (HEALTHY, DEGRADED) or (new is UNHEALTHY and old is not UNHEALTHY)
             if not judged:
                 return self.reason
-            return self._judged or self.evidence().reason
+            if self._judged is None:
+                return self.evidence().reason
+            evidence, more = self._judged  # the reason is formatted only when kept
+            return evidence.reason + more
         if isinstance(event, ProbePassed) and new is PROBATION:
             return f"on probation: {self.consecutive_probe_passes} of {probes} probes passed"
         if isinstance(event, ProbePassed) and old is PROBATION:
